@@ -1,0 +1,157 @@
+"""The `cnnpar` command: argument parsing, exit codes and error messages only.
+
+Every subcommand validates its arguments here and hands a typed config to the module that
+does the work. User errors (`CnnparError`, bad arguments) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from cnnpar import __version__
+from cnnpar.errors import CnnparError
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (got {value})")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {value})")
+    return value
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+# --- info / data -------------------------------------------------------------------------
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from cnnpar import timing
+
+    record = timing.environment().as_dict()
+    record["threads"] = timing.set_threads(args.threads)
+    if not args.no_sgemm:
+        record.update(timing.sgemm_peak(args.threads))
+    if args.json:
+        print(json.dumps(record, indent=2, sort_keys=True))
+    else:
+        width = max(len(k) for k in record)
+        for key, value in record.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print the environment record and the sgemm roofline")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="thread count for the sgemm measurement (default 1)",
+    )
+    p.add_argument("--no-sgemm", action="store_true", help="skip the sgemm peak measurement")
+    p.set_defaults(func=_cmd_info)
+
+
+def _cmd_data_verify(args: argparse.Namespace) -> int:
+    from cnnpar import data
+
+    source = args.dir if args.dir is not None else args.source
+    counts = data.verify(source)
+    print(f"source: {data.resolve_source(source)}")
+    for split, per_label in counts.items():
+        print(
+            f"{split}: {sum(per_label)} images, sha256 ok; per label 0-9: "
+            + " ".join(str(c) for c in per_label)
+        )
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="MNIST data commands")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    v = data_sub.add_parser(
+        "verify", help="check the IDX files (magic, size, sha256) and print the label counts"
+    )
+    v.add_argument(
+        "--dir",
+        default=None,
+        help="a directory of IDX files (raw or .gz) to check instead of the bundled copy",
+    )
+    v.add_argument(
+        "--source",
+        default="bundled",
+        choices=["bundled", "download"],
+        help="where to read from when --dir is not given (default bundled)",
+    )
+    v.set_defaults(func=_cmd_data_verify)
+
+
+# --- parser -----------------------------------------------------------------------------
+
+Registrar = Callable[[argparse._SubParsersAction], None]
+REGISTRARS: list[Registrar] = [_add_info, _add_data]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnpar",
+        description="CNN training and inference scaling on MNIST across engines and parallelism",
+    )
+    parser.add_argument("--version", action="version", version=f"cnnpar {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CnnparError as err:
+        print(f"cnnpar {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("cnnpar: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
