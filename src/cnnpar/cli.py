@@ -122,10 +122,23 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=_cmd_data_verify)
 
 
-# --- parser -----------------------------------------------------------------------------
+# --- bench -------------------------------------------------------------------------------
 
 Registrar = Callable[[argparse._SubParsersAction], None]
-REGISTRARS: list[Registrar] = [_add_info, _add_data]
+# `cnnpar bench <what>` subcommands; each stage module's section below appends its own.
+BENCH_REGISTRARS: list[Registrar] = []
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="side-by-side throughput ratios measured in one run")
+    bench_sub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    for register in BENCH_REGISTRARS:
+        register(bench_sub)
+
+
+# --- parser -----------------------------------------------------------------------------
+
+REGISTRARS: list[Registrar] = [_add_info, _add_data, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
