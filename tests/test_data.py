@@ -1,0 +1,137 @@
+"""IDX parsing and verification of the bundled MNIST and of corrupt copies."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnpar import data
+from cnnpar.cli import main
+from cnnpar.data import MnistError, load_mnist
+
+
+@pytest.fixture(scope="module")
+def test_split() -> data.Mnist:
+    return load_mnist("test")
+
+
+def test_bundled_label_counts_match_known_counts() -> None:
+    counts = data.verify("bundled")
+    assert counts["train"] == list(data.LABEL_COUNTS["train"])
+    assert counts["test"] == list(data.LABEL_COUNTS["test"])
+
+
+def test_bundled_shapes_and_dtypes(test_split: data.Mnist) -> None:
+    assert test_split.images.shape == (10_000, 28, 28)
+    assert test_split.images.dtype == np.uint8
+    assert test_split.labels.shape == (10_000,)
+    assert test_split.labels.dtype == np.uint8
+    # Real digits: background zero, strokes near 255.
+    assert test_split.images.max() == 255
+    assert 0.05 < (test_split.images > 0).mean() < 0.35
+
+
+def _raw(name: str) -> bytes:
+    with gzip.open(Path(data.resolve_source("bundled")) / f"{name}.gz", "rb") as fh:
+        return fh.read()
+
+
+@pytest.fixture
+def raw_test_dir(tmp_path: Path) -> Path:
+    """A directory with the test split as raw (uncompressed) IDX files."""
+    for name in data.FILES["test"].values():
+        (tmp_path / name).write_bytes(_raw(name))
+    return tmp_path
+
+
+def test_directory_source_raw_and_gz(raw_test_dir: Path, test_split: data.Mnist) -> None:
+    from_raw = load_mnist("test", raw_test_dir)
+    np.testing.assert_array_equal(from_raw.images, test_split.images)
+    np.testing.assert_array_equal(from_raw.labels, test_split.labels)
+    gz_dir = raw_test_dir / "gz"
+    gz_dir.mkdir()
+    for name in data.FILES["test"].values():
+        with gzip.open(gz_dir / f"{name}.gz", "wb") as fh:
+            fh.write((raw_test_dir / name).read_bytes())
+    np.testing.assert_array_equal(load_mnist("test", gz_dir).labels, test_split.labels)
+
+
+LABELS = data.FILES["test"]["labels"]
+IMAGES = data.FILES["test"]["images"]
+
+
+def _corrupt(raw: bytes, how: str) -> bytes:
+    if how == "bad magic":
+        return b"\x00\x00\x08\x04" + raw[4:]
+    if how == "truncated":
+        return raw[: len(raw) - 100]
+    if how == "wrong count":
+        return raw[:4] + (9_999).to_bytes(4, "big") + raw[8:]
+    if how == "flipped byte":
+        flipped = bytearray(raw)
+        flipped[len(raw) // 2] ^= 0xFF
+        return bytes(flipped)
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+    ("name", "how", "message"),
+    [
+        (LABELS, "bad magic", "magic number 0x00000804, expected 0x00000801"),
+        (IMAGES, "bad magic", "expected 0x00000803"),
+        (IMAGES, "truncated", "expected 7840016"),
+        (LABELS, "truncated", "truncated or padded"),
+        (LABELS, "wrong count", "header says 9999 items, expected 10000"),
+        (IMAGES, "flipped byte", "sha256"),
+        (LABELS, "flipped byte", "expected ff7bcfd416de3373"),
+    ],
+)
+def test_corrupt_files_raise_clear_errors(
+    raw_test_dir: Path, name: str, how: str, message: str
+) -> None:
+    path = raw_test_dir / name
+    path.write_bytes(_corrupt(path.read_bytes(), how))
+    with pytest.raises(MnistError) as info:
+        load_mnist("test", raw_test_dir)
+    assert message in str(info.value)
+    assert name in str(info.value), "the error names the file"
+
+
+def test_tiny_file_and_missing_file(raw_test_dir: Path) -> None:
+    (raw_test_dir / LABELS).write_bytes(b"\x00\x00")
+    with pytest.raises(MnistError, match="too short for an IDX header"):
+        load_mnist("test", raw_test_dir)
+    (raw_test_dir / LABELS).unlink()
+    with pytest.raises(MnistError, match="not found"):
+        load_mnist("test", raw_test_dir)
+
+
+def test_broken_gzip_is_a_clear_error(tmp_path: Path) -> None:
+    for name in data.FILES["test"].values():
+        shutil.copy(Path(data.resolve_source("bundled")) / f"{name}.gz", tmp_path)
+    gz = tmp_path / f"{LABELS}.gz"
+    gz.write_bytes(gz.read_bytes()[:50])
+    with pytest.raises(MnistError, match="cannot read"):
+        load_mnist("test", tmp_path)
+
+
+def test_unknown_source_and_split() -> None:
+    with pytest.raises(MnistError, match="neither 'bundled', 'download' nor a directory"):
+        load_mnist("test", "/no/such/dir")
+    with pytest.raises(MnistError, match="unknown split"):
+        load_mnist("validation")  # type: ignore[arg-type]
+
+
+def test_cli_data_verify(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["data", "verify"]) == 0
+    out = capsys.readouterr().out
+    assert "980 1135 1032 1010 982 892 958 1028 974 1009" in out
+    assert "5923 6742 5958 6131 5842 5421 5918 6265 5851 5949" in out
+    # A directory lacking the files: one-line error, exit 2.
+    assert main(["data", "verify", "--dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not found" in err
