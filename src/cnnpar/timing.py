@@ -113,12 +113,11 @@ def set_threads(threads: int) -> dict[str, int | None]:
         raise ValueError(f"threads must be >= 1 (got {threads})")
     for var in BLAS_ENV_VARS:
         os.environ[var] = str(threads)
-    # NUMBA_NUM_THREADS caps the pool size and is read when numba starts its pool; the
-    # runtime count below may then be lowered but not raised past it.
+    # NUMBA_NUM_THREADS caps the pool size when numba starts; size it for the largest count we
+    # may ask for later in this process, then lower the active count with set_num_threads.
     if "numba" not in sys.modules:
-        os.environ["NUMBA_NUM_THREADS"] = str(
-            max(threads, int(os.environ.get("NUMBA_NUM_THREADS", "0") or 0))
-        )
+        ceiling = max(threads, os.cpu_count() or 1, int(os.environ.get("NUMBA_NUM_THREADS") or 0))
+        os.environ["NUMBA_NUM_THREADS"] = str(ceiling)
     import numba
     import torch
 
