@@ -1,0 +1,19 @@
+"""Snakemake script: the tidy tables -> results/figures/*.png and *.svg."""
+
+import logging
+from pathlib import Path
+
+from cnnpar import figures
+
+
+def main(smk) -> None:
+    logging.basicConfig(filename=smk.log[0], level=logging.INFO, force=True)
+    figures.draw_all(
+        train_csv=smk.input.train,
+        classify_csv=smk.input.classify,
+        summary_csv=smk.input.summary,
+        out_dir=Path(smk.output.png[0]).parent,
+    )
+
+
+main(snakemake)  # noqa: F821 - injected by Snakemake

@@ -1,0 +1,20 @@
+"""Snakemake script: every job's files -> the tidy tables (train.csv, classify.csv, summary.csv)."""
+
+import logging
+
+from cnnpar import tables
+
+
+def main(smk) -> None:
+    logging.basicConfig(filename=smk.log[0], level=logging.INFO, force=True)
+    tables.build_tables(
+        train_metrics=[*smk.input.tinycnn, *smk.input.mosaicnet],
+        classify_results=list(smk.input.classify),
+        env_infos=list(smk.input.env),
+        train_out=smk.output.train,
+        classify_out=smk.output.classify,
+        summary_out=smk.output.summary,
+    )
+
+
+main(snakemake)  # noqa: F821 - injected by Snakemake
