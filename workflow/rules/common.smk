@@ -97,43 +97,32 @@ CLASSIFY = config["classify"]
 # --- what this machine can run -------------------------------------------------------------
 
 
-def _torch_cuda() -> bool:
-    import torch  # imported only when the config asks for a GPU engine: it costs a second
+def _torch_cuda_reason() -> str | None:
+    import torch  # imported only when the config asks for a GPU mode: it costs a second
 
-    return bool(torch.cuda.is_available())
-
-
-def _numba_cuda() -> bool:
-    from numba import cuda  # true under NUMBA_ENABLE_CUDASIM=1 as well
-
-    return bool(cuda.is_available())
+    return None if torch.cuda.is_available() else "needs a CUDA GPU; none visible to torch"
 
 
-def _engine_available(engine: str) -> tuple[bool, str]:
-    """(available, reason) for a tinycnn engine, a classify mode or the mosaicnet engine."""
-    try:  # prefer the engine registry's own check when the package provides one
-        from cnnpar.nets.tinycnn import engine_available
+def unavailable_reason(engine: str) -> str | None:
+    """None if a tinycnn/mosaicnet engine or classify mode can run here, else why not.
 
-        return engine_available(engine)
-    except (ImportError, KeyError, TypeError, ValueError):
-        pass
-    if engine == "cuda":
-        ok = _numba_cuda()
-        return ok, (
-            "" if ok else "needs a CUDA GPU (set NUMBA_ENABLE_CUDASIM=1 to simulate)"
-        )
-    if engine in ("torch-cuda", "mode-cuda"):
-        ok = _torch_cuda()
-        return ok, "" if ok else "needs a CUDA GPU visible to torch"
-    return True, ""
+    Asked once at DAG build, only for the GPU ones, so a CPU-only config never imports torch.
+    """
+    if engine in ("cuda", "torch-cuda"):
+        from cnnpar.nets.tinycnn import unavailable_reason as engine_reason
+
+        return engine_reason(engine)
+    if engine == "mode-cuda":
+        return _torch_cuda_reason()
+    return None
 
 
 def usable(values: list[str], what: str, check_as=lambda v: v) -> list[str]:
     """Drop unavailable engines/modes with a warning, or fail when config strict is true."""
     keep = []
     for value in values:
-        ok, reason = _engine_available(check_as(value))
-        if ok:
+        reason = unavailable_reason(check_as(value))
+        if reason is None:
             keep.append(value)
         elif config["strict"]:
             raise WorkflowError(

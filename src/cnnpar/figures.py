@@ -1,0 +1,396 @@
+"""Figures drawn only from the tidy tables (never from job outputs or models).
+
+`draw_all` writes one PNG (for the HTML report) and one SVG (for papers) per figure:
+
+- ``train_speedup``: training speedup and parallel efficiency against threads, per engine;
+- ``train_throughput``: training images/s per engine and thread count, IQR error bars;
+- ``time_to_accuracy``: test accuracy against cumulative training seconds, per engine;
+- ``classify_speedup``: classification speedup and efficiency against workers, per mode;
+- ``classify_cost_per_cell``: seconds per cell against grid size, log-log, per mode;
+- ``roofline``: achieved GFLOP/s as a fraction of the measured sgemm roofline.
+
+A table with nothing to plot gives a figure that says so, so the file set never changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a display
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from cnnpar.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+# One colour per engine / mode across every figure, so a reader learns them once.
+COLORS = {
+    "numpy": "#7f7f7f",
+    "numba": "#1f77b4",
+    "cuda": "#2ca02c",
+    "torch": "#d62728",
+    "torch-cuda": "#ff7f0e",
+    "sequential": "#7f7f7f",
+    "threads": "#1f77b4",
+    "processes": "#d62728",
+}
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+CAPTIONS = {
+    "train_speedup": "Training speedup (left) and parallel efficiency (right) against threads, "
+    "per engine, relative to the same engine, width and batch at 1 thread. Dashed: ideal.",
+    "train_throughput": "Training throughput per engine and thread count: median images/s "
+    "over epochs and seeds; error bars span the interquartile range.",
+    "time_to_accuracy": "Time to accuracy: test accuracy after each epoch against cumulative "
+    "training seconds (evaluation excluded), per engine at its largest thread count.",
+    "classify_speedup": "Classification speedup (left) and parallel efficiency (right) "
+    "against workers, per mode, relative to sequential on the same grid and batch. "
+    "Dashed: ideal.",
+    "classify_cost_per_cell": "Classification cost per mosaic cell against the number of "
+    "cells (log-log), per mode and worker count. Flat lines mean linear scaling.",
+    "roofline": "Achieved GFLOP/s (network FLOPs × median throughput) as a fraction of the "
+    "float32 sgemm rate measured on this machine at the same thread count.",
+    "mask": "Mask of the largest mosaic: green cells were classified correctly, red ones "
+    "wrongly; colour strength is the confidence.",
+}
+
+plt.rcParams.update(
+    {
+        "figure.dpi": 110,
+        "savefig.dpi": 110,
+        "font.size": 10,
+        "axes.titlesize": 11,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "legend.fontsize": 8,
+        "legend.frameon": False,
+        "svg.fonttype": "none",  # keep text as text in the SVG
+    }
+)
+
+
+def _no_data(ax: Axes, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} in this run", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+
+
+def _label(row: pd.Series, keys: list[str]) -> str:
+    names = {"filters": "F", "batch_size": "B", "grid": "", "parallelism": "×"}
+    parts = []
+    for key in keys:
+        value = row[key]
+        if pd.isna(value):
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        parts.append(f"{names.get(key, '')}{value}" if key in names else str(value))
+    return " ".join(parts)
+
+
+def _plain_log(ax: Axes, axis: str) -> None:
+    """Log scale with tick labels as plain numbers (200, not 2×10²)."""
+    fmt = FuncFormatter(lambda v, _: f"{v:,.6g}")
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    target.set_major_formatter(fmt)
+    target.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
+def _varying(frame: pd.DataFrame, keys: list[str]) -> list[str]:
+    """The keys that take more than one value (only those are worth a legend entry)."""
+    return [k for k in keys if k in frame.columns and frame[k].nunique(dropna=True) > 1]
+
+
+# --- speedup and efficiency ---------------------------------------------------------------
+
+
+def _speedup_panels(
+    summary: pd.DataFrame, color_key: str, extra_keys: list[str], xlabel: str, what: str
+) -> Figure:
+    fig, (ax_s, ax_e) = plt.subplots(1, 2, figsize=(11, 4.2))
+    data = summary[summary["speedup"].notna()]
+    if data.empty:
+        _no_data(ax_s, what)
+        _no_data(ax_e, what)
+        return fig
+    varying = _varying(data, extra_keys)
+    families = data.groupby([color_key, *varying], dropna=False, sort=True)
+    for i, (_, fam) in enumerate(families):
+        fam = fam.sort_values("parallelism")
+        first = fam.iloc[0]
+        color = COLORS.get(first[color_key], f"C{i % 10}")
+        label = _label(first, [color_key, *varying])
+        x = fam["parallelism"].to_numpy(dtype=float)
+        speed = fam["speedup"].to_numpy(dtype=float)
+        err = np.vstack(
+            [
+                np.clip(speed - fam["speedup_q1"].to_numpy(dtype=float), 0, None),
+                np.clip(fam["speedup_q3"].to_numpy(dtype=float) - speed, 0, None),
+            ]
+        )
+        marker = MARKERS[i % len(MARKERS)]
+        ax_s.errorbar(x, speed, yerr=err, color=color, marker=marker, capsize=3, label=label)
+        ax_e.plot(x, 100 * fam["efficiency"], color=color, marker=marker, label=label)
+    xmax = float(data["parallelism"].max())
+    ideal = np.array([1.0, max(xmax, 2.0)])
+    ax_s.plot(ideal, ideal, "k--", lw=1, label="ideal (linear)")
+    ax_e.axhline(100, color="k", ls="--", lw=1, label="ideal (100%)")
+    ticks = sorted({1, *(int(v) for v in data["parallelism"].unique())})
+    for ax in (ax_s, ax_e):
+        ax.set_xlabel(xlabel)
+        ax.set_xticks(ticks)
+        ax.set_xlim(0.8, max(ticks) + 0.2 * max(ticks) ** 0.5)
+    ax_s.set_ylabel("speedup (×)")
+    ax_s.set_ylim(bottom=0)
+    ax_e.set_ylabel("parallel efficiency (%)")
+    ax_e.set_ylim(0, max(110, float(100 * data["efficiency"].max()) * 1.1))
+    ax_s.legend(loc="upper left")
+    ax_e.legend(loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def train_speedup(summary: pd.DataFrame) -> Figure:
+    train = summary[(summary["study"] == "train") & (summary["model"] == "tinycnn")]
+    fig = _speedup_panels(
+        train, "engine", ["filters", "batch_size"], "threads", "multi-thread training"
+    )
+    fig.suptitle("TinyCNN training: speedup over 1 thread", y=1.02)
+    return fig
+
+
+def classify_speedup(summary: pd.DataFrame) -> Figure:
+    # Sequential is the baseline itself (speedup 1 at 1 worker by definition): no line.
+    classify = summary[(summary["study"] == "classify") & (summary["mode"] != "sequential")]
+    fig = _speedup_panels(
+        classify, "mode", ["grid", "batch_size"], "workers", "parallel classification"
+    )
+    fig.suptitle("Mosaic classification: speedup over sequential", y=1.02)
+    return fig
+
+
+# --- throughput ---------------------------------------------------------------------------
+
+
+def train_throughput(summary: pd.DataFrame) -> Figure:
+    """Grouped bars: engines along x, one bar per thread count, IQR error bars."""
+    train = summary[(summary["study"] == "train") & (summary["model"] == "tinycnn")]
+    families = list(train.groupby(["filters", "batch_size"], sort=True)) if not train.empty else []
+    fig, axes = plt.subplots(
+        1, max(1, len(families)), figsize=(max(6.0, 5.0 * len(families)), 4.2), squeeze=False
+    )
+    if not families:
+        _no_data(axes[0, 0], "tinycnn training")
+        return fig
+    for ax, ((filters, batch), fam) in zip(axes[0], families, strict=True):
+        engines = list(dict.fromkeys(fam.sort_values("rate_median")["engine"]))
+        threads = sorted(fam["parallelism"].unique())
+        width = 0.8 / len(threads)
+        for j, t in enumerate(threads):
+            rows = fam[fam["parallelism"] == t].set_index("engine").reindex(engines)
+            x = np.arange(len(engines)) + (j - (len(threads) - 1) / 2) * width
+            med = rows["rate_median"].to_numpy(dtype=float)
+            err = np.vstack([med - rows["rate_q1"], rows["rate_q3"] - med])
+            ax.bar(
+                x,
+                med,
+                width,
+                yerr=np.nan_to_num(np.clip(err, 0, None)),
+                capsize=3,
+                color=[COLORS.get(e, "C0") for e in engines],
+                alpha=0.45 + 0.55 * (j + 1) / len(threads),
+                edgecolor="black",
+                linewidth=0.5,
+                label=f"{int(t)} thread{'s' if t > 1 else ''}",
+            )
+            for xi, m in zip(x, med, strict=True):
+                if np.isfinite(m):
+                    ax.annotate(
+                        f"{m:,.0f}", (xi, m), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, 2), textcoords="offset points",
+                    )  # fmt: skip
+        ax.set_xticks(np.arange(len(engines)))
+        ax.set_xticklabels(engines)
+        ax.set_ylabel("training throughput (images/s)")
+        ax.set_title(f"F={int(filters)}, B={int(batch)}")
+        rates = fam["rate_median"].dropna()
+        if len(rates) and rates.max() / max(rates.min(), 1e-9) > 30:
+            _plain_log(ax, "y")
+        ax.legend(title="shade = threads", loc="upper left")
+    fig.suptitle("TinyCNN training throughput", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+# --- time to accuracy ---------------------------------------------------------------------
+
+
+def time_to_accuracy(train: pd.DataFrame) -> Figure:
+    """Test accuracy after each epoch against cumulative training seconds, median over seeds."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    data = train[train["model"] == "tinycnn"] if "model" in train.columns else train
+    if data.empty:
+        _no_data(ax, "tinycnn training")
+        return fig
+    first_family = data.sort_values(["filters", "batch_size"]).iloc[0]
+    data = data[
+        (data["filters"] == first_family["filters"])
+        & (data["batch_size"] == first_family["batch_size"])
+    ]
+    for i, (engine, eng) in enumerate(data.groupby("engine", sort=True)):
+        eng = eng[eng["threads"] == eng["threads"].max()]
+        curve = eng.groupby("epoch")[["cum_seconds", "test_acc"]].median().reset_index()
+        threads = int(eng["threads"].max())
+        ax.plot(
+            curve["cum_seconds"],
+            100 * curve["test_acc"],
+            marker=MARKERS[i % len(MARKERS)],
+            color=COLORS.get(engine, f"C{i}"),
+            label=f"{engine} ({threads} thread{'s' if threads > 1 else ''})",
+        )
+    _plain_log(ax, "x")
+    ax.set_xlabel("cumulative training time (s, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(
+        f"TinyCNN time to accuracy (F={int(first_family['filters'])}, "
+        f"B={int(first_family['batch_size'])}; one marker per epoch)"
+    )
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+# --- classification cost ------------------------------------------------------------------
+
+
+def classify_cost_per_cell(summary: pd.DataFrame) -> Figure:
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    data = summary[summary["study"] == "classify"]
+    if data.empty:
+        _no_data(ax, "classification")
+        return fig
+    varying = _varying(data, ["batch_size"])
+    for i, (_, line) in enumerate(data.groupby(["mode", "parallelism", *varying], sort=True)):
+        line = line.sort_values("cells")
+        first = line.iloc[0]
+        ax.plot(
+            line["cells"],
+            1e6 * line["seconds_per_item"],
+            marker=MARKERS[i % len(MARKERS)],
+            color=COLORS.get(first["mode"], f"C{i}"),
+            alpha=0.5 + 0.5 * first["parallelism"] / data["parallelism"].max(),
+            label=_label(first, ["mode", "parallelism", *varying]),
+        )
+    _plain_log(ax, "x")
+    _plain_log(ax, "y")
+    ax.set_xlabel("mosaic cells (log scale)")
+    ax.set_ylabel("classification time per cell (µs, log scale)")
+    ax.set_title("Mosaic classification cost per cell")
+    ax.legend(loc="best", ncols=2)
+    fig.tight_layout()
+    return fig
+
+
+# --- roofline -----------------------------------------------------------------------------
+
+
+def roofline(summary: pd.DataFrame) -> Figure:
+    """Horizontal bars: each configuration's achieved fraction of sgemm at its thread count."""
+    data = summary[summary["roofline_fraction"].notna()].copy()
+    height = max(3.0, 0.28 * len(data) + 1.5)
+    fig, ax = plt.subplots(figsize=(8.5, height))
+    if data.empty:
+        _no_data(ax, "roofline measurement")
+        return fig
+    data["who"] = data["engine"].where(data["study"] == "train", data["mode"])
+    varying = _varying(data, ["filters", "batch_size", "grid"])
+    data = data.sort_values(["study", "model", "who", "parallelism", *varying], ascending=False)
+    labels = []
+    for _, row in data.iterrows():
+        kind = "train" if row["study"] == "train" else "classify"
+        model = "" if row["model"] == "tinycnn" else f" {row['model']}"
+        labels.append(f"{kind}{model}: {_label(row, ['who', 'parallelism', *varying])}")
+    y = np.arange(len(data))
+    pct = 100 * data["roofline_fraction"].to_numpy(dtype=float)
+    ax.barh(
+        y,
+        pct,
+        color=[COLORS.get(w, "C0") for w in data["who"]],
+        edgecolor="black",
+        linewidth=0.5,
+    )
+    for yi, p, g in zip(y, pct, data["gflops"], strict=True):
+        ax.annotate(
+            f"{p:.0f}% ({g:.1f} GFLOP/s)", (p, yi), va="center", fontsize=7,
+            xytext=(3, 0), textcoords="offset points",
+        )  # fmt: skip
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xlabel("achieved GFLOP/s as % of measured sgemm at the same thread count")
+    ax.set_xlim(0, max(100.0, float(np.nanmax(pct)) * 1.25))
+    ax.axvline(100, color="k", ls="--", lw=1)
+    ax.set_title("Fraction of the sgemm roofline")
+    fig.tight_layout()
+    return fig
+
+
+# --- driver -------------------------------------------------------------------------------
+
+
+def save(fig: Figure, out_dir: str | os.PathLike[str], stem: str) -> list[Path]:
+    """Write `stem`.png and `stem`.svg atomically; close the figure."""
+    paths = []
+    for ext in ("png", "svg"):
+        target = Path(out_dir) / f"{stem}.{ext}"
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=ext, bbox_inches="tight")
+        paths.append(target)
+    plt.close(fig)
+    return paths
+
+
+def draw_all(
+    train_csv: str | os.PathLike[str],
+    classify_csv: str | os.PathLike[str],
+    summary_csv: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+) -> list[Path]:
+    """Every figure from the three tables; returns the files written."""
+    train = _read(train_csv)
+    summary = _read(summary_csv)
+    _read(classify_csv)  # read so a malformed table fails here, not silently later
+    makers: dict[str, Callable[[], Figure]] = {
+        "train_speedup": lambda: train_speedup(summary),
+        "train_throughput": lambda: train_throughput(summary),
+        "time_to_accuracy": lambda: time_to_accuracy(train),
+        "classify_speedup": lambda: classify_speedup(summary),
+        "classify_cost_per_cell": lambda: classify_cost_per_cell(summary),
+        "roofline": lambda: roofline(summary),
+    }
+    written = []
+    for stem, make in makers.items():
+        written += save(make(), out_dir, stem)
+        log.info("figure %s written", stem)
+    return written
+
+
+def _read(path: str | os.PathLike[str]) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # a table with no rows at all
+        return pd.DataFrame()
