@@ -1,0 +1,113 @@
+"""TinyCNN and its training engines, all behind one small protocol.
+
+An engine owns a copy of the weights and trains it one SGD step at a time. The epoch's images
+are handed over once (`load_epoch`), so a GPU engine copies them to the device once per epoch,
+and every step names a row range of them rather than passing pixels. Per-step losses stay with
+the engine until `epoch_stats`, so a GPU engine never waits for the host mid-epoch.
+
+    engine = get_engine("numba").from_params(params, lr=0.05, threads=2)
+    engine.warm_up()                      # compile; never changes the weights
+    engine.load_epoch(images_u8, labels)  # (N, 28, 28) uint8, (N,) int
+    for start, stop in spec.batch_bounds(N, B):
+        engine.train_step(start, stop)
+    losses, correct = engine.epoch_stats()  # per step: batch-mean loss, #correct
+    logits = engine.predict(test_u8)        # (n, 10) float32
+    weights = engine.params()               # float32 numpy, torch layout
+
+This module imports neither numba nor torch, so listing engines stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+from cnnpar.errors import CnnparError
+from cnnpar.nets.tinycnn.spec import Params
+
+ENGINES = ("numpy", "numba", "cuda", "torch", "torch-cuda")
+
+# engine name → (module, class)
+_CLASSES = {
+    "numpy": ("cnnpar.nets.tinycnn.numpy", "NumpyEngine"),
+    "numba": ("cnnpar.nets.tinycnn.numba", "NumbaEngine"),
+    "cuda": ("cnnpar.nets.tinycnn.cuda", "CudaEngine"),
+    "torch": ("cnnpar.nets.tinycnn.torch", "TorchEngine"),
+    "torch-cuda": ("cnnpar.nets.tinycnn.torch", "TorchCudaEngine"),
+}
+
+
+class Engine(Protocol):
+    name: ClassVar[str]
+    parallel: ClassVar[bool]  # whether `threads` means anything to it
+    threads: int  # the thread count it actually uses
+
+    @classmethod
+    def from_params(cls, params: Params, *, lr: float, threads: int = 1) -> Engine: ...
+
+    def warm_up(self) -> None: ...
+
+    def load_epoch(self, images: np.ndarray, labels: np.ndarray) -> None: ...
+
+    def train_step(self, start: int, stop: int) -> None: ...
+
+    def epoch_stats(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def predict(self, images: np.ndarray) -> np.ndarray: ...
+
+    def params(self) -> Params: ...
+
+
+CUDA_MISSING = "engine 'cuda' needs a CUDA GPU; none found (set NUMBA_ENABLE_CUDASIM=1 to simulate)"
+
+
+class EngineUnavailable(CnnparError):
+    """The engine exists but cannot run here (no GPU, say)."""
+
+
+class UnknownEngine(CnnparError):
+    """No engine by that name."""
+
+
+def unavailable_reason(name: str) -> str | None:
+    """None if engine `name` can run here, else a one-line reason naming the fix."""
+    if name not in _CLASSES:
+        raise UnknownEngine(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    if name == "cuda":
+        if not _numba_cuda_available():
+            return CUDA_MISSING
+    elif name == "torch-cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "engine 'torch-cuda' needs a CUDA GPU; none found (use --engine torch)"
+    return None
+
+
+def _numba_cuda_available() -> bool:
+    # The simulator is chosen when numba.cuda is first imported, from the environment.
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return True
+    try:
+        from numba import cuda
+
+        return bool(cuda.is_available())
+    except Exception:  # a broken driver or toolkit means "not available", not a crash
+        return False
+
+
+def get_engine(name: str) -> type[Engine]:
+    """The engine class, or EngineUnavailable / UnknownEngine with a one-line message."""
+    reason = unavailable_reason(name)
+    if reason is not None:
+        raise EngineUnavailable(reason)
+    module, cls = _CLASSES[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def available_engines() -> dict[str, str | None]:
+    """Engine name → None if available here, else why not."""
+    return {name: unavailable_reason(name) for name in ENGINES}

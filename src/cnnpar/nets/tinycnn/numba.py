@@ -1,0 +1,375 @@
+"""Parallel CPU engine: numba, one fused forward + backward + gradient pass per image.
+
+A batch is cut into one contiguous chunk of images per thread (`prange` over chunks). Each
+thread runs conv → ReLU → pool → FC → softmax → backward for one image at a time, entirely in
+its own scratch rows, and adds that image's gradient into its own gradient buffer. After the
+parallel loop the per-thread buffers are summed in a fixed order and the SGD update applied, so
+there are no races and no atomics, and the result does not depend on scheduling. Every buffer is
+allocated once in the constructor; a step allocates nothing.
+
+Internal layout (why it differs from torch's): the filter axis F is innermost everywhere, so
+every inner loop is a unit-stride loop over filters that LLVM turns into SIMD.
+    wc  (9, F)        wc[k·3+l, f] = conv_w[f, 0, k, l]
+    bc  (F,)
+    wf  (10, 169·F)   wf[c, p·F+f] = fc_w[c, f·169+p]     p = pooled cell i·13+j
+    bf  (10,)
+`params()` converts back to the torch layout.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from cnnpar.nets.tinycnn import spec
+from cnnpar.nets.tinycnn.spec import CELLS, CLASSES, IMAGE, KERNEL, POOL, Params
+
+# Re-association lets LLVM vectorise the dot products; contraction gives FMAs. No nnan/ninf:
+# the softmax must stay exact about infinities.
+FAST = {"reassoc", "contract", "nsz"}
+
+
+@njit(fastmath=FAST, cache=True)
+def _to_float(image: np.ndarray, x: np.ndarray) -> None:
+    """uint8 (28, 28) → float32 (28, 28) / 255, into x."""
+    for i in range(IMAGE):
+        for j in range(IMAGE):
+            x[i, j] = np.float32(image[i, j]) / np.float32(255.0)
+
+
+@njit(fastmath=FAST, cache=True)
+def _conv_pool(x: np.ndarray, wc: np.ndarray, bc: np.ndarray, pooled: np.ndarray, arg: np.ndarray):
+    """conv 3×3 → max-pool 2×2 → ReLU for one image, all F filters at once.
+
+    pooled (169·F,) gets max(0, window max); arg (169·F,) the winning window position
+    0..3 (row-major, first maximum wins, as torch), or -1 where ReLU gates the gradient off.
+    Each pooled cell reads one 4×4 input patch; its four 3×3 windows are the four conv outputs.
+    """
+    n_f = bc.shape[0]
+    for pi in range(POOL):
+        for pj in range(POOL):
+            r = 2 * pi
+            s = 2 * pj
+            x00, x01, x02, x03 = x[r, s], x[r, s + 1], x[r, s + 2], x[r, s + 3]
+            x10, x11, x12, x13 = x[r + 1, s], x[r + 1, s + 1], x[r + 1, s + 2], x[r + 1, s + 3]
+            x20, x21, x22, x23 = x[r + 2, s], x[r + 2, s + 1], x[r + 2, s + 2], x[r + 2, s + 3]
+            x30, x31, x32, x33 = x[r + 3, s], x[r + 3, s + 1], x[r + 3, s + 2], x[r + 3, s + 3]
+            base = (pi * POOL + pj) * n_f
+            for f in range(n_f):  # SIMD over filters
+                w0, w1, w2 = wc[0, f], wc[1, f], wc[2, f]
+                w3, w4, w5 = wc[3, f], wc[4, f], wc[5, f]
+                w6, w7, w8 = wc[6, f], wc[7, f], wc[8, f]
+                b = bc[f]
+                a0 = (
+                    b + w0 * x00 + w1 * x01 + w2 * x02 + w3 * x10 + w4 * x11 + w5 * x12
+                    + w6 * x20 + w7 * x21 + w8 * x22
+                )  # fmt: skip
+                a1 = (
+                    b + w0 * x01 + w1 * x02 + w2 * x03 + w3 * x11 + w4 * x12 + w5 * x13
+                    + w6 * x21 + w7 * x22 + w8 * x23
+                )  # fmt: skip
+                a2 = (
+                    b + w0 * x10 + w1 * x11 + w2 * x12 + w3 * x20 + w4 * x21 + w5 * x22
+                    + w6 * x30 + w7 * x31 + w8 * x32
+                )  # fmt: skip
+                a3 = (
+                    b + w0 * x11 + w1 * x12 + w2 * x13 + w3 * x21 + w4 * x22 + w5 * x23
+                    + w6 * x31 + w7 * x32 + w8 * x33
+                )  # fmt: skip
+                best = a0
+                k = 0
+                if a1 > best:
+                    best = a1
+                    k = 1
+                if a2 > best:
+                    best = a2
+                    k = 2
+                if a3 > best:
+                    best = a3
+                    k = 3
+                if best > 0:
+                    pooled[base + f] = best
+                    arg[base + f] = k
+                else:
+                    pooled[base + f] = 0
+                    arg[base + f] = -1
+
+
+@njit(fastmath=FAST, cache=True)
+def _fc_forward(pooled: np.ndarray, wf: np.ndarray, bf: np.ndarray, logits: np.ndarray) -> None:
+    n_in = wf.shape[1]
+    for c in range(CLASSES):
+        acc = bf[c]
+        for j in range(n_in):
+            acc += wf[c, j] * pooled[j]
+        logits[c] = acc
+
+
+@njit(fastmath=FAST, cache=True)
+def _softmax_xent(logits: np.ndarray, y: int, scale: np.float32, dlogits: np.ndarray):
+    """Return (loss, correct) of one image; dlogits = scale · (softmax − onehot(y))."""
+    top = 0
+    for c in range(1, CLASSES):
+        if logits[c] > logits[top]:
+            top = c
+    m = logits[top]
+    z = np.float32(0.0)
+    for c in range(CLASSES):
+        e = np.exp(logits[c] - m)
+        dlogits[c] = e
+        z += e
+    for c in range(CLASSES):
+        dlogits[c] = scale * (dlogits[c] / z)
+    dlogits[y] -= scale
+    loss = np.log(z) + m - logits[y]
+    return loss, top == y
+
+
+@njit(fastmath=FAST, cache=True)
+def _fc_backward(pooled, wf, dlogits, gwf, gbf, dpool) -> None:
+    """gwf += dlogits ⊗ pooled, gbf += dlogits, dpool = wfᵀ · dlogits (with the old wf).
+
+    gwf is this thread's flat (10·169F) row.
+    """
+    n_in = wf.shape[1]
+    for j in range(n_in):
+        dpool[j] = 0
+    for c in range(CLASSES):
+        d = dlogits[c]
+        gbf[c] += d
+        row = c * n_in
+        for j in range(n_in):
+            gwf[row + j] += d * pooled[j]
+            dpool[j] += d * wf[c, j]
+
+
+@njit(fastmath=FAST, cache=True)
+def _conv_backward(x, arg, dpool, gwc, gbc, n_f: int) -> None:
+    """Route each pooled gradient to its winning conv output and correlate with the input.
+
+    Written densely over the four window positions (masked), so the loop over filters stays SIMD.
+    gwc is this thread's flat row, gwc[k·F+f] for kernel tap k; n_f = F (rows are padded).
+    """
+    for pi in range(POOL):
+        for pj in range(POOL):
+            r = 2 * pi
+            s = 2 * pj
+            x00, x01, x02, x03 = x[r, s], x[r, s + 1], x[r, s + 2], x[r, s + 3]
+            x10, x11, x12, x13 = x[r + 1, s], x[r + 1, s + 1], x[r + 1, s + 2], x[r + 1, s + 3]
+            x20, x21, x22, x23 = x[r + 2, s], x[r + 2, s + 1], x[r + 2, s + 2], x[r + 2, s + 3]
+            x30, x31, x32, x33 = x[r + 3, s], x[r + 3, s + 1], x[r + 3, s + 2], x[r + 3, s + 3]
+            base = (pi * POOL + pj) * n_f
+            for f in range(n_f):  # SIMD over filters
+                a = arg[base + f]
+                g = dpool[base + f]
+                zero = np.float32(0.0)
+                g0 = g if a == 0 else zero
+                g1 = g if a == 1 else zero
+                g2 = g if a == 2 else zero
+                g3 = g if a == 3 else zero
+                gbc[f] += g0 + g1 + g2 + g3
+                gwc[0 * n_f + f] += g0 * x00 + g1 * x01 + g2 * x10 + g3 * x11
+                gwc[1 * n_f + f] += g0 * x01 + g1 * x02 + g2 * x11 + g3 * x12
+                gwc[2 * n_f + f] += g0 * x02 + g1 * x03 + g2 * x12 + g3 * x13
+                gwc[3 * n_f + f] += g0 * x10 + g1 * x11 + g2 * x20 + g3 * x21
+                gwc[4 * n_f + f] += g0 * x11 + g1 * x12 + g2 * x21 + g3 * x22
+                gwc[5 * n_f + f] += g0 * x12 + g1 * x13 + g2 * x22 + g3 * x23
+                gwc[6 * n_f + f] += g0 * x20 + g1 * x21 + g2 * x30 + g3 * x31
+                gwc[7 * n_f + f] += g0 * x21 + g1 * x22 + g2 * x31 + g3 * x32
+                gwc[8 * n_f + f] += g0 * x22 + g1 * x23 + g2 * x32 + g3 * x33
+
+
+@njit(fastmath=FAST, cache=True)
+def _sgd(p: np.ndarray, g: np.ndarray, lr: np.float32) -> None:
+    """p (n,) -= lr · Σ_t g[t, :n] (g (T, ≥n), one padded row per thread), in thread order."""
+    n_t = g.shape[0]
+    n = p.shape[0]
+    for t in range(1, n_t):
+        for j in range(n):
+            g[0, j] += g[t, j]
+    for j in range(n):
+        p[j] -= lr * g[0, j]
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def _train_step(
+    images, labels, start, stop, lr, wc, bc, wf, bf,  # data, weights
+    xs, pooled, arg, dpool, logits, dlogits,  # per-thread scratch rows, (T, padded)
+    gwc, gbc, gwf, gbf, stats,  # per-thread gradient rows and (loss sum, #correct)
+):  # fmt: skip
+    """One SGD step on images[start:stop]; returns (batch-mean loss, #correct).
+
+    Per-thread rows are padded past a cache line (see `_per_thread`), so threads never write
+    to the same line: without that, the small per-image accumulators (gbc, gwc, logits)
+    false-share and two threads run slower than one.
+    """
+    n_threads = xs.shape[0]
+    n = stop - start
+    scale = np.float32(1.0) / np.float32(n)  # the loss is a batch mean
+    for t in prange(n_threads):
+        lo = start + (n * t) // n_threads
+        hi = start + (n * (t + 1)) // n_threads
+        gwc[t, :] = 0
+        gbc[t, :] = 0
+        gwf[t, :] = 0
+        gbf[t, :] = 0
+        loss_sum = 0.0
+        correct = 0
+        for i in range(lo, hi):
+            _to_float(images[i], xs[t])
+            _conv_pool(xs[t], wc, bc, pooled[t], arg[t])
+            _fc_forward(pooled[t], wf, bf, logits[t])
+            loss, ok = _softmax_xent(logits[t], labels[i], scale, dlogits[t])
+            loss_sum += loss
+            correct += ok
+            _fc_backward(pooled[t], wf, dlogits[t], gwf[t], gbf[t], dpool[t])
+            _conv_backward(xs[t], arg[t], dpool[t], gwc[t], gbc[t], bc.shape[0])
+        stats[t, 0] = loss_sum
+        stats[t, 1] = correct
+    _sgd(wc.reshape(wc.size), gwc, lr)
+    _sgd(bc, gbc, lr)
+    _sgd(wf.reshape(wf.size), gwf, lr)
+    _sgd(bf, gbf, lr)
+    loss_total = 0.0
+    correct_total = 0
+    for t in range(n_threads):  # fixed order: the loss does not depend on scheduling
+        loss_total += stats[t, 0]
+        correct_total += int(stats[t, 1])
+    return loss_total / n, correct_total
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def _predict(images, wc, bc, wf, bf, xs, pooled, arg, out) -> None:
+    """Logits of every image into out (n, 10), images split into one chunk per thread."""
+    n_threads = xs.shape[0]
+    n = images.shape[0]
+    for t in prange(n_threads):
+        for i in range(n * t // n_threads, n * (t + 1) // n_threads):
+            _to_float(images[i], xs[t])
+            _conv_pool(xs[t], wc, bc, pooled[t], arg[t])
+            _fc_forward(pooled[t], wf, bf, out[i])
+
+
+def to_internal(params: Params) -> dict[str, np.ndarray]:
+    f = spec.check_params(params)
+    return {
+        "wc": np.ascontiguousarray(params["conv_w"].reshape(f, KERNEL * KERNEL).T, np.float32),
+        "bc": np.array(params["conv_b"], np.float32),
+        "wf": np.ascontiguousarray(
+            params["fc_w"].reshape(CLASSES, f, CELLS).transpose(0, 2, 1).reshape(CLASSES, -1),
+            np.float32,
+        ),
+        "bf": np.array(params["fc_b"], np.float32),
+    }
+
+
+def from_internal(w: dict[str, np.ndarray]) -> Params:
+    f = w["bc"].shape[0]
+    return {
+        "conv_w": w["wc"].T.reshape(f, 1, KERNEL, KERNEL).copy(),
+        "conv_b": w["bc"].copy(),
+        "fc_w": w["wf"].reshape(CLASSES, CELLS, f).transpose(0, 2, 1).reshape(CLASSES, -1).copy(),
+        "fc_b": w["bf"].copy(),
+    }
+
+
+def _per_thread(n_t: int, n: int, dtype: type) -> np.ndarray:
+    """(T, row) zeros with row ≥ n rounded up to whole cache lines plus one spare line, so the
+    used prefixes of two threads' rows never share a 64-byte line, whatever the base address."""
+    per_line = 64 // np.dtype(dtype).itemsize
+    row = -(-n // per_line) * per_line + per_line
+    return np.zeros((n_t, row), dtype)
+
+
+def _readonly(a: np.ndarray, dtype: type | None = None) -> np.ndarray:
+    """A read-only C-contiguous view (a copy only if the layout or dtype must change).
+
+    numba compiles a separate version for read-only arrays (MNIST loaded from bytes is
+    read-only), so data always goes in read-only: one version, compiled by `warm_up`.
+    """
+    view = np.ascontiguousarray(a, dtype).view()
+    view.flags.writeable = False
+    return view
+
+
+class NumbaEngine:
+    name: ClassVar[str] = "numba"
+    parallel: ClassVar[bool] = True
+
+    def __init__(self, params: Params, lr: float, threads: int) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1 (got {threads})")
+        # The pool size is fixed when numba starts; more chunks than threads would only queue.
+        self.threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+        numba.set_num_threads(self.threads)
+        self.lr = np.float32(lr)
+        self._w = to_internal(params)
+        self._scratch = self._allocate(self.threads, int(self._w["bc"].shape[0]))
+        self._images = np.empty((0, IMAGE, IMAGE), np.uint8)
+        self._labels = np.empty(0, np.int64)
+        self._losses: list[float] = []
+        self._correct: list[int] = []
+
+    @staticmethod
+    def _allocate(n_t: int, f: int) -> dict[str, np.ndarray]:
+        k = CELLS * f
+        return {
+            # Two spare image rows (224 bytes) keep the threads' images off a shared line.
+            "xs": np.zeros((n_t, IMAGE + 2, IMAGE), np.float32),
+            "pooled": _per_thread(n_t, k, np.float32),
+            "arg": _per_thread(n_t, k, np.int32),
+            "dpool": _per_thread(n_t, k, np.float32),
+            "logits": _per_thread(n_t, CLASSES, np.float32),
+            "dlogits": _per_thread(n_t, CLASSES, np.float32),
+            "gwc": _per_thread(n_t, KERNEL * KERNEL * f, np.float32),
+            "gbc": _per_thread(n_t, f, np.float32),
+            "gwf": _per_thread(n_t, CLASSES * k, np.float32),
+            "gbf": _per_thread(n_t, CLASSES, np.float32),
+            "stats": _per_thread(n_t, 2, np.float64),
+        }
+
+    @classmethod
+    def from_params(cls, params: Params, *, lr: float, threads: int = 1) -> NumbaEngine:
+        return cls(params, lr, threads)
+
+    def _step(self, w, s, images, labels, start: int, stop: int) -> tuple[float, int]:
+        return _train_step(
+            images, labels, start, stop, self.lr, w["wc"], w["bc"], w["wf"], w["bf"],
+            s["xs"], s["pooled"], s["arg"], s["dpool"], s["logits"], s["dlogits"],
+            s["gwc"], s["gbc"], s["gwf"], s["gbf"], s["stats"],
+        )  # fmt: skip
+
+    def warm_up(self) -> None:
+        """Compile (or load from cache) both kernels on a throwaway copy of the weights."""
+        w = {k: v.copy() for k, v in self._w.items()}
+        images = _readonly(np.zeros((2, IMAGE, IMAGE), np.uint8))
+        self._step(w, self._scratch, images, _readonly(np.zeros(2, np.int64)), 0, 2)
+        s = self._scratch
+        _predict(images, w["wc"], w["bc"], w["wf"], w["bf"], s["xs"], s["pooled"], s["arg"],
+                 np.zeros((2, CLASSES), np.float32))  # fmt: skip
+
+    def load_epoch(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self._images = _readonly(images, np.uint8)
+        self._labels = _readonly(labels, np.int64)
+        self._losses, self._correct = [], []
+
+    def train_step(self, start: int, stop: int) -> None:
+        loss, correct = self._step(self._w, self._scratch, self._images, self._labels, start, stop)
+        self._losses.append(loss)
+        self._correct.append(correct)
+
+    def epoch_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.array(self._losses), np.array(self._correct, dtype=np.int64)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        out = np.empty((images.shape[0], CLASSES), np.float32)
+        w, s = self._w, self._scratch
+        _predict(_readonly(images, np.uint8), w["wc"], w["bc"], w["wf"], w["bf"],
+                 s["xs"], s["pooled"], s["arg"], out)  # fmt: skip
+        return out
+
+    def params(self) -> Params:
+        return from_internal(self._w)
