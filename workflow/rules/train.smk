@@ -60,6 +60,9 @@ rule train_mosaicnet:
     threads: MOSAICNET["threads"]
     resources:
         bench=1,
+        # For cluster executors (the SLURM plugin turns it into sbatch --gpus=1). It depends on
+        # the config, not on a wildcard, so profiles/slurm cannot compute it. (Cluster issue.)
+        gpu=int(MOSAICNET["engine"] == "torch-cuda"),
     params:
         out=lambda wildcards, output: Path(output.model).parent,
         engine=MOSAICNET["engine"],
