@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 from slurm_cluster import ClusterError, SlurmCluster, missing_requirements, single_node_cluster
 
 pytestmark = pytest.mark.slurm
@@ -18,8 +28,10 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         if os.environ.get("CI") == "true":  # CI installs SLURM: a missing piece is a failure
             pytest.fail(f"CI=true but the slurm test cannot run: {reason}")
         pytest.skip(reason)
+    # CNNPAR_KEEP_SLURM_DIR=1 keeps slurm.conf and the daemon logs for a post-mortem.
+    keep = bool(os.environ.get("CNNPAR_KEEP_SLURM_DIR"))
     try:
-        with single_node_cluster(cpus=2) as cluster:
+        with single_node_cluster(cpus=2, keep_dir=keep) as cluster:
             yield cluster
     except ClusterError as err:
         pytest.fail(f"single-node SLURM cluster did not start:\n{err}")
@@ -34,3 +46,217 @@ def test_sbatch_runs_a_job(slurm_cluster: SlurmCluster, tmp_path) -> None:
     assert fields["JobState"] == "COMPLETED", fields
     assert fields["Partition"] == slurm_cluster.partition
     assert out.read_text().strip() == os.uname().nodename
+
+
+# --- the workflow through the cluster profile ----------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "tests" / "data" / "config.tiny.yaml"
+PROFILE = REPO / "profiles" / "slurm"
+RUN_TIMEOUT_S = 480  # one snakemake invocation; the tiny config takes about two minutes here
+# Flags for this test cluster only. Without accounting, sacct knows nothing and the plugin
+# must poll squeue (it would otherwise wait forever after the jobs finish); there is no
+# account to charge; and a 1 s first poll keeps the short jobs from idling in the queue.
+CLUSTER_FLAGS = (
+    "--slurm-status-command=squeue",
+    "--slurm-no-account",
+    "--slurm-init-seconds-before-status-checks=1",
+)
+# "Job 3 has been submitted with SLURM jobid 17 (log: /abs/.snakemake/slurm_logs/...)."
+SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+FAILURE_MARKER = "injected one-time failure"
+
+
+@dataclass
+class Submission:
+    slurm_id: str
+    log: Path
+
+    @property
+    def rule(self) -> str:
+        """The rule name, from the log path .snakemake/slurm_logs/rule_<rule>/..."""
+        part = next(p for p in self.log.parts if p.startswith("rule_"))
+        return part.removeprefix("rule_")
+
+
+@dataclass
+class WorkflowRun:
+    returncode: int
+    output: str
+    seconds: float
+
+    @property
+    def submissions(self) -> list[Submission]:
+        return [Submission(i, Path(log)) for i, log in SUBMITTED.findall(self.output)]
+
+
+def run_workflow(workdir: Path, env: dict[str, str]) -> WorkflowRun:
+    """`snakemake --profile profiles/slurm` on the tiny config, in `workdir`, bounded in time."""
+    start = time.monotonic()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            f"--snakefile={REPO / 'Snakefile'}",
+            f"--directory={workdir}",
+            f"--profile={PROFILE}",
+            f"--configfile={TINY_CONFIG}",
+            *CLUSTER_FLAGS,
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    return WorkflowRun(result.returncode, result.stdout + result.stderr, time.monotonic() - start)
+
+
+def expected_jobs(config: dict) -> dict[str, int]:
+    """Job counts per rule for a config, from its documented sweep semantics: numpy trains
+    on 1 thread, the sequential mode uses 1 worker, MosaicNet trains once per classify seed."""
+    tiny, cls = config["train"]["tinycnn"], config["classify"]
+    per_engine = sum(1 if e == "numpy" else len(tiny["threads"]) for e in tiny["engines"])
+    per_mode = sum(1 if m == "sequential" else len(cls["workers"]) for m in cls["modes"])
+    return {
+        "train_tinycnn": per_engine
+        * len(tiny["filters"])
+        * len(tiny["batch_sizes"])
+        * len(tiny["seeds"]),
+        "train_mosaicnet": len(cls["seeds"]),
+        "classify": per_mode * len(cls["grids"]) * len(cls["batch_sizes"]) * len(cls["seeds"]),
+    }
+
+
+@dataclass
+class FaultedThenRerun:
+    """The tiny workflow run twice on the cluster: once with an injected failure, once more."""
+
+    workdir: Path
+    config: dict
+    marker: Path
+    first: WorkflowRun
+    second: WorkflowRun
+    mtimes_after_first: dict[Path, float]
+
+
+@pytest.fixture(scope="module")
+def faulted_then_rerun(
+    slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory
+) -> FaultedThenRerun:
+    workdir = tmp_path_factory.mktemp("slurm-workflow")
+    marker = workdir / "fail-once.marker"
+    # The train_tinycnn rule fails the first job that finds no marker (and creates it); jobs
+    # inherit this variable through sbatch --export=ALL.
+    env = {**slurm_cluster.env, "CNNPAR_FAIL_ONCE": str(marker)}
+    first = run_workflow(workdir, env)
+    mtimes = {p: p.stat().st_mtime for p in (workdir / "results").rglob("*") if p.is_file()}
+    second = run_workflow(workdir, env)
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    return FaultedThenRerun(workdir, config, marker, first, second, mtimes)
+
+
+def test_failed_job_is_reported_with_its_slurm_log(faulted_then_rerun: FaultedThenRerun) -> None:
+    run = faulted_then_rerun.first
+    assert run.returncode != 0, run.output[-3000:]
+    assert faulted_then_rerun.marker.exists(), "the fault was never injected"
+    assert "Error in rule train_tinycnn" in run.output, run.output[-3000:]
+    failed = [
+        s
+        for s in run.submissions
+        if s.rule == "train_tinycnn" and s.log.exists() and FAILURE_MARKER in s.log.read_text()
+    ]
+    # Exactly one job failed; its SLURM log (kept because it failed) is named in the error.
+    assert len(failed) == 1, [str(s.log) for s in run.submissions]
+    error_block = run.output[run.output.index("Error in rule train_tinycnn") :]
+    assert str(failed[0].log) in error_block
+
+
+def test_rerun_completes_without_redoing_finished_jobs(
+    faulted_then_rerun: FaultedThenRerun,
+) -> None:
+    run = faulted_then_rerun.second
+    assert run.returncode == 0, run.output[-3000:]
+    # Only the failed job and what depends on it ran again.
+    rules = sorted(s.rule for s in run.submissions)
+    assert rules == ["figures", "report", "tables", "train_tinycnn"], rules
+    redone = [
+        str(path)
+        for path, mtime in faulted_then_rerun.mtimes_after_first.items()
+        if "/logs/" not in str(path) and path.stat().st_mtime != mtime
+    ]
+    assert redone == [], redone
+
+
+def test_every_job_ran_through_slurm(
+    slurm_cluster: SlurmCluster, faulted_then_rerun: FaultedThenRerun
+) -> None:
+    runs = (faulted_then_rerun.first, faulted_then_rerun.second)
+    submissions = [s for run in runs for s in run.submissions]
+    per_rule = Counter(s.rule for s in submissions)
+    expected = expected_jobs(faulted_then_rerun.config)
+    # The failed tinycnn job was submitted twice; all, mask_figure are local rules.
+    assert per_rule["train_tinycnn"] == expected["train_tinycnn"] + 1, per_rule
+    assert per_rule["train_mosaicnet"] == expected["train_mosaicnet"], per_rule
+    assert per_rule["classify"] == expected["classify"], per_rule
+    for rule in ("verify_data", "tables", "figures", "report"):
+        assert per_rule[rule] >= 1, per_rule
+    for submission in submissions:
+        fields = slurm_cluster.job_fields(submission.slurm_id)
+        assert fields["Partition"] == slurm_cluster.partition
+        assert Path(fields["WorkDir"]) == faulted_then_rerun.workdir
+        assert fields["JobState"] in ("COMPLETED", "FAILED"), (submission, fields["JobState"])
+    states = [slurm_cluster.job_fields(s.slurm_id)["JobState"] for s in submissions]
+    assert states.count("FAILED") == 1, states
+
+
+def test_outputs_and_tables_are_complete(faulted_then_rerun: FaultedThenRerun) -> None:
+    results = faulted_then_rerun.workdir / "results"
+    config = faulted_then_rerun.config
+    expected = expected_jobs(config)
+    for name in ("report.html", "tables/train.csv", "tables/classify.csv", "tables/summary.csv"):
+        assert (results / name).stat().st_size > 0, name
+    assert (results / "figures" / "mask.png").exists()
+    assert len(list((results / "figures").glob("*.png"))) >= 2
+
+    train = pd.read_csv(results / "tables" / "train.csv")
+    tiny_epochs = config["train"]["tinycnn"]["epochs"]
+    mosaic_epochs = config["train"]["mosaicnet"]["epochs"]
+    assert len(train) == (
+        expected["train_tinycnn"] * tiny_epochs + expected["train_mosaicnet"] * mosaic_epochs
+    )
+    tinycnn = train[train["model"] == "tinycnn"]
+    assert tinycnn["job_dir"].nunique() == expected["train_tinycnn"]
+    assert (tinycnn.groupby("job_dir").size() == tiny_epochs).all()
+
+    classify = pd.read_csv(results / "tables" / "classify.csv")
+    assert len(classify) == expected["classify"] * config["classify"]["repeats"]
+    assert classify["job_dir"].nunique() == expected["classify"]
+
+
+TIMED_RULES = ("env_info", "train_tinycnn", "train_mosaicnet", "classify")
+
+
+def test_timed_jobs_queue_together_but_run_alone(
+    slurm_cluster: SlurmCluster, faulted_then_rerun: FaultedThenRerun
+) -> None:
+    """The profile scopes the local `bench=1` cap to inside each job, so Snakemake queues timed
+    jobs together, and `--exclusive` makes SLURM run each alone on the node."""
+    timed = [s for s in faulted_then_rerun.first.submissions if s.rule in TIMED_RULES]
+    jobs = [slurm_cluster.job_fields(s.slurm_id) for s in timed]
+    assert all(job["OverSubscribe"] == "NO" for job in jobs), [j["OverSubscribe"] for j in jobs]
+    # scontrol times have 1 s resolution: a job may start in the second the previous ended.
+    jobs.sort(key=lambda job: (job["StartTime"], job["EndTime"]))
+    for before, after in itertools.pairwise(jobs):
+        assert after["StartTime"] >= before["EndTime"], (before["JobId"], after["JobId"])
+    queued_while_another_ran = [
+        job
+        for job in jobs
+        if any(
+            other is not job and job["SubmitTime"] < other["EndTime"] <= job["StartTime"]
+            for other in jobs
+        )
+    ]
+    assert queued_while_another_ran, "timed jobs were submitted one at a time"
