@@ -1,0 +1,390 @@
+"""The Snakemake workflow: DAG size per config, lint, config errors, a real run, interrupts.
+
+Every snakemake call runs in a tmp directory (`--directory`), so nothing is written into the
+repository's results/ or .snakemake/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+TINY = REPO / "tests/data/config.tiny.yaml"
+FIGURE_STEMS = [
+    "train_speedup",
+    "train_throughput",
+    "time_to_accuracy",
+    "classify_speedup",
+    "classify_cost_per_cell",
+    "roofline",
+]
+
+
+def snakemake(
+    workdir: Path, *args: str, timeout: float = 120, **popen: object
+) -> subprocess.CompletedProcess[str]:
+    """Run snakemake on the repo's Snakefile inside `workdir`, with this venv on PATH."""
+    return subprocess.run(
+        snakemake_cmd(workdir, *args),
+        cwd=workdir,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )
+
+
+def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir), *args]
+
+
+def venv_env() -> dict[str, str]:
+    """The job shells call `cnnpar`: put this interpreter's bin directory first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("CNNPAR_FAIL_ONCE", None)
+    return env
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a (dry) run: rule -> job count."""
+    lines = output[output.index("Job stats:") :].splitlines()[3:]
+    stats = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        stats[parts[0]] = int(parts[1])
+    return stats
+
+
+def load_config(path: Path) -> dict:
+    """Config as Snakemake sees it: config/config.yaml with `path` deep-merged over it."""
+
+    def merge(base: dict, new: dict) -> dict:
+        for key, value in new.items():
+            base[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+        return base
+
+    return merge(
+        yaml.safe_load((REPO / "config/config.yaml").read_text()), yaml.safe_load(path.read_text())
+    )
+
+
+def gpu_reason(name: str) -> str | None:
+    if name in ("cuda", "torch-cuda"):
+        from cnnpar.nets.tinycnn import unavailable_reason
+
+        return unavailable_reason(name)
+    import torch
+
+    return None if torch.cuda.is_available() else "no GPU"
+
+
+def expected_jobs(config: dict) -> dict[str, int]:
+    """Job counts computed from the config by the rules the workflow documents:
+    numpy/cuda/torch-cuda train at 1 thread, sequential/cuda classify with 1 worker, GPU
+    engines and modes dropped where unavailable, one MosaicNet and one roofline per need."""
+    tiny, cls = config["train"]["tinycnn"], config["classify"]
+    engines = [e for e in tiny["engines"] if e not in ("cuda", "torch-cuda") or not gpu_reason(e)]
+    modes = [m for m in cls["modes"] if m != "cuda" or not gpu_reason("mode-cuda")]
+    train_threads, classify_workers = set(), set()
+    n_train = 0
+    for engine in engines:
+        threads = [1] if engine in ("numpy", "cuda", "torch-cuda") else tiny["threads"]
+        train_threads |= set(threads)
+        n_train += (
+            len(threads) * len(tiny["filters"]) * len(tiny["batch_sizes"]) * len(tiny["seeds"])
+        )
+    n_classify = 0
+    grids = {g if isinstance(g, str) else f"{g['rows']}x{g['cols']}" for g in cls["grids"]}
+    for mode in modes:
+        workers = [1] if mode in ("sequential", "cuda") else cls["workers"]
+        classify_workers |= set(workers)
+        n_classify += len(workers) * len(grids) * len(cls["batch_sizes"]) * len(cls["seeds"])
+    return {
+        "env_info": len(train_threads | classify_workers | {1}),
+        "verify_data": 1,
+        "train_mosaicnet": len(cls["seeds"]),
+        "train_tinycnn": n_train,
+        "classify": n_classify,
+        "mask_figure": 1,
+        "tables": 1,
+        "figures": 1,
+        "report": 1,
+        "all": 1,
+    }
+
+
+# --- dry runs, lint, config errors --------------------------------------------------------
+
+
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/full.yaml", TINY])
+def test_dry_run_job_counts_match_the_config_grid(tmp_path: Path, configfile: str | Path):
+    path = REPO / configfile
+    result = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = job_stats(result.stdout + result.stderr)
+    expected = expected_jobs(load_config(path))
+    assert stats == {**expected, "total": sum(expected.values())}
+
+
+def test_full_config_is_a_real_sweep():
+    """The full study really sweeps: several threads, widths, grids and seeds."""
+    config = load_config(REPO / "config/full.yaml")
+    tiny, cls = config["train"]["tinycnn"], config["classify"]
+    assert len(tiny["threads"]) >= 3 and len(tiny["filters"]) >= 2 and len(tiny["seeds"]) >= 3
+    assert {"200x300", "1000x1000"} <= set(cls["grids"])
+    assert set(tiny["engines"]) == {"numpy", "numba", "cuda", "torch", "torch-cuda"}
+
+
+def test_unavailable_engines_are_skipped_with_a_warning_or_fail_when_strict(tmp_path: Path):
+    if gpu_reason("torch-cuda") is None:
+        pytest.skip("a GPU is present: nothing is unavailable")
+    cfg = tmp_path / "gpu.yaml"
+    cfg.write_text(yaml.safe_dump({"train": {"tinycnn": {"engines": ["numpy", "torch-cuda"]}}}))
+    result = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(cfg))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipping train engine 'torch-cuda'" in result.stdout + result.stderr
+    assert job_stats(result.stdout + result.stderr)["train_tinycnn"] == 1
+
+    cfg.write_text(
+        yaml.safe_dump({"strict": True, "train": {"tinycnn": {"engines": ["numpy", "torch-cuda"]}}})
+    )
+    strict = snakemake(tmp_path, "-n", "--configfile", str(cfg))
+    assert strict.returncode != 0
+    assert "train engine 'torch-cuda' is not available" in strict.stdout + strict.stderr
+
+
+def test_lint_is_clean(tmp_path: Path):
+    result = snakemake(tmp_path, "--lint", "--configfile", str(REPO / "config/config.yaml"))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Congratulations, your workflow is in a good condition!" in output
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        (
+            {"train": {"tinycnn": {"engines": ["numpy", "tpu"]}}},
+            "'train.tinycnn.engines[1]': 'tpu'",
+        ),
+        ({"train": {"tinycnn": {"threads": [0, 2]}}}, "'train.tinycnn.threads[0]': 0 is too small"),
+        ({"classify": {"grids": ["0x5"]}}, "'classify.grids[0]': '0x5' is invalid"),
+        ({"classify": {"grid": ["10x10"]}}, "unknown config key 'grid' in 'classify'"),
+        ({"classify": {"modes": ["gpu"]}}, "'classify.modes[0]': 'gpu' is not allowed"),
+    ],
+)
+def test_bad_configs_fail_at_start_up_naming_the_key(tmp_path: Path, override: dict, named: str):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(override))
+    result = snakemake(tmp_path, "-n", "--configfile", str(cfg), timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert named in output, output[-2000:]
+    assert "allowed" in output or "must be" in output or "ROWSxCOLS" in output
+    assert not (tmp_path / "results").exists()  # nothing ran
+
+
+# --- a real run, interrupted twice ----------------------------------------------------------
+
+
+def _outputs(results: Path) -> dict[Path, float]:
+    """Every finished job output (not logs or benchmarks) with its modification time."""
+    files = {}
+    for path in results.rglob("*"):
+        if path.is_file() and not {"logs", "benchmarks"} & set(path.relative_to(results).parts):
+            files[path] = path.stat().st_mtime_ns
+    return files
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"snakemake ended (rc {proc.returncode}) before the interrupt")
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting to interrupt snakemake")
+        time.sleep(0.2)
+
+
+def _start(workdir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        snakemake_cmd(workdir, "--cores", "2", "--configfile", str(TINY)),
+        cwd=workdir,
+        env=venv_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, so the kill reaches every job
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny config run to completion after two interrupts mid-job:
+    1. SIGKILL to snakemake's whole process group once the first training job finished
+       (a crash: the lock stays behind and `--unlock` is needed),
+    2. SIGTERM to snakemake alone once the re-run finished a job (a polite stop: running
+       jobs finish, nothing new starts, the lock is released),
+    3. a plain re-run to the end."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    results = workdir / "results"
+    start = time.monotonic()
+
+    proc = _start(workdir)
+    _wait_for(lambda: any(results.glob("train/tinycnn/*/*/*/*/*/metrics.csv")), 150, proc)
+    time.sleep(1.0)  # let the next job start, so the kill lands mid-job
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    after_kill = _outputs(results)
+    unlock = snakemake(workdir, "--unlock", "--configfile", str(TINY))
+    assert unlock.returncode == 0, unlock.stderr[-2000:]
+
+    proc = _start(workdir)
+    # Wait for a job of this run to finish: the scheduler (which handles SIGTERM) is running.
+    _wait_for(lambda: len(_outputs(results)) > len(after_kill), 150, proc)
+    time.sleep(1.0)
+    after_term_start = _outputs(results)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+    final = snakemake(workdir, "--cores", "2", "--configfile", str(TINY), timeout=400)
+    return {
+        "workdir": workdir,
+        "results": results,
+        "after_kill": after_kill,
+        "before_term": after_term_start,
+        "final": final,
+        "seconds": time.monotonic() - start,
+    }
+
+
+def test_interrupted_runs_resume_without_redoing_finished_jobs(tiny_run: dict):
+    final = tiny_run["final"]
+    assert final.returncode == 0, final.stderr[-4000:]
+    results: Path = tiny_run["results"]
+    for snapshot in ("after_kill", "before_term"):
+        finished = tiny_run[snapshot]
+        assert finished, f"no job had finished at the {snapshot} snapshot"
+        for path, mtime in finished.items():
+            assert path.stat().st_mtime_ns == mtime, f"{path} was redone after {snapshot}"
+    # No half-written file anywhere: atomic writes leave no temp files, and shadow
+    # directories of killed jobs are cleaned up.
+    leftovers = [p for p in results.rglob("*") if ".tmp" in p.name]
+    assert leftovers == []
+    assert not list((tiny_run["workdir"] / ".snakemake/shadow").glob("*/*"))
+    assert "report written to" in final.stdout + final.stderr
+
+
+def test_tiny_run_tables_have_exactly_the_expected_rows(tiny_run: dict):
+    config = load_config(TINY)
+    jobs = expected_jobs(config)
+    tables = tiny_run["results"] / "tables"
+    train = pd.read_csv(tables / "train.csv")
+    tiny_epochs = config["train"]["tinycnn"]["epochs"]
+    mosaic_epochs = config["train"]["mosaicnet"]["epochs"]
+    assert (
+        len(train) == jobs["train_tinycnn"] * tiny_epochs + jobs["train_mosaicnet"] * mosaic_epochs
+    )
+    classify = pd.read_csv(tables / "classify.csv")
+    assert len(classify) == jobs["classify"] * config["classify"]["repeats"]
+    summary = pd.read_csv(tables / "summary.csv")
+    # Requested and effective thread counts are both recorded.
+    assert {"threads_requested", "threads"} <= set(train.columns)
+    assert {"workers_requested", "workers"} <= set(classify.columns)
+    assert summary["speedup"].notna().any()
+    assert train["env.cpu_model"].notna().all()
+
+
+def test_tiny_run_writes_every_figure_and_the_report(tiny_run: dict):
+    results = tiny_run["results"]
+    for stem in FIGURE_STEMS:
+        for ext in ("png", "svg"):
+            assert (results / f"figures/{stem}.{ext}").stat().st_size > 1000
+    assert (results / "figures/mask.png").read_bytes()[:4] == b"\x89PNG"
+    page = (results / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(FIGURE_STEMS) + 1
+    assert "over 1 thread" in page
+
+
+def test_snakemake_report_renders(tiny_run: dict):
+    out = tiny_run["results"] / "snakemake-report.html"
+    result = snakemake(
+        tiny_run["workdir"], "--configfile", str(TINY), "--report", str(out), timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert out.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_report_opens_in_chromium_with_every_figure_loaded(tiny_run: dict, tmp_path: Path):
+    """Headless Chromium loads the report; a probe script records each image's naturalWidth."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    page = (tiny_run["results"] / "report.html").read_text()
+    probe = (
+        "<script>window.addEventListener('load', () => { document.body.dataset.widths = "
+        "Array.from(document.images).map(i => i.naturalWidth).join(','); });</script>"
+    )
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("</body>", f"{probe}</body>"))
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+    ]  # fmt: skip
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", probed.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    match = re.search(r'data-widths="([0-9,]*)"', dom)
+    assert match, dom[-2000:]
+    widths = [int(w) for w in match.group(1).split(",")]
+    assert len(widths) == len(FIGURE_STEMS) + 1
+    assert all(w > 0 for w in widths), widths
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [browser, *flags, f"--screenshot={shot}", "--window-size=1400,3000",
+         (tiny_run["results"] / "report.html").as_uri()],
+        capture_output=True,
+        timeout=120,
+    )  # fmt: skip
+    assert shot.stat().st_size > 50_000  # a rendered page, not a blank one
+
+
+def test_fault_injection_fails_one_job_once(tmp_path: Path):
+    """CNNPAR_FAIL_ONCE=<absolute marker path>: the first tinycnn job fails once, then runs."""
+    marker = tmp_path / "failed-once"
+    env = {**venv_env(), "CNNPAR_FAIL_ONCE": str(marker)}
+    target = "results/train/tinycnn/engine~numpy/threads~1/filters~4/batch~32/seed~0/metrics.csv"
+    args = [target, "--cores", "1", "--configfile", str(TINY)]  # --configfile takes nargs
+    first = subprocess.run(
+        snakemake_cmd(tmp_path, *args), cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert first.returncode != 0
+    assert marker.exists()
+    assert "injected one-time failure" in first.stdout + first.stderr
+    second = subprocess.run(
+        snakemake_cmd(tmp_path, *args), cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (tmp_path / target).exists()
