@@ -136,9 +136,128 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         register(bench_sub)
 
 
+# --- classify ----------------------------------------------------------------------------
+# Numeric ranges are checked by classify.validate (one-line errors, exit 2, before any work).
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cnnpar import classify
+    from cnnpar.io import ensure_writable_dir
+
+    cfg = classify.ClassifyConfig(
+        weights=Path(args.weights),
+        rows=args.rows,
+        cols=args.cols,
+        mode=args.mode,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        repeats=args.repeats,
+        backend=args.backend,
+        data_source=args.data_source,
+        tune_malloc=args.tune_malloc,
+    )
+    classify.validate(cfg)
+    out = ensure_writable_dir(args.out)
+    result = classify.run(cfg, progress=sys.stderr.isatty())
+    for line in classify.summary_lines(result):
+        print(line)
+    paths = classify.write_outputs(result, out)
+    print(f"wrote {', '.join(p.name for p in paths.values())} to {out}")
+    return 0
+
+
+def _add_classify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "classify",
+        help="classify a mosaic of test digits with MosaicNet (sequential/threads/processes/cuda)",
+    )
+    p.add_argument(
+        "--weights", required=True, help="model.pt from `cnnpar train --model mosaicnet`"
+    )
+    p.add_argument("--rows", type=int, required=True, help="mosaic rows")
+    p.add_argument("--cols", type=int, required=True, help="mosaic columns")
+    p.add_argument(
+        "--mode", default="sequential", choices=["sequential", "threads", "processes", "cuda"]
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="torch threads (threads) or processes (default 1)"
+    )
+    p.add_argument("--batch-size", type=int, default=256, help="cells per batch (default 256)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="mosaic seed (default 0)")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="timed repeats, pool kept alive (default 1)"
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "eager", "channels-last", "mkldnn", "jit"],
+        help="how the net runs (default auto: mkldnn on CPU, eager on CUDA)",
+    )
+    p.add_argument(
+        "--tune-malloc",
+        type=_bool,
+        default=True,
+        metavar="{true,false}",
+        help="keep freed torch buffers in glibc's heap between batches (default true)",
+    )
+    p.add_argument(
+        "--data-source",
+        default="bundled",
+        help="bundled (default), download, or a directory of MNIST IDX files",
+    )
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.set_defaults(func=_cmd_classify)
+
+
+def _cmd_bench_classify(args: argparse.Namespace) -> int:
+    from cnnpar import bench_classify
+
+    bench_classify.classify_bench(
+        weights=args.weights,
+        rows=args.rows,
+        cols=args.cols,
+        workers=args.workers,
+        repeats=args.repeats,
+        seed=args.seed,
+        csv_path=args.csv,
+        only=args.only,
+    )
+    return 0
+
+
+def _add_bench_classify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "classify",
+        help="mosaic cells/s: sequential B=1 and B=256, threads, processes, speed-ups, roofline",
+    )
+    p.add_argument("--weights", default=None, help="model.pt (default: seeded random-init weights)")
+    p.add_argument("--rows", type=_positive_int, default=200, help="mosaic rows (default 200)")
+    p.add_argument("--cols", type=_positive_int, default=300, help="mosaic cols (default 300)")
+    p.add_argument(
+        "--workers", type=_positive_int, default=2, help="N for threads/processes (default 2)"
+    )
+    p.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats (default 3)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="mosaic seed (default 0)")
+    p.add_argument(
+        "--only",
+        type=_positive_int,
+        nargs="+",
+        default=None,
+        help="run only these variants (1-based numbers in the printed order)",
+    )
+    p.add_argument("--csv", default=None, help="also write the measurements to this CSV file")
+    p.set_defaults(func=_cmd_bench_classify)
+
+
+BENCH_REGISTRARS.append(_add_bench_classify)
+
+
 # --- parser -----------------------------------------------------------------------------
 
-REGISTRARS: list[Registrar] = [_add_info, _add_data, _add_bench]
+REGISTRARS: list[Registrar] = [_add_info, _add_data, _add_bench, _add_classify]
 
 
 def build_parser() -> argparse.ArgumentParser:

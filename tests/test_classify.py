@@ -1,0 +1,315 @@
+"""Mosaic classification: mode agreement, labels, accuracy, timing split, errors, the mask."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cnnpar import classify, cli
+from cnnpar.data import load_mnist
+from cnnpar.mosaic import make_mosaic, mask_geometry, render_mask
+from cnnpar.nets.mosaicnet import MosaicNet, to_input
+
+ROWS, COLS, SEED = 20, 30, 3
+CONTRACT_COLUMNS = [
+    "mode",
+    "workers",
+    "batch_size",
+    "rows",
+    "cols",
+    "cells",
+    "distinct_digits",
+    "startup_s",
+    "classify_s",
+    "total_s",
+    "cells_per_s",
+    "accuracy",
+    "torch_threads",
+]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random-init MosaicNet saved as a state_dict, like `cnnpar train` writes."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "model.pt"
+    torch.save(MosaicNet().state_dict(), path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """classify.run pins this process's torch threads; put them back for other tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def cnnpar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cnnpar.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+# Every CPU mode, plus batch sizes and backends that change the kernels' blocking.
+MODES = {
+    "sequential-b1-eager": dict(mode="sequential", batch_size=1, backend="eager"),
+    "sequential-b64": dict(mode="sequential", batch_size=64),
+    "threads-2-b64": dict(mode="threads", workers=2, batch_size=64),
+    "processes-2-b64": dict(mode="processes", workers=2, batch_size=64, repeats=2),
+    "processes-2-b256-jit": dict(mode="processes", workers=2, backend="jit"),
+}
+
+
+@pytest.fixture(scope="module")
+def results(weights: Path) -> dict[str, classify.Classification]:
+    threads = torch.get_num_threads()
+    out = {}
+    for name, kwargs in MODES.items():
+        cfg = classify.ClassifyConfig(weights=weights, rows=ROWS, cols=COLS, seed=SEED, **kwargs)
+        out[name] = classify.run(cfg)
+    torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli_run(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The command end to end, in processes mode with two timed repeats."""
+    out = tmp_path_factory.mktemp("classify")
+    done = cnnpar(
+        "classify",
+        f"--weights={weights}",
+        f"--rows={ROWS}",
+        f"--cols={COLS}",
+        f"--seed={SEED}",
+        "--mode=processes",
+        "--workers=2",
+        "--batch-size=64",
+        "--repeats=2",
+        f"--out={out}",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "total items classified: 600" in done.stdout
+    assert "accuracy:" in done.stdout and "throughput:" in done.stdout
+    return out
+
+
+def test_mosaicnet_parameter_count() -> None:
+    assert sum(p.numel() for p in MosaicNet().parameters()) == 950_474
+
+
+def test_all_cpu_modes_give_identical_predictions(
+    results: dict[str, classify.Classification], cli_run: Path, weights: Path
+) -> None:
+    reference = results["sequential-b1-eager"]
+    for name, r in results.items():
+        assert np.array_equal(r.pred, reference.pred), name
+        np.testing.assert_allclose(r.confidence, reference.confidence, rtol=1e-5)
+    assert np.array_equal(np.load(cli_run / "predictions.npz")["pred"], reference.pred)
+    # Identity must not hinge on near-ties: the top two logits are far apart compared with the
+    # ~1e-7 rounding differences between batch sizes and backends.
+    model = MosaicNet().eval()
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    images = load_mnist("test").images
+    with torch.inference_mode():
+        logits = model(to_input(torch.from_numpy(images[reference.mosaic.index])))
+    top2 = logits.topk(2, dim=1).values
+    assert float((top2[:, 0] - top2[:, 1]).min()) > 1e-6
+    assert np.array_equal(logits.argmax(dim=1).numpy(), reference.pred)
+
+
+def test_effective_threads_per_mode(results: dict[str, classify.Classification]) -> None:
+    expected = {"sequential": (1, 1), "threads": (1, 2), "processes": (2, 1)}
+    for r in results.values():
+        assert (r.processes, r.threads["torch_threads"]) == expected[r.config.mode]
+
+
+def test_labels_are_the_true_test_labels(cli_run: Path) -> None:
+    test = load_mnist("test")
+    p = np.load(cli_run / "predictions.npz")
+    assert np.array_equal(p["index"], make_mosaic(ROWS, COLS, SEED).index)
+    assert np.array_equal(p["label"], test.labels[p["index"]])
+    assert p["pred"].shape == p["confidence"].shape == (ROWS * COLS,)
+    assert p["pred"].max() <= 9
+    assert np.all((p["confidence"] >= 0.1 - 1e-6) & (p["confidence"] <= 1.0))
+
+
+def test_result_csv_rows_are_consistent(cli_run: Path) -> None:
+    p = np.load(cli_run / "predictions.npz")
+    rows = read_rows(cli_run / "result.csv")
+    assert len(rows) == 2  # one per repeat
+    for i, row in enumerate(rows, start=1):
+        assert set(CONTRACT_COLUMNS) <= set(row)
+        assert float(row["accuracy"]) == pytest.approx(np.mean(p["pred"] == p["label"]))
+        assert int(row["cells"]) == int(row["distinct_digits"]) == ROWS * COLS
+        assert row["with_replacement"] == "False"
+        assert int(row["repeat"]) == i
+        assert (row["processes"], row["torch_threads"]) == ("2", "1")
+        startup, classify_s = float(row["startup_s"]), float(row["classify_s"])
+        assert float(row["total_s"]) == pytest.approx(startup + classify_s)
+        assert float(row["cells_per_s"]) == pytest.approx(ROWS * COLS / classify_s)
+
+
+def test_mask_png_shows_the_mosaic(cli_run: Path) -> None:
+    from PIL import Image
+
+    p = np.load(cli_run / "predictions.npz")
+    rgb = np.asarray(Image.open(cli_run / "mask.png").convert("RGB")).astype(int)
+    assert rgb.shape == (ROWS * 28, COLS * 28, 3)  # small grids keep 28 px per cell
+    # Per-cell mean colour: green dominates where the prediction is right, red where wrong.
+    cells = rgb.reshape(ROWS, 28, COLS, 28, 3).mean(axis=(1, 3)).reshape(-1, 3)
+    correct = p["pred"] == p["label"]
+    assert correct.any() and (~correct).any()
+    assert np.all(cells[correct, 1] > cells[correct, 0])
+    assert np.all(cells[~correct, 0] > cells[~correct, 1])
+
+
+@pytest.mark.parametrize("mode", ["processes", "sequential"])
+def test_startup_is_not_counted_in_classify(mode: str, weights: Path, monkeypatch) -> None:
+    """A sleep injected into engine start-up (every worker's, in processes mode) must land in
+    startup_s and never in classify_s."""
+    delay = 1.5
+    monkeypatch.setenv(classify.STARTUP_DELAY_ENV, str(delay))
+    workers = 2 if mode == "processes" else 1
+    cfg = classify.ClassifyConfig(
+        weights=weights, rows=ROWS, cols=COLS, mode=mode, workers=workers, repeats=2
+    )
+    result = classify.run(cfg)
+    assert result.startup_s >= delay
+    # 600 cells take ~0.05 s; even a loaded machine stays far under the injected delay.
+    assert max(result.measurement.samples) < delay / 2
+    for row in result.result_rows():
+        assert row["total_s"] == pytest.approx(row["startup_s"] + row["classify_s"])
+
+
+def test_chunks_are_contiguous_whole_batches() -> None:
+    bounds = classify.chunk_bounds(cells=1000, batch_size=64, chunks=8)
+    assert len(bounds) == 8
+    assert bounds[0][0] == 0 and bounds[-1][1] == 1000
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
+    assert all(lo % 64 == 0 for lo, _ in bounds)
+    # More chunks asked for than there are batches: one batch per chunk.
+    assert classify.chunk_bounds(cells=100, batch_size=64, chunks=8) == [(0, 64), (64, 100)]
+
+
+def _bad_weights(tmp_path: Path) -> Path:
+    state = MosaicNet().state_dict()
+    state["classifier.5.weight"] = torch.zeros(9, 256)  # 9 classes instead of 10
+    path = tmp_path / "wrong.pt"
+    torch.save(state, path)
+    return path
+
+
+def _not_a_state_dict(tmp_path: Path) -> Path:
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"not a torch file")
+    return path
+
+
+BAD = {
+    "rows 0": (["--rows=0"], "rows and cols must be >= 1"),
+    "cols 0": (["--cols=0"], "rows and cols must be >= 1"),
+    "workers 0": (["--mode=processes", "--workers=0"], "workers must be >= 1"),
+    "batch-size 0": (["--batch-size=0"], "batch-size must be >= 1"),
+    "repeats 0": (["--repeats=0"], "repeats must be >= 1"),
+    "sequential with 2 workers": (["--workers=2"], "sequential mode runs one worker"),
+    "missing weights": (["--weights={tmp}/missing.pt"], "not found"),
+    "mismatched weights": (["--weights=<bad>"], "does not fit MosaicNet"),
+    "not a state_dict": (["--weights=<junk>"], "is not a torch state_dict"),
+    "unwritable out": (["--out={tmp}/file.txt/out"], "cannot create output directory"),
+    "jit on cuda": (["--mode=cuda", "--backend=jit"], "runs on the CPU only"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_arguments_exit_2_with_one_line(
+    case: str, weights: Path, tmp_path: Path, capsys
+) -> None:
+    extra, message = BAD[case]
+    (tmp_path / "file.txt").write_text("a file, not a directory")
+    substitutions = {
+        "{tmp}": str(tmp_path),
+        "<bad>": str(_bad_weights(tmp_path)),
+        "<junk>": str(_not_a_state_dict(tmp_path)),
+    }
+    args = {"--weights": str(weights), "--rows": "4", "--cols": "5", "--out": f"{tmp_path}/o"}
+    for item in extra:
+        for old, new in substitutions.items():
+            item = item.replace(old, new)
+        key, value = item.split("=", 1)
+        args[key] = value
+    code = cli.main(["classify", *(f"{k}={v}" for k, v in args.items())])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("cnnpar classify: error: ")
+    assert message in err[0]
+    out = Path(args["--out"])
+    assert not out.exists() or not any(out.iterdir())  # nothing written, not even half
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_mode_without_a_gpu_fails_clearly(weights: Path, tmp_path: Path, capsys) -> None:
+    args = ["classify", f"--weights={weights}", "--rows=2", "--cols=2", "--mode=cuda"]
+    assert cli.main([*args, f"--out={tmp_path}"]) == 2
+    assert "cuda mode needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_cuda_mode_matches_cpu(
+    results: dict[str, classify.Classification], weights: Path, tmp_path: Path
+) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    done = cnnpar(
+        "classify",
+        f"--weights={weights}",
+        f"--rows={ROWS}",
+        f"--cols={COLS}",
+        f"--seed={SEED}",
+        "--mode=cuda",
+        f"--out={tmp_path}",
+    )
+    assert done.returncode == 0, done.stderr
+    gpu = np.load(tmp_path / "predictions.npz")
+    cpu = results["sequential-b64"]
+    assert np.array_equal(gpu["pred"], cpu.pred)
+    np.testing.assert_allclose(gpu["confidence"], cpu.confidence, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "expected"),
+    [(20, 30, (560, 840)), (200, 300, (1400, 2100)), (1000, 1000, (4000, 4000))],
+)
+def test_mask_geometry(rows: int, cols: int, expected: tuple[int, int]) -> None:
+    px, per_px = mask_geometry(rows, cols)
+    assert per_px == 1
+    assert (rows * px, cols * px) == expected
+
+
+def test_mask_is_bounded_for_big_grids() -> None:
+    images = load_mnist("test").images
+    rng = np.random.default_rng(0)
+    for rows, cols, expected in [(1000, 1000, (4000, 4000)), (600, 5000, (300, 2500))]:
+        mosaic = make_mosaic(rows, cols, seed=1)
+        correct = rng.random(mosaic.cells) < 0.5
+        confidence = rng.random(mosaic.cells, dtype=np.float32)
+        mask = render_mask(mosaic, images, correct, confidence)
+        assert mask.dtype == np.uint8
+        assert mask.shape == (*expected, 3)
+        assert max(mask.shape[:2]) <= 4096
