@@ -136,6 +136,137 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         register(bench_sub)
 
 
+# --- train / engines ---------------------------------------------------------------------
+# Ranges are checked by train.validate (one place, one-line errors, before any work), so the
+# numeric options here only parse.
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cnnpar import train
+
+    cfg = train.TrainConfig(
+        out=args.out,
+        model=args.model,
+        engine=args.engine,
+        threads=args.threads,
+        filters=args.filters,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        train_size=args.train_size,
+        test_size=args.test_size,
+        shuffle=args.shuffle,
+        data_source=args.data_source,
+    )
+    result = train.run(cfg)
+    for row in result.rows:
+        print(train.format_row(row))
+    print(f"wrote {', '.join(result.run['outputs'])} to {result.out}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train TinyCNN on an engine, or MosaicNet with torch; write weights and metrics",
+    )
+    p.add_argument("--model", default="tinycnn", choices=["tinycnn", "mosaicnet"])
+    p.add_argument(
+        "--engine",
+        default=None,
+        help="numpy, numba, cuda, torch or torch-cuda (default numba; mosaicnet: torch)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    p.add_argument("--filters", type=int, default=None, help="TinyCNN conv filters F (default 8)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="default 32 (tinycnn), 64 (mosaicnet)"
+    )
+    p.add_argument("--epochs", type=int, default=None, help="default 3 (tinycnn), 2 (mosaicnet)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate: plain SGD for tinycnn (default 0.05), Adam for mosaicnet (1e-3)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (default 0)")
+    p.add_argument(
+        "--train-size", type=int, default=60_000, help="first M training images (default all)"
+    )
+    p.add_argument(
+        "--test-size", type=int, default=10_000, help="first T test images (default all)"
+    )
+    p.add_argument(
+        "--shuffle",
+        type=_bool,
+        default=True,
+        metavar="{true,false}",
+        help="a seeded permutation per epoch (default true); false: dataset order",
+    )
+    p.add_argument(
+        "--data-source",
+        default="bundled",
+        help="bundled (default), download, or a directory of MNIST IDX files",
+    )
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_engines(args: argparse.Namespace) -> int:
+    from cnnpar import train
+
+    table = train.engines_table()
+    if args.json:
+        print(json.dumps(dict(table), indent=2))
+    else:
+        width = max(len(name) for name, _ in table)
+        for name, status in table:
+            print(f"{name:<{width}}  {status}")
+    return 0
+
+
+def _add_engines(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("engines", help="list the TinyCNN training engines and if each runs here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_engines)
+
+
+def _cmd_bench_train(args: argparse.Namespace) -> int:
+    from cnnpar import bench
+
+    bench.train_bench(
+        quick=args.quick,
+        cuda=args.cuda,
+        repeats=args.repeats,
+        seconds=args.seconds,
+        csv_path=args.csv,
+    )
+    return 0
+
+
+def _add_bench_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="TinyCNN training images/s: numpy vs numba vs torch, threads 1 and 2, vs roofline",
+    )
+    p.add_argument("--quick", action="store_true", help="3 repeats of ~0.1 s (a smoke run)")
+    p.add_argument(
+        "--cuda", action="store_true", help="also cuda vs torch-cuda at F=32 and 256, B=1000"
+    )
+    p.add_argument("--repeats", type=_positive_int, default=5, help="timed repeats (default 5)")
+    p.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=0.5,
+        help="target length of one timed repeat (default 0.5)",
+    )
+    p.add_argument("--csv", default=None, help="also write the measurements to this CSV file")
+    p.set_defaults(func=_cmd_bench_train)
+
+
+BENCH_REGISTRARS.append(_add_bench_train)
+
+
 # --- classify ----------------------------------------------------------------------------
 # Numeric ranges are checked by classify.validate (one-line errors, exit 2, before any work).
 
@@ -257,7 +388,14 @@ BENCH_REGISTRARS.append(_add_bench_classify)
 
 # --- parser -----------------------------------------------------------------------------
 
-REGISTRARS: list[Registrar] = [_add_info, _add_data, _add_bench, _add_classify]
+REGISTRARS: list[Registrar] = [
+    _add_info,
+    _add_data,
+    _add_bench,
+    _add_train,
+    _add_engines,
+    _add_classify,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

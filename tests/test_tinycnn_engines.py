@@ -1,0 +1,216 @@
+"""Every TinyCNN engine trains exactly the same network: same init, same batches, same numbers.
+
+The numpy engine is the reference; its gradient is checked against finite differences in
+float64. Each other engine must reproduce its per-step losses and final weights to
+rtol 1e-4 / atol 1e-5 (F=4, B=16, 256 images, one epoch in dataset order). The numba.cuda
+kernels run in numba's CUDA simulator in a subprocess (the simulator is chosen when numba.cuda
+is first imported), on a smaller problem because the simulator runs every GPU thread in Python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cnnpar.data import load_mnist
+from cnnpar.nets import tinycnn
+from cnnpar.nets.tinycnn import numpy as numpy_engine
+from cnnpar.nets.tinycnn import spec
+
+RTOL, ATOL = 1e-4, 1e-5
+FILTERS, BATCH, TRAIN_SIZE, LR = 4, 16, 256, 0.05
+
+
+@pytest.fixture(scope="module")
+def train_digits():
+    data = load_mnist("train")
+    return data.images[:TRAIN_SIZE], data.labels[:TRAIN_SIZE].astype(np.int64)
+
+
+def run_engine(name, images, labels, filters=FILTERS, batch=BATCH, lr=LR, threads=2):
+    """One epoch in dataset order from spec.init_params(filters, seed=0)."""
+    engine = tinycnn.get_engine(name).from_params(
+        spec.init_params(filters, seed=0), lr=lr, threads=threads
+    )
+    engine.warm_up()
+    engine.load_epoch(images, labels)
+    for start, stop in spec.batch_bounds(len(labels), batch):
+        engine.train_step(start, stop)
+    losses, correct = engine.epoch_stats()
+    return losses, correct, engine.params(), engine.predict(images[:64])
+
+
+@pytest.fixture(scope="module")
+def reference(train_digits):
+    return run_engine("numpy", *train_digits)
+
+
+def assert_matches(result, reference) -> None:
+    losses, correct, params, logits = result
+    ref_losses, ref_correct, ref_params, ref_logits = reference
+    assert losses.shape == ref_losses.shape == (spec.n_steps(TRAIN_SIZE, BATCH),)
+    np.testing.assert_allclose(losses, ref_losses, rtol=RTOL, atol=ATOL)
+    assert correct.sum() == pytest.approx(ref_correct.sum(), abs=2)
+    for key in spec.PARAM_KEYS:
+        assert params[key].dtype == np.float32
+        assert params[key].shape == ref_params[key].shape
+        np.testing.assert_allclose(params[key], ref_params[key], rtol=RTOL, atol=ATOL, err_msg=key)
+    np.testing.assert_allclose(logits, ref_logits, rtol=RTOL, atol=1e-4)
+
+
+def test_reference_learns_something(reference, train_digits):
+    losses, _, params, _ = reference
+    # The weights moved, and the loss of the last steps is below the first steps' ~ln 10.
+    init = spec.init_params(FILTERS, seed=0)
+    assert not np.allclose(params["fc_w"], init["fc_w"])
+    assert losses[:2].mean() > losses[-4:].mean()
+    assert np.all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numba_matches_numpy(train_digits, reference, threads):
+    assert_matches(run_engine("numba", *train_digits, threads=threads), reference)
+
+
+def test_torch_matches_numpy(train_digits, reference):
+    assert_matches(run_engine("torch", *train_digits), reference)
+
+
+def test_partial_final_batch_is_used(train_digits):
+    images, labels = train_digits
+    n = 40  # batches of 16, 16 and 8
+    ref = run_engine("numpy", images[:n], labels[:n])
+    got = run_engine("numba", images[:n], labels[:n])
+    assert len(ref[0]) == 3
+    for key in spec.PARAM_KEYS:
+        np.testing.assert_allclose(got[2][key], ref[2][key], rtol=RTOL, atol=ATOL)
+    # Dropping the last 8 images would give different weights.
+    truncated = run_engine("numpy", images[:32], labels[:32])
+    assert not np.allclose(truncated[2]["fc_w"], ref[2]["fc_w"], rtol=RTOL, atol=ATOL)
+
+
+CUDASIM_SCRIPT = r"""
+import json, sys
+import numpy as np
+from cnnpar.data import load_mnist
+from cnnpar.nets.tinycnn import spec, get_engine
+filters, batch, n = map(int, sys.argv[1:4])
+data = load_mnist("train")
+images, labels = data.images[:n], data.labels[:n].astype(np.int64)
+out = {}
+for name in ("numpy", "cuda"):
+    engine = get_engine(name).from_params(spec.init_params(filters, seed=0), lr=0.05)
+    engine.warm_up()
+    engine.load_epoch(images, labels)
+    for start, stop in spec.batch_bounds(n, batch):
+        engine.train_step(start, stop)
+    losses, correct = engine.epoch_stats()
+    out[name] = {
+        "losses": losses.tolist(),
+        "correct": correct.tolist(),
+        "params": {k: v.ravel().tolist() for k, v in engine.params().items()},
+        "logits": engine.predict(images[:4]).ravel().tolist(),
+    }
+print(json.dumps(out))
+"""
+
+
+def test_cuda_kernels_match_numpy_in_simulator():
+    # Small, because the simulator runs each GPU thread as a Python thread: F=2, batches of 8
+    # and a final partial batch of 4 (so every reduction sees a batch that is not a multiple).
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", CUDASIM_SCRIPT, "2", "8", "12"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    ref, got = result["numpy"], result["cuda"]
+    assert len(got["losses"]) == 2
+    np.testing.assert_allclose(got["losses"], ref["losses"], rtol=RTOL, atol=ATOL)
+    assert got["correct"] == ref["correct"]
+    for key in spec.PARAM_KEYS:
+        np.testing.assert_allclose(
+            got["params"][key], ref["params"][key], rtol=RTOL, atol=ATOL, err_msg=key
+        )
+    np.testing.assert_allclose(got["logits"], ref["logits"], rtol=RTOL, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["cuda", "torch-cuda"])
+def test_gpu_engines_match_numpy(train_digits, reference, name):
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        pytest.skip("NUMBA_ENABLE_CUDASIM=1: this test is for the real device")
+    assert_matches(run_engine(name, *train_digits), reference)
+
+
+# --- the numpy reference against finite differences ----------------------------------------
+
+
+def test_numpy_gradient_matches_finite_differences(train_digits):
+    images, labels = train_digits
+    rng = np.random.default_rng(1)
+    params = spec.copy_params(spec.init_params(2, seed=3), np.float64)
+    # Non-zero biases so the ReLU and pooling decisions are generic, not ties at exactly 0.
+    params["conv_b"] = rng.normal(0, 0.1, params["conv_b"].shape)
+    params["fc_b"] = rng.normal(0, 0.1, params["fc_b"].shape)
+    x = spec.to_float(images[:6], np.float64)
+    y = labels[:6]
+    _, grads, _ = numpy_engine.loss_and_grads(params, x, y)
+    eps = 1e-6
+    for key in spec.PARAM_KEYS:
+        flat = params[key].reshape(-1)
+        picks = rng.choice(flat.size, size=min(12, flat.size), replace=False)
+        for i in picks:
+            saved = flat[i]
+            flat[i] = saved + eps
+            up, _, _ = numpy_engine.loss_and_grads(params, x, y)
+            flat[i] = saved - eps
+            down, _, _ = numpy_engine.loss_and_grads(params, x, y)
+            flat[i] = saved
+            numeric = (up - down) / (2 * eps)
+            analytic = grads[key].reshape(-1)[i]
+            assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8), (key, i)
+    assert np.abs(grads["conv_w"]).max() > 0  # the conv gradient is not trivially zero
+
+
+def test_numpy_loss_is_softmax_cross_entropy():
+    params = spec.copy_params(spec.init_params(1, seed=0), np.float64)
+    x = np.zeros((3, 28, 28))
+    y = np.array([0, 5, 9])
+    # Zero input: every image gets the same logits fc_b + fc_w · pooled(relu(conv_b)) = fc_b.
+    loss, _, _ = numpy_engine.loss_and_grads(params, x, y)
+    assert loss == pytest.approx(np.log(10))
+
+
+# --- registry -----------------------------------------------------------------------------
+
+
+def test_engine_registry_lists_all_engines():
+    status = tinycnn.available_engines()
+    assert tuple(status) == ("numpy", "numba", "cuda", "torch", "torch-cuda")
+    assert status["numpy"] is None and status["numba"] is None and status["torch"] is None
+
+
+def test_unknown_engine_is_a_user_error():
+    with pytest.raises(tinycnn.UnknownEngine, match="choose one of numpy, numba"):
+        tinycnn.get_engine("jax")
+
+
+def test_cuda_without_gpu_names_the_simulator(monkeypatch):
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    if tinycnn._numba_cuda_available():
+        pytest.skip("a CUDA GPU is present")
+    with pytest.raises(tinycnn.EngineUnavailable) as err:
+        tinycnn.get_engine("cuda")
+    assert str(err.value) == (
+        "engine 'cuda' needs a CUDA GPU; none found (set NUMBA_ENABLE_CUDASIM=1 to simulate)"
+    )

@@ -1,0 +1,151 @@
+"""`cnnpar train` and `cnnpar engines`: the files written, their contents, and the errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cnnpar import cli
+from cnnpar.nets import tinycnn
+from cnnpar.nets.tinycnn import spec
+from cnnpar.train import METRIC_FIELDS
+
+SMALL = ["--filters", "2", "--batch-size", "32", "--train-size", "256", "--test-size", "200"]
+
+
+def train(tmp_path, *extra: str, name: str = "run") -> tuple[int, os.PathLike]:
+    out = tmp_path / name
+    code = cli.main(["train", "--model", "tinycnn", *SMALL, "--out", str(out), *extra])
+    return code, out
+
+
+def load_weights(path) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def test_train_writes_the_run_directory(tmp_path, capsys):
+    code, out = train(tmp_path, "--engine", "numpy", "--epochs", "2", "--seed", "4")
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.csv",
+        "run.json",
+        "weights_final.npz",
+        "weights_init.npz",
+    ]
+    init, final = load_weights(out / "weights_init.npz"), load_weights(out / "weights_final.npz")
+    expected_init = spec.init_params(2, seed=4)
+    for key in spec.PARAM_KEYS:
+        assert init[key].dtype == final[key].dtype == np.float32
+        assert final[key].shape == spec.param_shapes(2)[key]
+        np.testing.assert_array_equal(init[key], expected_init[key])
+    assert not np.allclose(init["fc_w"], final["fc_w"])
+
+    with (out / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == METRIC_FIELDS
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for row in rows:
+        seconds, ips = float(row["seconds"]), float(row["images_per_s"])
+        assert seconds > 0 and ips == pytest.approx(256 / seconds)
+        assert 0 <= float(row["train_acc"]) <= 1 and 0 <= float(row["test_acc"]) <= 1
+        assert float(row["train_loss"]) > 0 and float(row["test_loss"]) > 0
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["args"]["engine"] == "numpy" and run["args"]["filters"] == 2
+    assert run["args"]["lr"] == 0.05 and run["args"]["shuffle"] is True
+    assert run["threads"]["numba_threads"] >= 1 and run["threads"]["torch_threads"] >= 1
+    assert run["environment"]["malloc"] and run["environment"]["cpu_model"]
+    assert run["flops_per_image"] == spec.flops_per_image(2)
+    assert run["final_test_acc"] == pytest.approx(float(rows[-1]["test_acc"]))
+    assert "epoch 2:" in capsys.readouterr().out
+
+
+def test_same_seed_same_weights_and_engines_agree(tmp_path):
+    runs = {
+        name: train(tmp_path, "--engine", engine, "--epochs", "1", name=name)
+        for name, engine in (("a", "numpy"), ("b", "numpy"), ("numba", "numba"))
+    }
+    assert all(code == 0 for code, _ in runs.values())
+    a, b, nb = (load_weights(runs[k][1] / "weights_final.npz") for k in ("a", "b", "numba"))
+    for key in spec.PARAM_KEYS:
+        np.testing.assert_array_equal(a[key], b[key])
+        np.testing.assert_allclose(nb[key], a[key], rtol=1e-4, atol=1e-5)
+
+
+def test_shuffle_changes_the_batches(tmp_path):
+    _, shuffled = train(tmp_path, "--engine", "numpy", "--epochs", "1", name="s")
+    _, ordered = train(
+        tmp_path, "--engine", "numpy", "--epochs", "1", "--shuffle", "false", name="o"
+    )
+    a = load_weights(shuffled / "weights_final.npz")["fc_w"]
+    b = load_weights(ordered / "weights_final.npz")["fc_w"]
+    assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--filters", "0"], "--filters must be >= 1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--lr", "0"], "--lr must be a positive"),
+        (["--lr", "-0.1"], "--lr must be a positive"),
+        (["--lr", "nan"], "--lr must be a positive"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--train-size", "0"], "--train-size must be in 1..60000"),
+        (["--test-size", "10001"], "--test-size must be in 1..10000"),
+        (["--engine", "jax"], "unknown engine 'jax'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line_and_no_files(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    code = cli.main(["train", "--engine", "numpy", *SMALL, "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("cnnpar train: error: ") and message in err
+    assert err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_unwritable_out_dir_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code = cli.main(["train", "--engine", "numpy", *SMALL, "--out", str(blocker / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--out" in err
+    assert blocker.read_text() == "not a directory"
+
+
+def test_mosaicnet_refuses_tinycnn_engines(tmp_path, capsys):
+    out = tmp_path / "m"
+    code = cli.main(["train", "--model", "mosaicnet", "--engine", "numba", "--out", str(out)])
+    assert code == 2
+    assert "use --engine torch or torch-cuda" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unavailable_engine_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    if tinycnn.unavailable_reason("cuda") is None:
+        pytest.skip("a CUDA GPU is present")
+    out = tmp_path / "c"
+    code = cli.main(["train", "--engine", "cuda", *SMALL, "--out", str(out)])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "cnnpar train: error: engine 'cuda' needs a CUDA GPU; none found "
+        "(set NUMBA_ENABLE_CUDASIM=1 to simulate)\n"
+    )
+    assert not out.exists()
+
+
+def test_engines_command_lists_availability(capsys):
+    assert cli.main(["engines", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert list(status) == list(tinycnn.ENGINES)
+    assert status["numpy"] == status["numba"] == status["torch"] == "available"
