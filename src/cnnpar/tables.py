@@ -114,11 +114,14 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def run_record(job_dir: Path) -> dict[str, Any]:
-    """The job's run.json flattened under 'run.' ({} when the job wrote none)."""
+    """The job's run.json flattened: its environment record under 'env.', the rest under
+    'run.' ({} when the job wrote none)."""
     path = job_dir / "run.json"
     if not path.exists():
         return {}
-    return flatten(read_json(path), "run.")
+    run = read_json(path)
+    environment = run.pop("environment", None) or {}
+    return {**flatten(environment, "env."), **flatten(run, "run.")}
 
 
 def env_record(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -190,7 +193,8 @@ def classify_frame(
         params = path_params(path)
         frame = result.reset_index(drop=True)
         frame.insert(0, "study", "classify")
-        frame.insert(1, "repeat", np.arange(len(frame)))
+        if "repeat" not in frame.columns:
+            frame.insert(1, "repeat", np.arange(1, len(frame) + 1))
         for key, value in params.items():
             if key not in frame.columns:  # result.csv's own mode/batch_size are what ran
                 frame[key] = value

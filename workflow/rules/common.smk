@@ -131,7 +131,7 @@ def usable(values: list[str], what: str, check_as=lambda v: v) -> list[str]:
             )
         else:
             logger.warning(
-                f"cnnpar: skipping {what} {value!r}: {reason} (set strict: true to fail instead)"
+                f"cnnpar: skipping {what} {value!r}: {reason}; set strict: true to fail instead"
             )
     return keep
 

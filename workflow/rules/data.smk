@@ -7,6 +7,8 @@ rule verify_data:
         DATA_CHECK,
     log:
         f"{LOGS}/data/verify.log",
+    shadow:
+        "minimal"
     conda:
         "../../envs/cnnpar.yaml"
     params:
