@@ -32,7 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-BINARIES = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol")
+BINARIES = (
+    "munged",
+    "munge",
+    "unmunge",
+    "slurmctld",
+    "slurmd",
+    "sbatch",
+    "squeue",
+    "sinfo",
+    "scontrol",
+    "scancel",
+)
 APT_HINT = "apt-get install -y slurmctld slurmd slurm-client munge"
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 MUNGE_KEY = Path("/etc/munge/munge.key")
@@ -79,7 +90,7 @@ class Daemon:
         argv: list[str],
         env: dict[str, str],
         out_path: Path,
-        log_path: Path,
+        log_path: Path | None = None,
         user: int | None = None,
         group: int | None = None,
     ) -> Daemon:
@@ -93,7 +104,7 @@ class Daemon:
             group=group,
             extra_groups=[] if group is not None else None,
         )
-        return cls(name, process, out, [out_path, log_path])
+        return cls(name, process, out, [out_path] + ([log_path] if log_path else []))
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -193,7 +204,7 @@ def _start_munged(root: Path, env: dict[str, str]) -> Daemon | None:
     if _munge_works(env):
         return None
     munge = pwd.getpwnam("munge")
-    # munged checks ownership and permissions of its runtime dir, key and log dir.
+    # munged checks the ownership and permissions of its runtime dir and key.
     MUNGE_SOCKET.parent.mkdir(parents=True, exist_ok=True)
     os.chown(MUNGE_SOCKET.parent, munge.pw_uid, munge.pw_gid)
     MUNGE_SOCKET.parent.chmod(0o755)
@@ -201,16 +212,12 @@ def _start_munged(root: Path, env: dict[str, str]) -> Daemon | None:
         subprocess.run(["mungekey", "--create", f"--keyfile={MUNGE_KEY}"], check=True, timeout=30)
         os.chown(MUNGE_KEY, munge.pw_uid, munge.pw_gid)
         MUNGE_KEY.chmod(0o400)
-    log_dir = root / "munge"
-    log_dir.mkdir(mode=0o755)
-    os.chown(log_dir, munge.pw_uid, munge.pw_gid)
-    log = log_dir / "munged.log"
+    # In the foreground munged logs to stderr, which Daemon.start collects.
     daemon = Daemon.start(
         "munged",
-        ["munged", "--foreground", f"--log-file={log}"],
+        ["munged", "--foreground"],
         env,
         root / "log" / "munged.out",
-        log,
         user=munge.pw_uid,
         group=munge.pw_gid,
     )
@@ -249,6 +256,7 @@ SlurmctldLogFile={root}/log/slurmctld.log
 SlurmdLogFile={root}/log/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
+MailProg=/bin/true
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -332,9 +340,7 @@ def single_node_cluster(cpus: int = 2, keep_dir: bool = False) -> Iterator[Slurm
     reason = missing_requirements()
     if reason is not None:
         raise ClusterError(reason)
-    # mkdtemp (mode 0700) made traversable: munged, running as `munge`, logs inside it.
     root = Path(tempfile.mkdtemp(prefix="cnnpar-slurm-"))
-    root.chmod(0o755)
     for sub in ("state", "spool", "log", "run"):
         (root / sub).mkdir()
     node_memory_mb = _node_memory_mb()
