@@ -131,6 +131,8 @@ def _speedup_panels(
     varying = _varying(data, extra_keys)
     families = data.groupby([color_key, *varying], dropna=False, sort=True)
     for i, (_, fam) in enumerate(families):
+        if (fam["parallelism"] == 1).all():
+            continue  # a 1-thread-only family (numpy) is its own baseline: nothing to show
         fam = fam.sort_values("parallelism")
         first = fam.iloc[0]
         color = COLORS.get(first[color_key], f"C{i % 10}")
@@ -153,8 +155,13 @@ def _speedup_panels(
     ticks = sorted({1, *(int(v) for v in data["parallelism"].unique())})
     for ax in (ax_s, ax_e):
         ax.set_xlabel(xlabel)
-        ax.set_xticks(ticks)
-        ax.set_xlim(0.8, max(ticks) + 0.2 * max(ticks) ** 0.5)
+        if max(ticks) >= 8:  # 1, 2, 4, 8: evenly spaced on a log2 axis
+            ax.set_xscale("log", base=2)
+            ax.set_xlim(0.85, max(ticks) * 1.15)
+        else:
+            ax.set_xlim(0.8, max(ticks) + 0.2 * max(ticks) ** 0.5)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax_s.set_ylabel("speedup (×)")
     ax_s.set_ylim(bottom=0)
     ax_e.set_ylabel("parallel efficiency (%)")

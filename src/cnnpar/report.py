@@ -148,10 +148,12 @@ def findings(summary: pd.DataFrame) -> list[str]:
     roof = summary[summary["roofline_fraction"].notna()]
     if not roof.empty:
         best = roof.loc[roof["roofline_fraction"].idxmax()]
-        who = best["engine"] if best["study"] == "train" else best["mode"]
+        train_row = best["study"] == "train"
+        who = best["engine"] if train_row else best["mode"]
+        par = (_threads if train_row else _workers)(best["parallelism"])
         out.append(
             f"Highest fraction of the sgemm roofline: {best['study']} {best['model']} {who} "
-            f"at {_threads(best['parallelism'])}, {best['gflops']:.1f} GFLOP/s = "
+            f"with {par}, {best['gflops']:.1f} GFLOP/s = "
             f"{100 * best['roofline_fraction']:.0f}% of {best['roofline_gflops']:.1f} GFLOP/s."
         )
 
