@@ -246,3 +246,66 @@ def test_timed_jobs_queue_together_but_run_alone(
         )
     ]
     assert queued_while_another_ran, "timed jobs were submitted one at a time"
+
+
+# Which wildcard holds the thread or worker count, in the order the plugin joins them into the
+# job comment "rule_<rule>_wildcards_<w1>_<w2>_...". train_mosaicnet's count is in the config.
+THREADS_WILDCARD = {"env_info": 0, "train_tinycnn": 1, "classify": 1}
+
+
+def test_each_timed_job_reserves_the_cores_it_measures(
+    slurm_cluster: SlurmCluster, faulted_then_rerun: FaultedThenRerun
+) -> None:
+    runs = (faulted_then_rerun.first, faulted_then_rerun.second)
+    timed = [s for run in runs for s in run.submissions if s.rule in TIMED_RULES]
+    for submission in timed:
+        fields = slurm_cluster.job_fields(submission.slurm_id)
+        if submission.rule == "train_mosaicnet":
+            threads = faulted_then_rerun.config["train"]["mosaicnet"]["threads"]
+        else:
+            wildcards = fields["Comment"].split("_wildcards_", 1)[1].split("_")
+            threads = int(wildcards[THREADS_WILDCARD[submission.rule]])
+        assert fields["CPUs/Task"] == str(threads), (submission, fields["Comment"])
+
+
+def test_gpu_engines_request_a_gpu(tmp_path: Path) -> None:
+    """The profile's gpu expressions, evaluated per job by a dry run (no GPU needed: numba's
+    CUDA simulator makes the cuda engine available, so its jobs enter the DAG)."""
+    extra = tmp_path / "gpu.yaml"
+    extra.write_text("train:\n  tinycnn:\n    engines: [numpy, cuda]\n")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    env.pop("CNNPAR_FAIL_ONCE", None)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--dry-run",
+            f"--snakefile={REPO / 'Snakefile'}",
+            f"--directory={tmp_path}",
+            f"--profile={PROFILE}",
+            "--configfile",  # the extra file is merged over the tiny config
+            str(TINY_CONFIG),
+            str(extra),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # "rule train_tinycnn:" ... "wildcards: engine=cuda, ..." ... "resources: ..., gpu=1, ..."
+    jobs = re.findall(
+        r"rule (\w+):\n(?:    .*\n)*?    wildcards: (.*)\n(?:    .*\n)*?    resources: (.*)\n",
+        result.stdout,
+    )
+    gpu = {
+        (rule, wildcards.split(",")[0]): re.search(r"\bgpu=(\d+)", resources).group(1)
+        for rule, wildcards, resources in jobs
+        if rule in ("train_tinycnn", "classify")
+    }
+    assert gpu[("train_tinycnn", "engine=cuda")] == "1", gpu
+    assert gpu[("train_tinycnn", "engine=numpy")] == "0", gpu
+    assert {value for (rule, _), value in gpu.items() if rule == "classify"} == {"0"}, gpu
