@@ -198,13 +198,17 @@ def train_throughput(summary: pd.DataFrame) -> Figure:
     """Grouped bars: engines along x, one bar per thread count, IQR error bars."""
     train = summary[(summary["study"] == "train") & (summary["model"] == "tinycnn")]
     families = list(train.groupby(["filters", "batch_size"], sort=True)) if not train.empty else []
+    ncols = min(2, max(1, len(families)))
+    nrows = max(1, -(-len(families) // ncols))
     fig, axes = plt.subplots(
-        1, max(1, len(families)), figsize=(max(6.0, 5.0 * len(families)), 4.2), squeeze=False
+        nrows, ncols, figsize=(6.0 * ncols if ncols > 1 else 7.0, 4.2 * nrows), squeeze=False
     )
     if not families:
         _no_data(axes[0, 0], "tinycnn training")
         return fig
-    for ax, ((filters, batch), fam) in zip(axes[0], families, strict=True):
+    for ax in axes.flat[len(families) :]:
+        ax.set_visible(False)
+    for ax, ((filters, batch), fam) in zip(axes.flat, families, strict=False):
         engines = list(dict.fromkeys(fam.sort_values("rate_median")["engine"]))
         threads = sorted(fam["parallelism"].unique())
         width = 0.8 / len(threads)
@@ -308,7 +312,7 @@ def classify_cost_per_cell(summary: pd.DataFrame) -> Figure:
     ax.set_xlabel("mosaic cells (log scale)")
     ax.set_ylabel("classification time per cell (µs, log scale)")
     ax.set_title("Mosaic classification cost per cell")
-    ax.legend(loc="best", ncols=2)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), title="mode × workers")
     fig.tight_layout()
     return fig
 
@@ -316,42 +320,53 @@ def classify_cost_per_cell(summary: pd.DataFrame) -> Figure:
 # --- roofline -----------------------------------------------------------------------------
 
 
+def _roofline_panel(
+    ax: Axes, data: pd.DataFrame, color_key: str, extra_keys: list[str], xlabel: str
+) -> None:
+    varying = _varying(data, extra_keys)
+    for i, (_, line) in enumerate(data.groupby([color_key, *varying], dropna=False, sort=True)):
+        line = line.sort_values("parallelism")
+        first = line.iloc[0]
+        ax.plot(
+            line["parallelism"],
+            100 * line["roofline_fraction"],
+            marker=MARKERS[i % len(MARKERS)],
+            color=COLORS.get(first[color_key], f"C{i % 10}"),
+            label=_label(first, [color_key, *varying]),
+        )
+    ticks = sorted({1, *(int(v) for v in data["parallelism"].unique())})
+    if max(ticks) >= 8:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("% of sgemm GFLOP/s at the same threads")
+    ax.set_ylim(0, max(100.0, float(100 * data["roofline_fraction"].max()) * 1.15))
+    ax.axhline(100, color="k", ls="--", lw=1, label="sgemm roofline")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize=7)
+
+
 def roofline(summary: pd.DataFrame) -> Figure:
-    """Horizontal bars: each configuration's achieved fraction of sgemm at its thread count."""
+    """Achieved GFLOP/s over the sgemm rate measured at the same thread count, against threads:
+    training per engine (MosaicNet training as its own line), classification per mode."""
     data = summary[summary["roofline_fraction"].notna()].copy()
-    height = max(3.0, 0.28 * len(data) + 1.5)
-    fig, ax = plt.subplots(figsize=(8.5, height))
-    if data.empty:
-        _no_data(ax, "roofline measurement")
-        return fig
-    data["who"] = data["engine"].where(data["study"] == "train", data["mode"])
-    varying = _varying(data, ["filters", "batch_size", "grid"])
-    data = data.sort_values(["study", "model", "who", "parallelism", *varying], ascending=False)
-    labels = []
-    for _, row in data.iterrows():
-        kind = "train" if row["study"] == "train" else "classify"
-        model = "" if row["model"] == "tinycnn" else f" {row['model']}"
-        labels.append(f"{kind}{model}: {_label(row, ['who', 'parallelism', *varying])}")
-    y = np.arange(len(data))
-    pct = 100 * data["roofline_fraction"].to_numpy(dtype=float)
-    ax.barh(
-        y,
-        pct,
-        color=[COLORS.get(w, "C0") for w in data["who"]],
-        edgecolor="black",
-        linewidth=0.5,
+    fig, (ax_t, ax_c) = plt.subplots(1, 2, figsize=(11, 4.5))
+    train = data[data["study"] == "train"].copy()
+    train["engine"] = np.where(
+        train["model"] == "tinycnn", train["engine"], train["model"] + " (" + train["engine"] + ")"
     )
-    for yi, p, g in zip(y, pct, data["gflops"], strict=True):
-        ax.annotate(
-            f"{p:.0f}% ({g:.1f} GFLOP/s)", (p, yi), va="center", fontsize=7,
-            xytext=(3, 0), textcoords="offset points",
-        )  # fmt: skip
-    ax.set_yticks(y)
-    ax.set_yticklabels(labels, fontsize=8)
-    ax.set_xlabel("achieved GFLOP/s as % of measured sgemm at the same thread count")
-    ax.set_xlim(0, max(100.0, float(np.nanmax(pct)) * 1.25))
-    ax.axvline(100, color="k", ls="--", lw=1)
-    ax.set_title("Fraction of the sgemm roofline")
+    classify = data[data["study"] == "classify"]
+    if train.empty:
+        _no_data(ax_t, "training roofline")
+    else:
+        _roofline_panel(ax_t, train, "engine", ["filters", "batch_size"], "threads")
+        ax_t.set_title("Training (FLOPs of forward + backward)")
+    if classify.empty:
+        _no_data(ax_c, "classification roofline")
+    else:
+        _roofline_panel(ax_c, classify, "mode", ["grid", "batch_size"], "workers")
+        ax_c.set_title("Classification (forward FLOPs)")
+    fig.suptitle("Achieved GFLOP/s as a fraction of the measured sgemm roofline", y=1.02)
     fig.tight_layout()
     return fig
 
