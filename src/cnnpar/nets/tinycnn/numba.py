@@ -2,10 +2,11 @@
 
 A batch is cut into one contiguous chunk of images per thread (`prange` over chunks). Each
 thread runs conv → ReLU → pool → FC → softmax → backward for one image at a time, entirely in
-its own scratch rows, and adds that image's gradient into its own gradient buffer. After the
-parallel loop the per-thread buffers are summed in a fixed order and the SGD update applied, so
-there are no races and no atomics, and the result does not depend on scheduling. Every buffer is
-allocated once in the constructor; a step allocates nothing.
+its own scratch rows, and adds that image's gradient into its own gradient buffer. A second
+parallel loop then sums the per-thread buffers, in thread order, and applies the SGD update, each
+thread taking one slice of the parameters. There are no races and no atomics, and the result
+does not depend on scheduling. Every buffer is allocated once in the constructor; a step
+allocates nothing.
 
 Internal layout (why it differs from torch's): the filter axis F is innermost everywhere, so
 every inner loop is a unit-stride loop over filters that LLVM turns into SIMD.
@@ -183,14 +184,16 @@ def _conv_backward(x, arg, dpool, gwc, gbc, n_f: int) -> None:
 
 
 @njit(fastmath=FAST, cache=True)
-def _sgd(p: np.ndarray, g: np.ndarray, lr: np.float32) -> None:
-    """p (n,) -= lr · Σ_t g[t, :n] (g (T, ≥n), one padded row per thread), in thread order."""
-    n_t = g.shape[0]
+def _sgd_slice(p: np.ndarray, g: np.ndarray, lr: np.float32, part: int, parts: int) -> None:
+    """p[lo:hi] -= lr · Σ_t g[t, lo:hi] for slice `part` of `parts` of p (n,); g (T, ≥n) holds
+    one padded gradient row per thread, summed in thread order."""
     n = p.shape[0]
-    for t in range(1, n_t):
-        for j in range(n):
+    lo = n * part // parts
+    hi = n * (part + 1) // parts
+    for t in range(1, g.shape[0]):
+        for j in range(lo, hi):
             g[0, j] += g[t, j]
-    for j in range(n):
+    for j in range(lo, hi):
         p[j] -= lr * g[0, j]
 
 
@@ -229,10 +232,12 @@ def _train_step(
             _conv_backward(xs[t], arg[t], dpool[t], gwc[t], gbc[t], bc.shape[0])
         stats[t, 0] = loss_sum
         stats[t, 1] = correct
-    _sgd(wc.reshape(wc.size), gwc, lr)
-    _sgd(bc, gbc, lr)
-    _sgd(wf.reshape(wf.size), gwf, lr)
-    _sgd(bf, gbf, lr)
+    # The reduction over threads and the update are parallel too, one slice per thread.
+    for t in prange(n_threads):
+        _sgd_slice(wc.reshape(wc.size), gwc, lr, t, n_threads)
+        _sgd_slice(bc, gbc, lr, t, n_threads)
+        _sgd_slice(wf.reshape(wf.size), gwf, lr, t, n_threads)
+        _sgd_slice(bf, gbf, lr, t, n_threads)
     loss_total = 0.0
     correct_total = 0
     for t in range(n_threads):  # fixed order: the loss does not depend on scheduling
@@ -254,24 +259,25 @@ def _predict(images, wc, bc, wf, bf, xs, pooled, arg, out) -> None:
 
 
 def to_internal(params: Params) -> dict[str, np.ndarray]:
+    """Torch layout → the engine's filter-innermost layout."""
     f = spec.check_params(params)
+    fc_w = params["fc_w"].reshape(CLASSES, f, CELLS).transpose(0, 2, 1)  # (10, 169, F)
     return {
         "wc": np.ascontiguousarray(params["conv_w"].reshape(f, KERNEL * KERNEL).T, np.float32),
         "bc": np.array(params["conv_b"], np.float32),
-        "wf": np.ascontiguousarray(
-            params["fc_w"].reshape(CLASSES, f, CELLS).transpose(0, 2, 1).reshape(CLASSES, -1),
-            np.float32,
-        ),
+        "wf": np.ascontiguousarray(fc_w, np.float32).reshape(CLASSES, CELLS * f),
         "bf": np.array(params["fc_b"], np.float32),
     }
 
 
 def from_internal(w: dict[str, np.ndarray]) -> Params:
+    """The engine's layout → torch layout, as fresh float32 arrays."""
     f = w["bc"].shape[0]
+    fc_w = w["wf"].reshape(CLASSES, CELLS, f).transpose(0, 2, 1)  # (10, F, 169)
     return {
-        "conv_w": w["wc"].T.reshape(f, 1, KERNEL, KERNEL).copy(),
+        "conv_w": np.ascontiguousarray(w["wc"].T).reshape(f, 1, KERNEL, KERNEL),
         "conv_b": w["bc"].copy(),
-        "fc_w": w["wf"].reshape(CLASSES, CELLS, f).transpose(0, 2, 1).reshape(CLASSES, -1).copy(),
+        "fc_w": np.ascontiguousarray(fc_w).reshape(CLASSES, f * CELLS),
         "fc_b": w["bf"].copy(),
     }
 
