@@ -164,6 +164,7 @@ def test_result_csv_rows_are_consistent(cli_run: Path) -> None:
         startup, classify_s = float(row["startup_s"]), float(row["classify_s"])
         assert float(row["total_s"]) == pytest.approx(startup + classify_s)
         assert float(row["cells_per_s"]) == pytest.approx(ROWS * COLS / classify_s)
+        assert float(row["classify_cpu_s"]) > 0
 
 
 def test_mask_png_shows_the_mosaic(cli_run: Path) -> None:

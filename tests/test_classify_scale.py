@@ -79,12 +79,14 @@ def classify_measured(weights: Path, out: Path, rows: int, cols: int, repeats: i
     with (out / "result.csv").open() as fh:
         rows_csv = list(csv.DictReader(fh))
     classify_s = float(np.median([float(r["classify_s"]) for r in rows_csv]))
+    cpu_s = float(np.median([float(r["classify_cpu_s"]) for r in rows_csv]))
     return {
         "cells": rows * cols,
         "distinct_digits": int(rows_csv[0]["distinct_digits"]),
         "startup_s": float(rows_csv[0]["startup_s"]),
         "classify_s": classify_s,
         "s_per_cell": classify_s / (rows * cols),
+        "cpu_s_per_cell": cpu_s / (rows * cols),
         "peak_rss_bytes": report["peak_rss_bytes"],
         "peak_tree_pss_bytes": peak_pss,
     }
@@ -98,13 +100,17 @@ def test_million_cell_mosaic_memory_and_time_per_cell(tmp_path: Path) -> None:
 
     small = classify_measured(weights, tmp_path / "small", 200, 300, repeats=3)
     big = classify_measured(weights, tmp_path / "big", 1000, 1000, repeats=1)
-    ratio = big["s_per_cell"] / small["s_per_cell"]
-    print(f"\n200x300: {json.dumps(small)}\n1000x1000: {json.dumps(big)}\nratio {ratio:.3f}")
+    wall_ratio = big["s_per_cell"] / small["s_per_cell"]
+    cpu_ratio = big["cpu_s_per_cell"] / small["cpu_s_per_cell"]
+    print(f"\n200x300: {json.dumps(small)}\n1000x1000: {json.dumps(big)}")
+    print(f"time per cell, 1000x1000 / 200x300: wall {wall_ratio:.3f}, cpu {cpu_ratio:.3f}")
 
     assert big["cells"] == 10**6
     assert big["distinct_digits"] <= 10_000  # sampled with replacement, never truncated
     assert big["peak_rss_bytes"] < RSS_LIMIT_BYTES
     assert big["peak_tree_pss_bytes"] < RSS_LIMIT_BYTES
-    assert 0.75 <= ratio <= 1.25
+    # CPU seconds per cell: wall time on this shared 2-core machine swings 2x with other
+    # tenants' load between the two runs, CPU time does not; both ratios are printed.
+    assert 0.75 <= cpu_ratio <= 1.25
     mask_shape = json.loads((tmp_path / "big" / "run.json").read_text())["mask_shape"]
     assert max(mask_shape[:2]) <= 4096

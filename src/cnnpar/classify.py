@@ -252,11 +252,13 @@ class _InProcessRunner:
         self.threads = timing.effective_threads()
         self.processes = 1
 
-    def classify(self, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    def classify(self, progress: bool) -> tuple[np.ndarray, np.ndarray, float]:
+        cpu0 = time.process_time()  # every thread of this process
         with _Progress(progress, self.mosaic.cells) as on_batch:
-            return classify_range(
+            pred, confidence = classify_range(
                 self.net, self.images, self.mosaic, self.batch_size, 0, self.mosaic.cells, on_batch
             )
+        return pred, confidence, time.process_time() - cpu0
 
     def close(self) -> None:
         pass
@@ -299,11 +301,12 @@ def _worker_ready(_: int) -> dict[str, Any]:
     return {"pid": os.getpid(), **timing.effective_threads()}
 
 
-def _worker_chunk(start: int, stop: int) -> tuple[int, np.ndarray, np.ndarray]:
+def _worker_chunk(start: int, stop: int) -> tuple[int, np.ndarray, np.ndarray, float]:
+    cpu0 = time.process_time()
     pred, confidence = classify_range(
         _WORKER["net"], _WORKER["images"], _WORKER["mosaic"], _WORKER["batch_size"], start, stop
     )
-    return start, pred, confidence
+    return start, pred, confidence, time.process_time() - cpu0
 
 
 def chunk_bounds(cells: int, batch_size: int, chunks: int) -> list[tuple[int, int]]:
@@ -348,18 +351,20 @@ class _ProcessRunner:
             mosaic.cells, config.batch_size, config.workers * CHUNKS_PER_WORKER
         )
 
-    def classify(self, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    def classify(self, progress: bool) -> tuple[np.ndarray, np.ndarray, float]:
         pred = np.empty(self.mosaic.cells, dtype=np.uint8)
         confidence = np.empty(self.mosaic.cells, dtype=np.float32)
+        cpu_s = 0.0  # summed over the workers' chunks
         futures = [self.pool.submit(_worker_chunk, lo, hi) for lo, hi in self.bounds]
         with _Progress(progress, self.mosaic.cells) as on_batch:
             for future in cf.as_completed(futures):
-                start, chunk_pred, chunk_conf = future.result()
+                start, chunk_pred, chunk_conf, chunk_cpu_s = future.result()
+                cpu_s += chunk_cpu_s
                 pred[start : start + len(chunk_pred)] = chunk_pred
                 confidence[start : start + len(chunk_conf)] = chunk_conf
                 if on_batch is not None:
                     on_batch(len(chunk_pred))
-        return pred, confidence
+        return pred, confidence, cpu_s
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -378,7 +383,8 @@ class _CudaRunner:
         self.threads = timing.effective_threads()
         self.processes = 1
 
-    def classify(self, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    def classify(self, progress: bool) -> tuple[np.ndarray, np.ndarray, float]:
+        cpu0 = time.process_time()
         pred = torch.empty(self.cells, dtype=torch.uint8, device="cuda")
         confidence = torch.empty(self.cells, dtype=torch.float32, device="cuda")
         with torch.inference_mode(), _Progress(progress, self.cells) as on_batch:
@@ -389,7 +395,8 @@ class _CudaRunner:
                 confidence[first:last] = torch.softmax(logits, dim=1).amax(dim=1)
                 if on_batch is not None:
                     on_batch(last - first)
-        return pred.cpu().numpy(), confidence.cpu().numpy()  # .cpu() waits for the GPU
+        pred_np, confidence_np = pred.cpu().numpy(), confidence.cpu().numpy()  # waits for the GPU
+        return pred_np, confidence_np, time.process_time() - cpu0
 
     def close(self) -> None:
         pass
@@ -408,6 +415,7 @@ class Classification:
     confidence: np.ndarray  # (cells,) float32 softmax max
     startup_s: float
     measurement: timing.Measurement
+    cpu_s: list[float]  # CPU seconds per repeat, summed over classifying processes
     threads: dict[str, int | None]  # effective counts inside one classifying process
     processes: int
     malloc: str
@@ -421,7 +429,7 @@ class Classification:
         """One row per timed repeat: the contract columns, then the context."""
         c, m = self.config, self.measurement
         rows = []
-        for repeat, classify_s in enumerate(m.samples, start=1):
+        for repeat, (classify_s, cpu_s) in enumerate(zip(m.samples, self.cpu_s, strict=True), 1):
             rows.append(
                 {
                     "mode": c.mode,
@@ -436,6 +444,8 @@ class Classification:
                     "total_s": self.startup_s + classify_s,
                     "cells_per_s": self.mosaic.cells / classify_s,
                     "accuracy": self.accuracy,
+                    # CPU time is what co-tenants on a shared machine cannot inflate much.
+                    "classify_cpu_s": cpu_s,
                     "processes": self.processes,
                     **self.threads,
                     "backend": c.resolved_backend,
@@ -477,7 +487,7 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification:
         runner = _InProcessRunner(prepare(model, backend), test.images, mosaic, config.batch_size)
     startup_s = time.perf_counter() - t0
 
-    outputs: list[tuple[np.ndarray, np.ndarray]] = []
+    outputs: list[tuple[np.ndarray, np.ndarray, float]] = []
     try:
         measurement = timing.measure(
             lambda: outputs.append(runner.classify(progress)),
@@ -487,8 +497,8 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification:
         )
     finally:
         runner.close()
-    pred, confidence = outputs[0]
-    for other_pred, _ in outputs[1:]:
+    pred, confidence, _ = outputs[0]
+    for other_pred, _, _ in outputs[1:]:
         if not np.array_equal(other_pred, pred):  # same kernels, same inputs: must not happen
             raise ClassifyError("predictions differ between repeats of the same run")
     return Classification(
@@ -500,6 +510,7 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification:
         confidence=confidence,
         startup_s=startup_s,
         measurement=measurement,
+        cpu_s=[cpu_s for _, _, cpu_s in outputs],
         threads=runner.threads,
         processes=runner.processes,
         malloc=malloc,
