@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from cnnpar import figures, report, tables
 from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
@@ -182,8 +183,9 @@ def test_figures_and_report_are_written_and_self_contained(built):
         assert path.stat().st_size > 1000, path
         if path.suffix == ".png":
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    mask = fdir / "mask.png"
-    mask.write_bytes((fdir / "roofline.png").read_bytes())  # any PNG stands in for the mask
+    # A big noisy mask (a 1000x1000 mosaic renders thousands of pixels a side).
+    noise = np.random.default_rng(0).integers(0, 255, (2000, 3000, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(fdir / "mask.png")
     pngs = sorted(fdir.glob("*.png"))
     out = report.write_report(
         out=tmp_path / "results/report.html",
@@ -197,7 +199,9 @@ def test_figures_and_report_are_written_and_self_contained(built):
     )
     page = out.read_text()
     assert "synthetic &lt;study&gt;" in page  # escaped
-    assert page.count('src="data:image/png;base64,') == len(pngs)
+    assert page.count('src="data:image/png;base64,') == len(pngs) - 1
+    assert page.count('src="data:image/jpeg;base64,') == 1  # the mask, downscaled
+    assert len(page) < 3_000_000  # the 18 MB noise image does not bloat the page
     # Self-contained: no external resource of any kind.
     assert not re.search(r'(src|href)="(https?:)?//', page)
     assert "<link" not in page

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import io
 import json
 import logging
 import os
@@ -157,6 +158,14 @@ def findings(summary: pd.DataFrame) -> list[str]:
             f"{100 * best['roofline_fraction']:.0f}% of {best['roofline_gflops']:.1f} GFLOP/s."
         )
 
+    above = roof[roof["roofline_fraction"] > 1.0]
+    if not above.empty:
+        out.append(
+            f"Note: {len(above)} configuration(s) exceed the measured sgemm rate, so that "
+            "measurement was probably slowed by other load on the machine; re-measure with "
+            "`snakemake --forcerun env_info` on a quiet machine."
+        )
+
     capped = summary[summary["parallelism"] < summary["parallelism_requested"]]
     for _, row in capped.iterrows():
         who = row["engine"] if row["study"] == "train" else row["mode"]
@@ -171,9 +180,25 @@ def findings(summary: pd.DataFrame) -> list[str]:
 # --- HTML pieces --------------------------------------------------------------------------
 
 
+# A raster wider than this (the mask of a big mosaic is thousands of pixels a side) is embedded
+# as a downscaled JPEG: the page stays a few hundred kB, and figures/ keeps the full image.
+MAX_EMBED_WIDTH = 1400
+
+
 def _img(path: str | os.PathLike[str], alt: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+    from PIL import Image
+
+    raw = Path(path).read_bytes()
+    mime = "image/png"
+    with Image.open(io.BytesIO(raw)) as image:
+        if image.width > MAX_EMBED_WIDTH:
+            height = round(image.height * MAX_EMBED_WIDTH / image.width)
+            small = image.convert("RGB").resize((MAX_EMBED_WIDTH, height), Image.LANCZOS)
+            buffer = io.BytesIO()
+            small.save(buffer, format="JPEG", quality=88)
+            raw, mime = buffer.getvalue(), "image/jpeg"
+    data = base64.b64encode(raw).decode("ascii")
+    return f'<img src="data:{mime};base64,{data}" alt="{html.escape(alt)}">'
 
 
 def figures_html(figures: Sequence[str | os.PathLike[str]]) -> str:

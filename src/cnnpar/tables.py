@@ -314,7 +314,8 @@ def summarize_classify(classify: pd.DataFrame) -> pd.DataFrame:
                 "roofline_gflops": _first(group, "roofline_gflops"),
             }
         )
-    summary = pd.DataFrame(rows)
+    summary = pd.DataFrame(rows).sort_values(["mode", "cells", "batch_size", "parallelism"])
+    summary = summary.reset_index(drop=True)
     return _add_speedup(
         summary,
         family=family,

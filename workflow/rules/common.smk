@@ -274,4 +274,4 @@ def final_outputs() -> list[str]:
 
 def config_yaml() -> str:
     """The validated config (defaults filled in), as it is recorded in the report."""
-    return yaml.safe_dump(dict(config), sort_keys=False)
+    return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None)
