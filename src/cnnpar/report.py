@@ -69,14 +69,20 @@ def _workers(n: Any) -> str:
 
 def findings(summary: pd.DataFrame) -> list[str]:
     """Plain sentences stating what the summary table shows."""
-    out: list[str] = []
     if summary.empty:
         return ["No results: the summary table is empty."]
-    train = summary[(summary["study"] == "train") & (summary["model"] == "tinycnn")]
-    mosaic_train = summary[(summary["study"] == "train") & (summary["model"] == "mosaicnet")]
-    classify = summary[summary["study"] == "classify"]
+    return [
+        *_train_findings(summary[summary["study"] == "train"]),
+        *_classify_findings(summary[summary["study"] == "classify"]),
+        *_roofline_findings(summary[summary["roofline_fraction"].notna()]),
+        *_capped_findings(summary),
+    ]
 
-    for (filters, batch), fam in train.groupby(["filters", "batch_size"], sort=True):
+
+def _train_findings(train: pd.DataFrame) -> list[str]:
+    out = []
+    tiny = train[train["model"] == "tinycnn"]
+    for (filters, batch), fam in tiny.groupby(["filters", "batch_size"], sort=True):
         where = f"F={_n(filters)}, B={_n(batch)}"
         # Each engine at the largest thread count it ran: its scaling, then engine vs engine.
         tops = fam.loc[fam.groupby("engine")["parallelism"].idxmax()]
@@ -104,14 +110,19 @@ def findings(summary: pd.DataFrame) -> list[str]:
         ]
         if accs:
             out.append(f"Final test accuracy at {where} (median over seeds): {', '.join(accs)}.")
-
-    for _, row in mosaic_train.iterrows():
+    for _, row in train[train["model"] == "mosaicnet"].iterrows():
         out.append(
             f"MosaicNet training ({row['engine']}): {row['rate_median']:,.0f} images/s, "
             f"test accuracy {100 * row['accuracy']:.2f}%."
         )
+    return out
 
-    # Classification: each parallel mode at its most workers on the largest grid.
+
+def _classify_findings(classify: pd.DataFrame) -> list[str]:
+    if classify.empty:
+        return []
+    out = []
+    # Each parallel mode at its most workers on the largest grid, against sequential.
     largest = classify[classify["cells"] == classify["cells"].max()]
     parallel = largest[(largest["mode"] != "sequential") & largest["speedup"].notna()]
     if not parallel.empty:
@@ -122,42 +133,43 @@ def findings(summary: pd.DataFrame) -> list[str]:
                 f"(B={_n(row['batch_size'])}): {row['speedup']:.2f}× over sequential "
                 f"({100 * row['efficiency']:.0f}% efficiency)."
             )
-    if not classify.empty:
-        best = largest.loc[largest["rate_median"].idxmax()]
+    best = largest.loc[largest["rate_median"].idxmax()]
+    out.append(
+        f"Fastest classification of the largest mosaic ({best['grid']}, "
+        f"{int(best['cells']):,} cells): {best['mode']} {_workers(best['parallelism'])}, "
+        f"B={_n(best['batch_size'])}, at {best['rate_median']:,.0f} cells/s; "
+        f"accuracy {100 * best['accuracy']:.2f}%."
+    )
+    # How the cost per cell changes with the grid, for one line (sequential if it ran).
+    first_mode = "sequential" if "sequential" in set(classify["mode"]) else classify["mode"].iloc[0]
+    line = classify[classify["mode"] == first_mode]
+    line = line[line["batch_size"] == line["batch_size"].iloc[0]]
+    line = line[line["parallelism"] == line["parallelism"].iloc[0]]
+    if line["cells"].nunique() > 1:
+        small = line.loc[line["cells"].idxmin()]
+        big = line.loc[line["cells"].idxmax()]
+        ratio = big["seconds_per_item"] / small["seconds_per_item"]
         out.append(
-            f"Fastest classification of the largest mosaic ({best['grid']}, "
-            f"{int(best['cells']):,} cells): {best['mode']} {_workers(best['parallelism'])}, "
-            f"B={_n(best['batch_size'])}, at {best['rate_median']:,.0f} cells/s; "
-            f"accuracy {100 * best['accuracy']:.2f}%."
+            f"Cost per cell, {first_mode} {_workers(small['parallelism'])} "
+            f"(B={_n(small['batch_size'])}): {1e6 * small['seconds_per_item']:.1f} µs at "
+            f"{int(small['cells']):,} cells, {1e6 * big['seconds_per_item']:.1f} µs at "
+            f"{int(big['cells']):,} cells ({ratio:.2f}×)."
         )
-        for (mode, workers, batch), line in classify.groupby(
-            ["mode", "parallelism", "batch_size"], sort=True
-        ):
-            if line["cells"].nunique() < 2:
-                continue
-            small = line.loc[line["cells"].idxmin()]
-            big = line.loc[line["cells"].idxmax()]
-            ratio = big["seconds_per_item"] / small["seconds_per_item"]
-            out.append(
-                f"Cost per cell, {mode} {_workers(workers)} (B={_n(batch)}): "
-                f"{1e6 * small['seconds_per_item']:.1f} µs at {int(small['cells']):,} cells, "
-                f"{1e6 * big['seconds_per_item']:.1f} µs at {int(big['cells']):,} cells "
-                f"({ratio:.2f}×)."
-            )
-            break  # one example line is enough; the figure shows the rest
+    return out
 
-    roof = summary[summary["roofline_fraction"].notna()]
-    if not roof.empty:
-        best = roof.loc[roof["roofline_fraction"].idxmax()]
-        train_row = best["study"] == "train"
-        who = best["engine"] if train_row else best["mode"]
-        par = (_threads if train_row else _workers)(best["parallelism"])
-        out.append(
-            f"Highest fraction of the sgemm roofline: {best['study']} {best['model']} {who} "
-            f"with {par}, {best['gflops']:.1f} GFLOP/s = "
-            f"{100 * best['roofline_fraction']:.0f}% of {best['roofline_gflops']:.1f} GFLOP/s."
-        )
 
+def _roofline_findings(roof: pd.DataFrame) -> list[str]:
+    if roof.empty:
+        return []
+    best = roof.loc[roof["roofline_fraction"].idxmax()]
+    train_row = best["study"] == "train"
+    who = best["engine"] if train_row else best["mode"]
+    par = (_threads if train_row else _workers)(best["parallelism"])
+    out = [
+        f"Highest fraction of the sgemm roofline: {best['study']} {best['model']} {who} "
+        f"with {par}, {best['gflops']:.1f} GFLOP/s = "
+        f"{100 * best['roofline_fraction']:.0f}% of {best['roofline_gflops']:.1f} GFLOP/s."
+    ]
     above = roof[roof["roofline_fraction"] > 1.0]
     if not above.empty:
         out.append(
@@ -165,16 +177,18 @@ def findings(summary: pd.DataFrame) -> list[str]:
             "measurement was probably slowed by other load on the machine; re-measure with "
             "`snakemake --forcerun env_info` on a quiet machine."
         )
-
-    capped = summary[summary["parallelism"] < summary["parallelism_requested"]]
-    for _, row in capped.iterrows():
-        who = row["engine"] if row["study"] == "train" else row["mode"]
-        out.append(
-            f"Note: {row['study']} {who} asked for {_n(row['parallelism_requested'])} "
-            f"threads/workers but ran with {_n(row['parallelism'])} (Snakemake caps a job's "
-            "threads at --cores); its efficiency uses the effective count."
-        )
     return out
+
+
+def _capped_findings(summary: pd.DataFrame) -> list[str]:
+    capped = summary[summary["parallelism"] < summary["parallelism_requested"]]
+    return [
+        f"Note: {row['study']} {row['engine'] if row['study'] == 'train' else row['mode']} "
+        f"asked for {_n(row['parallelism_requested'])} threads/workers but ran with "
+        f"{_n(row['parallelism'])} (Snakemake caps a job's threads at --cores); its "
+        "efficiency uses the effective count."
+        for _, row in capped.iterrows()
+    ]
 
 
 # --- HTML pieces --------------------------------------------------------------------------
