@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from slurm_cluster import ClusterError, SlurmCluster, missing_requirements, single_node_cluster
-from test_workflow import expected_jobs, load_config
+from test_workflow import FIGURE_STEMS, expected_jobs, load_config
 
 pytestmark = pytest.mark.slurm
 
@@ -53,7 +52,7 @@ def test_sbatch_runs_a_job(slurm_cluster: SlurmCluster, tmp_path) -> None:
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "data" / "config.tiny.yaml"
 PROFILE = REPO / "profiles" / "slurm"
-RUN_TIMEOUT_S = 480  # one snakemake invocation; the tiny config takes about two minutes here
+RUN_TIMEOUT_S = 480  # one snakemake invocation; the faulted first run takes ~3.5 min here
 # Flags for this test cluster only. Without accounting, sacct knows nothing and the plugin
 # must poll squeue (it would otherwise wait forever after the jobs finish); there is no
 # account to charge; and a 1 s first poll keeps the short jobs from idling in the queue.
@@ -84,7 +83,6 @@ class Submission:
 class WorkflowRun:
     returncode: int
     output: str
-    seconds: float
 
     @property
     def submissions(self) -> list[Submission]:
@@ -93,7 +91,6 @@ class WorkflowRun:
 
 def run_workflow(workdir: Path, env: dict[str, str]) -> WorkflowRun:
     """`snakemake --profile profiles/slurm` on the tiny config, in `workdir`, bounded in time."""
-    start = time.monotonic()
     result = subprocess.run(
         [
             sys.executable,
@@ -112,7 +109,7 @@ def run_workflow(workdir: Path, env: dict[str, str]) -> WorkflowRun:
         timeout=RUN_TIMEOUT_S,
         check=False,
     )
-    return WorkflowRun(result.returncode, result.stdout + result.stderr, time.monotonic() - start)
+    return WorkflowRun(result.returncode, result.stdout + result.stderr)
 
 
 @dataclass
@@ -165,9 +162,10 @@ def test_rerun_completes_without_redoing_finished_jobs(
 ) -> None:
     run = faulted_then_rerun.second
     assert run.returncode == 0, run.output[-3000:]
-    # Only the failed job and what depends on it ran again.
-    rules = sorted(s.rule for s in run.submissions)
-    assert rules == ["figures", "report", "tables", "train_tinycnn"], rules
+    # Only the failed job and the untimed aggregation downstream of it ran again.
+    rules = Counter(s.rule for s in run.submissions)
+    assert rules["train_tinycnn"] == 1, rules
+    assert set(rules) - {"train_tinycnn"} <= {"tables", "figures", "report"}, rules
     redone = [
         str(path)
         for path, mtime in faulted_then_rerun.mtimes_after_first.items()
@@ -189,13 +187,14 @@ def test_every_job_ran_through_slurm(
         del expected[rule]
     expected["train_tinycnn"] += 1  # the injected failure, submitted again by the re-run
     assert per_rule == expected
+    # SLURM's own record of each job: where and how it ran, and how it ended.
+    states = []
     for submission in submissions:
         fields = slurm_cluster.job_fields(submission.slurm_id)
         assert fields["Partition"] == slurm_cluster.partition
         assert Path(fields["WorkDir"]) == faulted_then_rerun.workdir
-        assert fields["JobState"] in ("COMPLETED", "FAILED"), (submission, fields["JobState"])
-    states = [slurm_cluster.job_fields(s.slurm_id)["JobState"] for s in submissions]
-    assert states.count("FAILED") == 1, states
+        states.append(fields["JobState"])
+    assert sorted(states) == ["COMPLETED"] * (len(states) - 1) + ["FAILED"], states
 
 
 def test_outputs_and_tables_are_complete(faulted_then_rerun: FaultedThenRerun) -> None:
@@ -204,8 +203,8 @@ def test_outputs_and_tables_are_complete(faulted_then_rerun: FaultedThenRerun) -
     expected = expected_jobs(config)
     for name in ("report.html", "tables/train.csv", "tables/classify.csv", "tables/summary.csv"):
         assert (results / name).stat().st_size > 0, name
-    assert (results / "figures" / "mask.png").exists()
-    assert len(list((results / "figures").glob("*.png"))) >= 2
+    for stem in [*FIGURE_STEMS, "mask"]:
+        assert (results / "figures" / f"{stem}.png").stat().st_size > 0, stem
 
     train = pd.read_csv(results / "tables" / "train.csv")
     tiny_epochs = config["train"]["tinycnn"]["epochs"]
