@@ -108,7 +108,10 @@ def _plain_log(ax: Axes, axis: str) -> None:
     target = ax.xaxis if axis == "x" else ax.yaxis
     (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
     target.set_major_formatter(fmt)
-    target.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    low, high = ax.get_xlim() if axis == "x" else ax.get_ylim()
+    # Under ~1.5 decades there are too few major ticks to read values: label the minor ones.
+    minor = fmt if high / max(low, 1e-300) < 30 else FuncFormatter(lambda v, _: "")
+    target.set_minor_formatter(minor)
 
 
 def _varying(frame: pd.DataFrame, keys: list[str]) -> list[str]:
@@ -281,7 +284,7 @@ def time_to_accuracy(train: pd.DataFrame) -> Figure:
         f"TinyCNN time to accuracy (F={int(first_family['filters'])}, "
         f"B={int(first_family['batch_size'])}; one marker per epoch)"
     )
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     fig.tight_layout()
     return fig
 
@@ -309,7 +312,11 @@ def classify_cost_per_cell(summary: pd.DataFrame) -> Figure:
         )
     _plain_log(ax, "x")
     _plain_log(ax, "y")
-    ax.set_xlabel("mosaic cells (log scale)")
+    grids = data.drop_duplicates("cells").sort_values("cells")
+    labels = [f"{g}\n{int(c):,}" for g, c in zip(grids["grid"], grids["cells"], strict=True)]
+    ax.set_xticks(grids["cells"], labels)
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("mosaic grid and cells (log scale)")
     ax.set_ylabel("classification time per cell (µs, log scale)")
     ax.set_title("Mosaic classification cost per cell")
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), title="mode × workers")
