@@ -63,7 +63,8 @@ def config_error_message(error: jsonschema.ValidationError) -> str:
         hint = _description(error) or f"it must match {error.validator_value!r}"
         return f"config key '{key}': {value!r} is invalid; {hint}"
     if error.validator == "type":
-        return f"config key '{key}': {value!r} must be of type {error.validator_value}"
+        hint = " (with --config write True or False)" if error.validator_value == "boolean" else ""
+        return f"config key '{key}': {value!r} must be of type {error.validator_value}{hint}"
     if error.validator == "minItems":
         return f"config key '{key}' must list at least {error.validator_value} value(s)"
     if error.validator == "uniqueItems":
