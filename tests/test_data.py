@@ -135,3 +135,17 @@ def test_cli_data_verify(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     assert main(["data", "verify", "--dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not found" in err
+
+
+def test_atomic_writes_leave_no_temp_files_and_normal_permissions(tmp_path: Path) -> None:
+    from cnnpar import io
+
+    io.write_csv(tmp_path / "a.csv", [{"x": 1, "y": 2}])
+    io.write_npz(tmp_path / "a.npz", x=np.arange(3))
+    with pytest.raises(RuntimeError), io.atomic_path(tmp_path / "b.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "a.npz"]
+    assert (tmp_path / "a.csv").read_text().splitlines() == ["x,y", "1,2"]
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["x"], np.arange(3))
+    assert (tmp_path / "a.csv").stat().st_mode & 0o644 == 0o644

@@ -20,6 +20,15 @@ import numpy as np
 from cnnpar.errors import CnnparError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 class OutputDirError(CnnparError):
     """The output directory cannot be created or written to."""
 
@@ -52,6 +61,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp makes the file owner-only (0600); give it the mode a plain open() would.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
