@@ -1,12 +1,15 @@
 """Parallel CPU engine: numba, one fused forward + backward + gradient pass per image.
 
 A batch is cut into one contiguous chunk of images per thread (`prange` over chunks). Each
-thread runs conv → ReLU → pool → FC → softmax → backward for one image at a time, entirely in
-its own scratch rows, and adds that image's gradient into its own gradient buffer. A second
-parallel loop then sums the per-thread buffers, in thread order, and applies the SGD update, each
-thread taking one slice of the parameters. There are no races and no atomics, and the result
-does not depend on scheduling. Every buffer is allocated once in the constructor; a step
-allocates nothing.
+thread runs conv → ReLU → pool → FC → softmax → backward for one image at a time in its own
+scratch rows, adding the conv gradient into its own (tiny) gradient buffer, and keeps each
+image's pooled activations and dlogits. A second parallel loop gives each thread a slice of the
+FC columns: it forms that slice of the batch's FC weight gradient, Σ_b dlogits ⊗ pooled, and
+applies the update; thread 0 also sums the per-thread conv gradients in thread order and
+updates the conv weights and biases. There are no races and no atomics, the result does not
+depend on scheduling, and no per-thread copy of the large FC gradient has to be zeroed and
+reduced every step. Buffers are allocated once (the per-image rows again only if a larger
+batch arrives); a step allocates nothing.
 
 Internal layout (why it differs from torch's): the filter axis F is innermost everywhere, so
 every inner loop is a unit-stride loop over filters that LLVM turns into SIMD.
@@ -31,6 +34,7 @@ from cnnpar.nets.tinycnn.spec import CELLS, CLASSES, IMAGE, KERNEL, POOL, Params
 # Re-association lets LLVM vectorise the dot products; contraction gives FMAs. No nnan/ninf:
 # the softmax must stay exact about infinities.
 FAST = {"reassoc", "contract", "nsz"}
+FC_TILE = 512  # FC columns per tile of the batched FC gradient: a (10, 512) float32 tile is 20 KB
 
 
 @njit(fastmath=FAST, cache=True)
@@ -130,20 +134,14 @@ def _softmax_xent(logits: np.ndarray, y: int, scale: np.float32, dlogits: np.nda
 
 
 @njit(fastmath=FAST, cache=True)
-def _fc_backward(pooled, wf, dlogits, gwf, gbf, dpool) -> None:
-    """gwf += dlogits ⊗ pooled, gbf += dlogits, dpool = wfᵀ · dlogits (with the old wf).
-
-    gwf is this thread's flat (10·169F) row.
-    """
+def _fc_dpool(wf: np.ndarray, dlogits: np.ndarray, dpool: np.ndarray) -> None:
+    """dpool = wfᵀ · dlogits: the loss gradient at the pooled outputs (with the old wf)."""
     n_in = wf.shape[1]
     for j in range(n_in):
         dpool[j] = 0
     for c in range(CLASSES):
         d = dlogits[c]
-        gbf[c] += d
-        row = c * n_in
         for j in range(n_in):
-            gwf[row + j] += d * pooled[j]
             dpool[j] += d * wf[c, j]
 
 
@@ -184,60 +182,90 @@ def _conv_backward(x, arg, dpool, gwc, gbc, n_f: int) -> None:
 
 
 @njit(fastmath=FAST, cache=True)
-def _sgd_slice(p: np.ndarray, g: np.ndarray, lr: np.float32, part: int, parts: int) -> None:
-    """p[lo:hi] -= lr · Σ_t g[t, lo:hi] for slice `part` of `parts` of p (n,); g (T, ≥n) holds
-    one padded gradient row per thread, summed in thread order."""
-    n = p.shape[0]
-    lo = n * part // parts
-    hi = n * (part + 1) // parts
-    for t in range(1, g.shape[0]):
-        for j in range(lo, hi):
-            g[0, j] += g[t, j]
-    for j in range(lo, hi):
-        p[j] -= lr * g[0, j]
+def _fc_update(pooled, dlogits, n: int, lr, wf, acc, lo: int, hi: int) -> None:
+    """wf[:, lo:hi] -= lr · Σ_b dlogits[b] ⊗ pooled[b, lo:hi], the batch's FC weight gradient.
+
+    Tiled over columns so a class's accumulator tile stays in L1 while the batch streams by.
+    The loop order matters: with the class loop innermost LLVM unrolls it and vectorises
+    across classes with gathers, ten times slower than this unit-stride inner loop.
+    """
+    tile = acc.shape[0] // CLASSES
+    for j0 in range(lo, hi, tile):
+        width = min(tile, hi - j0)
+        for c in range(CLASSES):
+            a = acc[c * tile : c * tile + width]
+            a[:] = 0
+            for b in range(n):
+                d = dlogits[b, c]
+                row = pooled[b, j0 : j0 + width]
+                for j in range(width):
+                    a[j] += d * row[j]
+            w = wf[c, j0 : j0 + width]
+            for j in range(width):
+                w[j] -= lr * a[j]
+
+
+@njit(fastmath=FAST, cache=True)
+def _sgd_sum(p: np.ndarray, g: np.ndarray, lr) -> None:
+    """p (n,) -= lr · Σ_t g[t, :n]; g holds one padded gradient row per thread."""
+    for j in range(p.shape[0]):
+        total = g[0, j]
+        for t in range(1, g.shape[0]):
+            total += g[t, j]
+        p[j] -= lr * total
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
 def _train_step(
     images, labels, start, stop, lr, wc, bc, wf, bf,  # data, weights
-    xs, pooled, arg, dpool, logits, dlogits,  # per-thread scratch rows, (T, padded)
-    gwc, gbc, gwf, gbf, stats,  # per-thread gradient rows and (loss sum, #correct)
+    pooled, dlogits,  # per-image rows of this batch, (≥B, padded)
+    xs, arg, dpool, logits, acc, gwc, gbc, stats,  # per-thread rows, (T, padded)
 ):  # fmt: skip
     """One SGD step on images[start:stop]; returns (batch-mean loss, #correct).
 
-    Per-thread rows are padded past a cache line (see `_per_thread`), so threads never write
-    to the same line: without that, the small per-image accumulators (gbc, gwc, logits)
-    false-share and two threads run slower than one.
+    Parallel loop 1, one contiguous chunk of the batch per thread: per image, the forward pass,
+    softmax, and the backward pass down to the conv weights, accumulated in the thread's own
+    gwc/gbc; the pooled activations and dlogits are kept per image. Parallel loop 2, one slice of
+    the FC columns per thread: the batch's FC weight gradient (Σ_b dlogits ⊗ pooled) and the
+    update; thread 0 also sums the small conv and bias gradients in thread order and updates
+    them. Rows written by different threads are padded apart (see `_per_thread`): without
+    that, the per-image accumulators false-share and two threads run slower than one.
     """
     n_threads = xs.shape[0]
     n = stop - start
+    n_f = bc.shape[0]
+    n_in = wf.shape[1]
     scale = np.float32(1.0) / np.float32(n)  # the loss is a batch mean
     for t in prange(n_threads):
-        lo = start + (n * t) // n_threads
-        hi = start + (n * (t + 1)) // n_threads
         gwc[t, :] = 0
         gbc[t, :] = 0
-        gwf[t, :] = 0
-        gbf[t, :] = 0
         loss_sum = 0.0
         correct = 0
-        for i in range(lo, hi):
+        for b in range(n * t // n_threads, n * (t + 1) // n_threads):
+            i = start + b
             _to_float(images[i], xs[t])
-            _conv_pool(xs[t], wc, bc, pooled[t], arg[t])
-            _fc_forward(pooled[t], wf, bf, logits[t])
-            loss, ok = _softmax_xent(logits[t], labels[i], scale, dlogits[t])
+            _conv_pool(xs[t], wc, bc, pooled[b], arg[t])
+            _fc_forward(pooled[b], wf, bf, logits[t])
+            loss, ok = _softmax_xent(logits[t], labels[i], scale, dlogits[b])
             loss_sum += loss
             correct += ok
-            _fc_backward(pooled[t], wf, dlogits[t], gwf[t], gbf[t], dpool[t])
-            _conv_backward(xs[t], arg[t], dpool[t], gwc[t], gbc[t], bc.shape[0])
+            _fc_dpool(wf, dlogits[b], dpool[t])
+            _conv_backward(xs[t], arg[t], dpool[t], gwc[t], gbc[t], n_f)
         stats[t, 0] = loss_sum
         stats[t, 1] = correct
-    # The reduction over threads and the update are parallel too, one slice per thread.
     for t in prange(n_threads):
-        _sgd_slice(wc.reshape(wc.size), gwc, lr, t, n_threads)
-        _sgd_slice(bc, gbc, lr, t, n_threads)
-        _sgd_slice(wf.reshape(wf.size), gwf, lr, t, n_threads)
-        _sgd_slice(bf, gbf, lr, t, n_threads)
+        # Slice bounds on 16-float (cache line) boundaries: no line is written by two threads.
+        lo = (n_in * t // n_threads) // 16 * 16
+        hi = n_in if t == n_threads - 1 else (n_in * (t + 1) // n_threads) // 16 * 16
+        _fc_update(pooled, dlogits, n, lr, wf, acc[t], lo, hi)
+        if t == 0:
+            _sgd_sum(wc.reshape(wc.size), gwc, lr)
+            _sgd_sum(bc, gbc, lr)
+            for c in range(CLASSES):
+                total = dlogits[0, c]
+                for b in range(1, n):
+                    total += dlogits[b, c]
+                bf[c] -= lr * total
     loss_total = 0.0
     correct_total = 0
     for t in range(n_threads):  # fixed order: the loss does not depend on scheduling
@@ -314,6 +342,7 @@ class NumbaEngine:
         self.lr = np.float32(lr)
         self._w = to_internal(params)
         self._scratch = self._allocate(self.threads, int(self._w["bc"].shape[0]))
+        self._batch = self._allocate_batch(0)
         self._images = np.empty((0, IMAGE, IMAGE), np.uint8)
         self._labels = np.empty(0, np.int64)
         self._losses: list[float] = []
@@ -325,34 +354,43 @@ class NumbaEngine:
         return {
             # Two spare image rows (224 bytes) keep the threads' images off a shared line.
             "xs": np.zeros((n_t, IMAGE + 2, IMAGE), np.float32),
-            "pooled": _per_thread(n_t, k, np.float32),
+            "pooled": _per_thread(n_t, k, np.float32),  # for predict
             "arg": _per_thread(n_t, k, np.int32),
             "dpool": _per_thread(n_t, k, np.float32),
             "logits": _per_thread(n_t, CLASSES, np.float32),
-            "dlogits": _per_thread(n_t, CLASSES, np.float32),
+            "acc": _per_thread(n_t, CLASSES * FC_TILE, np.float32),
             "gwc": _per_thread(n_t, KERNEL * KERNEL * f, np.float32),
             "gbc": _per_thread(n_t, f, np.float32),
-            "gwf": _per_thread(n_t, CLASSES * k, np.float32),
-            "gbf": _per_thread(n_t, CLASSES, np.float32),
             "stats": _per_thread(n_t, 2, np.float64),
+        }
+
+    def _allocate_batch(self, n: int) -> dict[str, np.ndarray]:
+        """Per-image rows for a batch of n; grown only when a larger batch first arrives."""
+        k = CELLS * int(self._w["bc"].shape[0])
+        return {
+            "pooled": _per_thread(n, k, np.float32),
+            "dlogits": _per_thread(n, CLASSES, np.float32),
         }
 
     @classmethod
     def from_params(cls, params: Params, *, lr: float, threads: int = 1) -> NumbaEngine:
         return cls(params, lr, threads)
 
-    def _step(self, w, s, images, labels, start: int, stop: int) -> tuple[float, int]:
+    def _step(self, w, images, labels, start: int, stop: int) -> tuple[float, int]:
+        if stop - start > self._batch["pooled"].shape[0]:
+            self._batch = self._allocate_batch(stop - start)
+        s, bt = self._scratch, self._batch
         return _train_step(
             images, labels, start, stop, self.lr, w["wc"], w["bc"], w["wf"], w["bf"],
-            s["xs"], s["pooled"], s["arg"], s["dpool"], s["logits"], s["dlogits"],
-            s["gwc"], s["gbc"], s["gwf"], s["gbf"], s["stats"],
+            bt["pooled"], bt["dlogits"],
+            s["xs"], s["arg"], s["dpool"], s["logits"], s["acc"], s["gwc"], s["gbc"], s["stats"],
         )  # fmt: skip
 
     def warm_up(self) -> None:
         """Compile (or load from cache) both kernels on a throwaway copy of the weights."""
         w = {k: v.copy() for k, v in self._w.items()}
         images = _readonly(np.zeros((2, IMAGE, IMAGE), np.uint8))
-        self._step(w, self._scratch, images, _readonly(np.zeros(2, np.int64)), 0, 2)
+        self._step(w, images, _readonly(np.zeros(2, np.int64)), 0, 2)
         s = self._scratch
         _predict(images, w["wc"], w["bc"], w["wf"], w["bf"], s["xs"], s["pooled"], s["arg"],
                  np.zeros((2, CLASSES), np.float32))  # fmt: skip
@@ -363,7 +401,7 @@ class NumbaEngine:
         self._losses, self._correct = [], []
 
     def train_step(self, start: int, stop: int) -> None:
-        loss, correct = self._step(self._w, self._scratch, self._images, self._labels, start, stop)
+        loss, correct = self._step(self._w, self._images, self._labels, start, stop)
         self._losses.append(loss)
         self._correct.append(correct)
 
