@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -373,4 +374,10 @@ def format_row(row: dict[str, float | int]) -> str:
 
 def engines_table() -> list[tuple[str, str]]:
     """(engine, 'available' or the reason it is not) for `cnnpar engines`."""
-    return [(name, reason or "available") for name, reason in tinycnn.available_engines().items()]
+    rows = []
+    for name, reason in tinycnn.available_engines().items():
+        status = reason or "available"
+        if name == "cuda" and reason is None and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+            status = "available (CUDA simulator: NUMBA_ENABLE_CUDASIM=1)"
+        rows.append((name, status))
+    return rows
