@@ -63,7 +63,11 @@ def config_error_message(error: jsonschema.ValidationError) -> str:
         hint = _description(error) or f"it must match {error.validator_value!r}"
         return f"config key '{key}': {value!r} is invalid; {hint}"
     if error.validator == "type":
-        hint = " (with --config write True or False)" if error.validator_value == "boolean" else ""
+        hint = (
+            " (with --config write True or False)"
+            if error.validator_value == "boolean"
+            else ""
+        )
         return f"config key '{key}': {value!r} must be of type {error.validator_value}{hint}"
     if error.validator == "minItems":
         return f"config key '{key}' must list at least {error.validator_value} value(s)"
@@ -101,7 +105,9 @@ CLASSIFY = config["classify"]
 def _torch_cuda_reason() -> str | None:
     import torch  # imported only when the config asks for a GPU mode: it costs a second
 
-    return None if torch.cuda.is_available() else "needs a CUDA GPU; none visible to torch"
+    return (
+        None if torch.cuda.is_available() else "needs a CUDA GPU; none visible to torch"
+    )
 
 
 def unavailable_reason(engine: str) -> str | None:
