@@ -50,6 +50,43 @@ def test_bad_repeats() -> None:
         timing.measure(lambda: None, repeats=0)
 
 
+def test_interleaved_rounds_alternate_order_and_pair_samples() -> None:
+    events: list[str] = []
+
+    def case(name: str, seconds: float):
+        def run() -> None:
+            events.append(name)
+            time.sleep(seconds)
+
+        return run
+
+    result = timing.measure_interleaved(
+        {"slow": case("slow", 0.03), "fast": case("fast", 0.01)},
+        repeats=3,
+        warmup=1,
+        setup=lambda key: events.append(f"setup {key}"),
+    )
+    calls = [e for e in events if not e.startswith("setup")]
+    # ABBA: the order reverses every round, so drift lands on both cases alike.
+    assert calls == ["slow", "fast", "fast", "slow", "slow", "fast", "fast", "slow"]
+    assert events[:2] == ["setup slow", "slow"], "setup runs before each call of its own case"
+    assert [len(m.samples) for m in result.values()] == [3, 3]
+    median, q1, q3 = timing.paired_ratio(result["slow"], result["fast"])
+    assert q1 <= median <= q3
+    assert 2.0 < median < 3.6
+
+
+def test_paired_ratio_is_round_by_round() -> None:
+    # Round 2 ran on a machine twice as slow for both: the paired ratio does not notice.
+    slow = timing.Measurement(samples=[2.0, 4.0, 2.0], warmup=0)
+    fast = timing.Measurement(samples=[1.0, 2.0, 1.0], warmup=0)
+    assert timing.paired_ratio(slow, fast) == (2.0, 2.0, 2.0)
+    with pytest.raises(ValueError, match="same rounds"):
+        timing.paired_ratio(slow, timing.Measurement(samples=[1.0], warmup=0))
+    with pytest.raises(ValueError, match="repeats"):
+        timing.measure_interleaved({"a": lambda: None}, repeats=0)
+
+
 def test_set_threads_reports_effective_counts() -> None:
     before = timing.effective_threads()
     try:

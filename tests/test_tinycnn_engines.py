@@ -81,6 +81,36 @@ def test_torch_matches_numpy(train_digits, reference):
     assert_matches(run_engine("torch", *train_digits), reference)
 
 
+def test_numba_queued_steps_run_in_order_whatever_the_queue_length(train_digits, monkeypatch):
+    """train_step only queues; the queue runs when full and before anything reads the engine."""
+    from cnnpar.nets.tinycnn import numba as numba_engine
+
+    images, labels = train_digits
+    whole = run_engine("numba", images, labels)  # 16 steps: one compiled call at epoch_stats
+    monkeypatch.setattr(numba_engine, "QUEUE_STEPS", 3)  # calls of 3, 3, 3, 3, 3 and 1 steps
+    chunked = run_engine("numba", images, labels)
+    np.testing.assert_array_equal(chunked[0], whole[0])
+    for key in spec.PARAM_KEYS:
+        np.testing.assert_array_equal(chunked[2][key], whole[2][key])
+
+    engine = numba_engine.NumbaEngine(spec.init_params(FILTERS, seed=0), lr=LR, threads=1)
+    engine.load_epoch(images, labels)
+    before = engine.params()
+    engine.train_step(0, BATCH)
+    after_one = engine.params()  # reading the weights runs the queued step first
+    assert not np.array_equal(before["fc_w"], after_one["fc_w"])
+    engine.train_step(BATCH, 2 * BATCH)
+    engine.load_epoch(images[::-1].copy(), labels[::-1].copy())  # runs step 2 on the old data
+    assert engine.epoch_stats()[0].shape == (0,), "a new epoch starts with no statistics"
+    reference_engine = numba_engine.NumbaEngine(spec.init_params(FILTERS, seed=0), lr=LR, threads=1)
+    reference_engine.load_epoch(images, labels)
+    reference_engine.train_step(0, BATCH)
+    reference_engine.train_step(BATCH, 2 * BATCH)
+    np.testing.assert_array_equal(engine.params()["fc_w"], reference_engine.params()["fc_w"])
+    with pytest.raises(ValueError, match="outside the 256 images"):
+        engine.train_step(250, 260)
+
+
 def test_partial_final_batch_is_used(train_digits):
     images, labels = train_digits
     n = 40  # batches of 16, 16 and 8

@@ -4,7 +4,8 @@
   *effective* counts read back from the libraries, not the requested ones.
 - `measure` runs warm-up calls outside the timed region, then `repeats` timed calls with
   `time.perf_counter`, calling a synchronise hook (e.g. `torch.cuda.synchronize`) before each
-  clock read, and keeps every raw sample.
+  clock read, and keeps every raw sample. `measure_interleaved` does the same for cases that
+  are to be compared, alternating them round by round; `paired_ratio` compares two of them.
 - `environment` is the metadata record attached to every result row.
 - `sgemm_peak` measures the float32 matmul rate that reports use as the roofline.
 """
@@ -18,13 +19,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+K = TypeVar("K")
 
 BLAS_ENV_VARS = (
     "OMP_NUM_THREADS",
@@ -105,6 +108,50 @@ def measure(
         sync()
         samples.append(time.perf_counter() - start)
     return Measurement(samples=samples, warmup=warmup)
+
+
+def measure_interleaved(
+    cases: Mapping[K, Callable[[], Any]],
+    repeats: int = 5,
+    warmup: int = 1,
+    sync: Callable[[], None] | None = None,
+    setup: Callable[[K], Any] | None = None,
+) -> dict[K, Measurement]:
+    """Time several cases round by round, for comparing them with each other.
+
+    Each round runs every case once, in an order that reverses from round to round (ABBA), so
+    drift in the machine's speed (a busy neighbour on a shared host) falls on every case alike
+    rather than on whichever ran last. Sample i of every case comes from round i: pair them
+    (`paired_ratio`) to compare. `setup(key)` runs before each call of that case, untimed.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1 (got {repeats})")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0 (got {warmup})")
+    sync = sync or (lambda: None)
+    keys = list(cases)
+    samples: dict[K, list[float]] = {key: [] for key in keys}
+    for round_index in range(warmup + repeats):
+        for key in keys if round_index % 2 == 0 else keys[::-1]:
+            if setup is not None:
+                setup(key)
+            sync()
+            start = time.perf_counter()
+            cases[key]()
+            sync()
+            if round_index >= warmup:
+                samples[key].append(time.perf_counter() - start)
+    return {key: Measurement(samples=samples[key], warmup=warmup) for key in keys}
+
+
+def paired_ratio(slow: Measurement, fast: Measurement) -> tuple[float, float, float]:
+    """Median, first and third quartile of slow/fast time ratios taken round by round
+    (from `measure_interleaved`): a speedup that host drift between rounds does not bias."""
+    if len(slow.samples) != len(fast.samples):
+        raise ValueError("paired_ratio needs samples from the same rounds")
+    ratios = np.asarray(slow.samples) / np.asarray(fast.samples)
+    q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+    return float(median), float(q1), float(q3)
 
 
 def set_threads(threads: int) -> dict[str, int | None]:

@@ -34,6 +34,9 @@ from cnnpar.nets.tinycnn.spec import CELLS, CLASSES, IMAGE, KERNEL, POOL, Params
 # Re-association lets LLVM vectorise the dot products; contraction gives FMAs. No nnan/ninf:
 # the softmax must stay exact about infinities.
 FAST = {"reassoc", "contract", "nsz"}
+# Steps per compiled call: long enough that Python's per-call cost vanishes, short enough that
+# the progress bar still moves (64 steps at B=32 is about 10 ms).
+QUEUE_STEPS = 64
 FC_TILE = 512  # FC columns per tile of the batched FC gradient: a (10, 512) float32 tile is 20 KB
 
 
@@ -216,62 +219,68 @@ def _sgd_sum(p: np.ndarray, g: np.ndarray, lr) -> None:
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def _train_step(
-    images, labels, start, stop, lr, wc, bc, wf, bf,  # data, weights
-    pooled, dlogits,  # per-image rows of this batch, (≥B, padded)
+def _train_steps(
+    images, labels, bounds, lr, wc, bc, wf, bf,  # data, steps (S, 2) [start, stop), weights
+    pooled, dlogits,  # per-image rows of a batch, (≥B, padded)
     xs, arg, dpool, logits, acc, gwc, gbc, stats,  # per-thread rows, (T, padded)
+    losses, correct,  # out, (S,): batch-mean loss and #correct of each step
 ):  # fmt: skip
-    """One SGD step on images[start:stop]; returns (batch-mean loss, #correct).
+    """SGD steps on images[start:stop] for each row of bounds, in order, in one compiled call.
 
-    Parallel loop 1, one contiguous chunk of the batch per thread: per image, the forward pass,
-    softmax, and the backward pass down to the conv weights, accumulated in the thread's own
-    gwc/gbc; the pooled activations and dlogits are kept per image. Parallel loop 2, one slice of
-    the FC columns per thread: the batch's FC weight gradient (Σ_b dlogits ⊗ pooled) and the
-    update; thread 0 also sums the small conv and bias gradients in thread order and updates
-    them. Rows written by different threads are padded apart (see `_per_thread`): without
-    that, the per-image accumulators false-share and two threads run slower than one.
+    Per step, parallel loop 1, one contiguous chunk of the batch per thread: per image, the
+    forward pass, softmax, and the backward pass down to the conv weights, accumulated in the
+    thread's own gwc/gbc; the pooled activations and dlogits are kept per image. Parallel loop 2,
+    one slice of the FC columns per thread: the batch's FC weight gradient (Σ_b dlogits ⊗ pooled)
+    and the update; thread 0 also sums the small conv and bias gradients in thread order and
+    updates them. Rows written by different threads are padded apart (see `_per_thread`):
+    without that, the per-image accumulators false-share and two threads run slower than one.
+    Running many steps per call keeps Python out of the step loop, which at B=32 is a fixed
+    cost that does not shrink with more threads.
     """
     n_threads = xs.shape[0]
-    n = stop - start
     n_f = bc.shape[0]
     n_in = wf.shape[1]
-    scale = np.float32(1.0) / np.float32(n)  # the loss is a batch mean
-    for t in prange(n_threads):
-        gwc[t, :] = 0
-        gbc[t, :] = 0
-        loss_sum = 0.0
-        correct = 0
-        for b in range(n * t // n_threads, n * (t + 1) // n_threads):
-            i = start + b
-            _to_float(images[i], xs[t])
-            _conv_pool(xs[t], wc, bc, pooled[b], arg[t])
-            _fc_forward(pooled[b], wf, bf, logits[t])
-            loss, ok = _softmax_xent(logits[t], labels[i], scale, dlogits[b])
-            loss_sum += loss
-            correct += ok
-            _fc_dpool(wf, dlogits[b], dpool[t])
-            _conv_backward(xs[t], arg[t], dpool[t], gwc[t], gbc[t], n_f)
-        stats[t, 0] = loss_sum
-        stats[t, 1] = correct
-    for t in prange(n_threads):
-        # Slice bounds on 16-float (cache line) boundaries: no line is written by two threads.
-        lo = (n_in * t // n_threads) // 16 * 16
-        hi = n_in if t == n_threads - 1 else (n_in * (t + 1) // n_threads) // 16 * 16
-        _fc_update(pooled, dlogits, n, lr, wf, acc[t], lo, hi)
-        if t == 0:
-            _sgd_sum(wc.reshape(wc.size), gwc, lr)
-            _sgd_sum(bc, gbc, lr)
-            for c in range(CLASSES):
-                total = dlogits[0, c]
-                for b in range(1, n):
-                    total += dlogits[b, c]
-                bf[c] -= lr * total
-    loss_total = 0.0
-    correct_total = 0
-    for t in range(n_threads):  # fixed order: the loss does not depend on scheduling
-        loss_total += stats[t, 0]
-        correct_total += int(stats[t, 1])
-    return loss_total / n, correct_total
+    for s in range(bounds.shape[0]):
+        start = bounds[s, 0]
+        n = bounds[s, 1] - start
+        scale = np.float32(1.0) / np.float32(n)  # the loss is a batch mean
+        for t in prange(n_threads):
+            gwc[t, :] = 0
+            gbc[t, :] = 0
+            loss_sum = 0.0
+            n_correct = 0
+            for b in range(n * t // n_threads, n * (t + 1) // n_threads):
+                i = start + b
+                _to_float(images[i], xs[t])
+                _conv_pool(xs[t], wc, bc, pooled[b], arg[t])
+                _fc_forward(pooled[b], wf, bf, logits[t])
+                loss, ok = _softmax_xent(logits[t], labels[i], scale, dlogits[b])
+                loss_sum += loss
+                n_correct += ok
+                _fc_dpool(wf, dlogits[b], dpool[t])
+                _conv_backward(xs[t], arg[t], dpool[t], gwc[t], gbc[t], n_f)
+            stats[t, 0] = loss_sum
+            stats[t, 1] = n_correct
+        for t in prange(n_threads):
+            # Slice bounds on 16-float (cache line) boundaries: no line is written by two threads.
+            lo = (n_in * t // n_threads) // 16 * 16
+            hi = n_in if t == n_threads - 1 else (n_in * (t + 1) // n_threads) // 16 * 16
+            _fc_update(pooled, dlogits, n, lr, wf, acc[t], lo, hi)
+            if t == 0:
+                _sgd_sum(wc.reshape(wc.size), gwc, lr)
+                _sgd_sum(bc, gbc, lr)
+                for c in range(CLASSES):
+                    total = dlogits[0, c]
+                    for b in range(1, n):
+                        total += dlogits[b, c]
+                    bf[c] -= lr * total
+        loss_total = 0.0
+        correct_total = 0
+        for t in range(n_threads):  # fixed order: the loss does not depend on scheduling
+            loss_total += stats[t, 0]
+            correct_total += int(stats[t, 1])
+        losses[s] = loss_total / n
+        correct[s] = correct_total
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
@@ -330,6 +339,9 @@ def _readonly(a: np.ndarray, dtype: type | None = None) -> np.ndarray:
 
 
 class NumbaEngine:
+    """`train_step` queues a step; queued steps run in one compiled call (`_train_steps`) once
+    `QUEUE_STEPS` have gathered, or when anything reads the weights or the statistics."""
+
     name: ClassVar[str] = "numba"
     parallel: ClassVar[bool] = True
 
@@ -345,8 +357,9 @@ class NumbaEngine:
         self._batch = self._allocate_batch(0)
         self._images = np.empty((0, IMAGE, IMAGE), np.uint8)
         self._labels = np.empty(0, np.int64)
-        self._losses: list[float] = []
-        self._correct: list[int] = []
+        self._queue: list[tuple[int, int]] = []
+        self._losses: list[np.ndarray] = []
+        self._correct: list[np.ndarray] = []
 
     @staticmethod
     def _allocate(n_t: int, f: int) -> dict[str, np.ndarray]:
@@ -376,39 +389,60 @@ class NumbaEngine:
     def from_params(cls, params: Params, *, lr: float, threads: int = 1) -> NumbaEngine:
         return cls(params, lr, threads)
 
-    def _step(self, w, images, labels, start: int, stop: int) -> tuple[float, int]:
-        if stop - start > self._batch["pooled"].shape[0]:
-            self._batch = self._allocate_batch(stop - start)
+    def _run(self, w, images, labels, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the steps in bounds (S, 2) on w in place; (losses, #correct), one per step."""
+        largest = int((bounds[:, 1] - bounds[:, 0]).max())
+        if largest > self._batch["pooled"].shape[0]:
+            self._batch = self._allocate_batch(largest)
         s, bt = self._scratch, self._batch
-        return _train_step(
-            images, labels, start, stop, self.lr, w["wc"], w["bc"], w["wf"], w["bf"],
+        losses = np.empty(len(bounds), np.float64)
+        correct = np.empty(len(bounds), np.int64)
+        _train_steps(
+            images, labels, bounds, self.lr, w["wc"], w["bc"], w["wf"], w["bf"],
             bt["pooled"], bt["dlogits"],
             s["xs"], s["arg"], s["dpool"], s["logits"], s["acc"], s["gwc"], s["gbc"], s["stats"],
+            losses, correct,
         )  # fmt: skip
+        return losses, correct
+
+    def _flush(self) -> None:
+        if self._queue:
+            bounds = np.array(self._queue, np.int64).reshape(-1, 2)
+            self._queue.clear()
+            losses, correct = self._run(self._w, self._images, self._labels, bounds)
+            self._losses.append(losses)
+            self._correct.append(correct)
 
     def warm_up(self) -> None:
         """Compile (or load from cache) both kernels on a throwaway copy of the weights."""
         w = {k: v.copy() for k, v in self._w.items()}
         images = _readonly(np.zeros((2, IMAGE, IMAGE), np.uint8))
-        self._step(w, images, _readonly(np.zeros(2, np.int64)), 0, 2)
+        self._run(w, images, _readonly(np.zeros(2, np.int64)), np.array([[0, 2]], np.int64))
         s = self._scratch
         _predict(images, w["wc"], w["bc"], w["wf"], w["bf"], s["xs"], s["pooled"], s["arg"],
                  np.zeros((2, CLASSES), np.float32))  # fmt: skip
 
     def load_epoch(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self._flush()  # steps queued on the previous epoch's data run on that data
         self._images = _readonly(images, np.uint8)
         self._labels = _readonly(labels, np.int64)
         self._losses, self._correct = [], []
 
     def train_step(self, start: int, stop: int) -> None:
-        loss, correct = self._step(self._w, self._images, self._labels, start, stop)
-        self._losses.append(loss)
-        self._correct.append(correct)
+        if not 0 <= start < stop <= len(self._labels):
+            raise ValueError(f"step [{start}, {stop}) is outside the {len(self._labels)} images")
+        self._queue.append((start, stop))
+        if len(self._queue) >= QUEUE_STEPS:
+            self._flush()
 
     def epoch_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.array(self._losses), np.array(self._correct, dtype=np.int64)
+        self._flush()
+        if not self._losses:
+            return np.empty(0, np.float64), np.empty(0, np.int64)
+        return np.concatenate(self._losses), np.concatenate(self._correct)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
+        self._flush()
         out = np.empty((images.shape[0], CLASSES), np.float32)
         w, s = self._w, self._scratch
         _predict(_readonly(images, np.uint8), w["wc"], w["bc"], w["wf"], w["bf"],
@@ -416,4 +450,5 @@ class NumbaEngine:
         return out
 
     def params(self) -> Params:
+        self._flush()
         return from_internal(self._w)
