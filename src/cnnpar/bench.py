@@ -15,6 +15,7 @@ fraction = (training FLOPs per image, spec.flops_per_image) × images/s ÷ sgemm
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -285,7 +286,9 @@ def copies_scaling(
                 ratios.append(2 * alone / both)
     finally:
         for conn in pipes:
-            conn.send(None)
+            # A worker that died already has its own error to show; don't mask it with ours.
+            with contextlib.suppress(OSError):
+                conn.send(None)
         for worker in workers:
             worker.join(timeout=10)
     q1, median, q3 = np.percentile(ratios, [25, 50, 75])
