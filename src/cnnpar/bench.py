@@ -68,6 +68,23 @@ def allocator() -> str:
     return f"LD_PRELOAD={preload}" if preload else "glibc malloc (no LD_PRELOAD)"
 
 
+def _new_engine(name: str, filters: int, threads: int) -> tinycnn.Engine:
+    """A warmed-up engine on the benchmark's initial weights."""
+    engine = tinycnn.get_engine(name).from_params(
+        spec.init_params(filters, seed=0), lr=BENCH_LR, threads=threads
+    )
+    engine.warm_up()
+    return engine
+
+
+def _run_steps(engine: tinycnn.Engine, bounds: list[tuple[int, int]], n_steps: int) -> None:
+    """n_steps SGD steps cycling through bounds, then the statistics: this runs the steps the
+    numba engine queued and waits for a GPU, so the work is done when it returns."""
+    for i in range(n_steps):
+        engine.train_step(*bounds[i % len(bounds)])
+    engine.epoch_stats()
+
+
 def measure_engine(
     name: str,
     filters: int,
@@ -88,10 +105,7 @@ def measure_engine(
     engines: dict[int, tinycnn.Engine] = {}
     for threads in thread_counts:
         timing.set_threads(threads)
-        engines[threads] = tinycnn.get_engine(name).from_params(
-            spec.init_params(filters, seed=0), lr=BENCH_LR, threads=threads
-        )
-        engines[threads].warm_up()
+        engines[threads] = _new_engine(name, filters, threads)
     bounds = list(spec.batch_bounds(len(labels) - len(labels) % batch_size, batch_size))
 
     def setup(threads: int) -> None:  # untimed: pins the pools, hands over data, resets stats
@@ -99,14 +113,7 @@ def measure_engine(
         engines[threads].load_epoch(images, labels)
 
     def steps_fn(threads: int, n_steps: int):
-        engine = engines[threads]
-
-        def run() -> None:
-            for i in range(n_steps):
-                engine.train_step(*bounds[i % len(bounds)])
-            engine.epoch_stats()  # runs queued steps; waits for a GPU
-
-        return run
+        return lambda: _run_steps(engines[threads], bounds, n_steps)
 
     # Calibrate the repeat length at the first (slowest) thread count; this also warms caches.
     setup(thread_counts[0])
@@ -234,19 +241,14 @@ def _copy_worker(filters: int, batch_size: int, conn) -> None:
     """A 1-thread numba training that runs `n` steps whenever told and answers the seconds."""
     timing.set_threads(1)
     train = load_mnist("train")
-    engine = tinycnn.get_engine("numba").from_params(
-        spec.init_params(filters, seed=0), lr=BENCH_LR, threads=1
-    )
-    engine.warm_up()
+    engine = _new_engine("numba", filters, threads=1)
     bounds = list(spec.batch_bounds(BENCH_IMAGES, batch_size))
     images, labels = train.images[:BENCH_IMAGES], train.labels[:BENCH_IMAGES].astype(np.int64)
     conn.send("ready")
     while (n_steps := conn.recv()) is not None:
         engine.load_epoch(images, labels)
         start = time.perf_counter()
-        for i in range(n_steps):
-            engine.train_step(*bounds[i % len(bounds)])
-        engine.epoch_stats()
+        _run_steps(engine, bounds, n_steps)
         conn.send(time.perf_counter() - start)
 
 
