@@ -7,6 +7,7 @@ import itertools
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ import torch
 from cnnpar import classify, cli
 from cnnpar.data import load_mnist
 from cnnpar.mosaic import make_mosaic, mask_geometry, render_mask
-from cnnpar.nets.mosaicnet import MosaicNet, to_input
+from cnnpar.nets.mosaicnet import MosaicNet
+from cnnpar.nets.torch_step import to_input
 
 ROWS, COLS, SEED = 20, 30, 3
 CONTRACT_COLUMNS = [
@@ -181,12 +183,44 @@ def test_mask_png_shows_the_mosaic(cli_run: Path) -> None:
     assert np.all(cells[~correct, 0] > cells[~correct, 1])
 
 
+SLOW_WARM_UP = """
+import time
+
+from cnnpar.classify import runners
+
+_warm_up = runners.warm_up
+
+
+def slow_warm_up(*args, **kwargs):
+    _warm_up(*args, **kwargs)
+    time.sleep({delay})
+
+
+runners.warm_up = slow_warm_up
+"""
+
+
 @pytest.mark.parametrize("mode", ["processes", "sequential"])
-def test_startup_is_not_counted_in_classify(mode: str, weights: Path, monkeypatch) -> None:
+def test_startup_is_not_counted_in_classify(
+    mode: str, weights: Path, monkeypatch, tmp_path: Path
+) -> None:
     """A sleep injected into engine start-up (every worker's, in processes mode) must land in
     startup_s and never in classify_s."""
     delay = 1.5
-    monkeypatch.setenv(classify.STARTUP_DELAY_ENV, str(delay))
+    # The same slow warm-up here and, through a sitecustomize on PYTHONPATH, in every spawned
+    # worker (they start fresh interpreters, so a monkeypatch here does not reach them).
+    (tmp_path / "sitecustomize.py").write_text(SLOW_WARM_UP.format(delay=delay))
+    pythonpath = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    monkeypatch.setenv("PYTHONPATH", pythonpath)
+    from cnnpar.classify import runners
+
+    original = runners.warm_up
+
+    def slow_warm_up(*args, **kwargs):
+        original(*args, **kwargs)
+        time.sleep(delay)
+
+    monkeypatch.setattr(runners, "warm_up", slow_warm_up)
     workers = 2 if mode == "processes" else 1
     cfg = classify.ClassifyConfig(
         weights=weights, rows=ROWS, cols=COLS, mode=mode, workers=workers, repeats=2
@@ -224,8 +258,8 @@ def _not_a_state_dict(tmp_path: Path) -> Path:
 
 
 BAD = {
-    "rows 0": (["--rows=0"], "rows and cols must be >= 1"),
-    "cols 0": (["--cols=0"], "rows and cols must be >= 1"),
+    "rows 0": (["--rows=0"], "--rows must be >= 1"),
+    "cols 0": (["--cols=0"], "--cols must be >= 1"),
     "workers 0": (["--mode=processes", "--workers=0"], "workers must be >= 1"),
     "batch-size 0": (["--batch-size=0"], "batch-size must be >= 1"),
     "repeats 0": (["--repeats=0"], "repeats must be >= 1"),

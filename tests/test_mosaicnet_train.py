@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
 
 import pytest
 import torch
 
 from cnnpar import cli
-from cnnpar.nets.mosaicnet import N_PARAMETERS, load_mosaicnet
+from cnnpar.nets.mosaicnet import CONV1_FLOPS, FORWARD_FLOPS, N_PARAMETERS, load_mosaicnet
+from cnnpar.record import RunRecord
 from cnnpar.train import METRIC_FIELDS
 
 
@@ -32,9 +32,10 @@ def test_mosaicnet_run_directory_loads(tmp_path):
         assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     rows = read_metrics(out / "metrics.csv")
     assert len(rows) == 1 and tuple(rows[0]) == METRIC_FIELDS
-    run = json.loads((out / "run.json").read_text())
-    assert run["args"]["model"] == "mosaicnet" and run["args"]["lr"] == 1e-3
-    assert run["args"]["batch_size"] == 64 and run["parameters"] == N_PARAMETERS
+    run = RunRecord.read(out / "run.json")
+    assert run.model == run.params["model"] == "mosaicnet" and run.params["lr"] == 1e-3
+    assert run.params["batch_size"] == 64 and run.results["parameters"] == N_PARAMETERS
+    assert run.results["flops_per_image"] == 3 * FORWARD_FLOPS - CONV1_FLOPS
 
 
 def test_mosaicnet_is_seeded(tmp_path):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cnnpar import timing
+from cnnpar.measure import threads, timing
 
 
 def test_median_of_sleeps_within_tolerance_and_warmup_not_counted() -> None:
@@ -88,14 +88,14 @@ def test_paired_ratio_is_round_by_round() -> None:
 
 
 def test_set_threads_reports_effective_counts() -> None:
-    before = timing.effective_threads()
+    before = threads.effective_threads()
     try:
-        counts = timing.set_threads(1)
+        counts = threads.set_threads(1)
         assert counts["torch_threads"] == 1
         assert counts["numba_threads"] == 1
         assert counts["blas_threads"] in (1, None)
     finally:
-        timing.set_threads(max(1, before["torch_threads"] or 1))
+        threads.set_threads(max(1, before["torch_threads"] or 1))
 
 
 ENV_KEYS = {

@@ -19,8 +19,7 @@ import pytest
 
 from cnnpar.data import load_mnist
 from cnnpar.nets import tinycnn
-from cnnpar.nets.tinycnn import numpy as numpy_engine
-from cnnpar.nets.tinycnn import spec
+from cnnpar.nets.tinycnn import numpy_engine, spec
 
 RTOL, ATOL = 1e-4, 1e-5
 FILTERS, BATCH, TRAIN_SIZE, LR = 4, 16, 256, 0.05
@@ -83,7 +82,7 @@ def test_torch_matches_numpy(train_digits, reference):
 
 def test_numba_queued_steps_run_in_order_whatever_the_queue_length(train_digits, monkeypatch):
     """train_step only queues; the queue runs when full and before anything reads the engine."""
-    from cnnpar.nets.tinycnn import numba as numba_engine
+    from cnnpar.nets.tinycnn import numba_engine
 
     images, labels = train_digits
     whole = run_engine("numba", images, labels)  # 16 steps: one compiled call at epoch_stats

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnnpar.nets.tinycnn import spec
-from cnnpar.nets.tinycnn.torch import TinyCNN
+from cnnpar.nets.tinycnn.torch_engine import TinyCNN
 
 
 @pytest.mark.parametrize("filters", [1, 8, 32])

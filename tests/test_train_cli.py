@@ -9,9 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from cnnpar import cli
+from cnnpar import cli, registry
 from cnnpar.nets import tinycnn
 from cnnpar.nets.tinycnn import spec
+from cnnpar.record import SCHEMA_VERSION, RunRecord
 from cnnpar.train import METRIC_FIELDS
 
 SMALL = ["--filters", "2", "--batch-size", "32", "--train-size", "256", "--test-size", "200"]
@@ -56,13 +57,18 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
         assert float(row["train_loss"]) > 0 and float(row["test_loss"]) > 0
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
 
-    run = json.loads((out / "run.json").read_text())
-    assert run["args"]["engine"] == "numpy" and run["args"]["filters"] == 2
-    assert run["args"]["lr"] == 0.05 and run["args"]["shuffle"] is True
-    assert run["threads"]["numba_threads"] >= 1 and run["threads"]["torch_threads"] >= 1
-    assert run["environment"]["malloc"] and run["environment"]["cpu_model"]
-    assert run["flops_per_image"] == spec.flops_per_image(2)
-    assert run["final_test_acc"] == pytest.approx(float(rows[-1]["test_acc"]))
+    run = RunRecord.read(out / "run.json")
+    assert json.loads((out / "run.json").read_text())["schema_version"] == SCHEMA_VERSION
+    assert run.command == "train" and run.model == "tinycnn"
+    assert run.params["engine"] == "numpy" and run.params["filters"] == 2
+    assert run.params["lr"] == 0.05 and run.params["shuffle"] is True
+    assert run.parallelism.requested == 1 and run.parallelism.effective == 1
+    threads = run.parallelism.threads
+    assert threads["numba_threads"] >= 1 and threads["torch_threads"] >= 1
+    assert run.environment["malloc"] and run.environment["cpu_model"]
+    assert run.results["flops_per_image"] == spec.flops_per_image(2)
+    assert run.results["final_test_acc"] == pytest.approx(float(rows[-1]["test_acc"]))
+    assert run.outputs == ["weights_init.npz", "weights_final.npz", "metrics.csv"]
     assert "epoch 2:" in capsys.readouterr().out
 
 
@@ -98,9 +104,11 @@ def test_shuffle_changes_the_batches(tmp_path):
         (["--lr", "nan"], "--lr must be a positive"),
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--threads", "0"], "--threads must be >= 1"),
-        (["--train-size", "0"], "--train-size must be in 1..60000"),
+        (["--train-size", "0"], "--train-size must be >= 1"),
+        (["--train-size", "60001"], "--train-size must be in 1..60000"),
         (["--test-size", "10001"], "--test-size must be in 1..10000"),
-        (["--engine", "jax"], "unknown engine 'jax'"),
+        (["--engine", "jax"], "--engine invalid choice: 'jax'"),
+        (["--seed", "-1"], "--seed must be >= 0"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line_and_no_files(tmp_path, capsys, args, message):
@@ -147,5 +155,5 @@ def test_unavailable_engine_exits_2(tmp_path, capsys, monkeypatch):
 def test_engines_command_lists_availability(capsys):
     assert cli.main(["engines", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert list(status) == list(tinycnn.ENGINES)
+    assert list(status) == list(registry.ENGINES)
     assert status["numpy"] == status["numba"] == status["torch"] == "available"

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cnnpar import figures, report, tables
 from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
 from cnnpar.nets.tinycnn.spec import flops_per_image
+from cnnpar.study import figures, report, tables
 
 ENV = {"cpu_model": "Test CPU", "logical_cores": 2, "hostname": "testhost", "cnnpar": "0.1.0"}
 # images/s per (engine, threads): numba scales 1.9× (95% efficiency), torch 1.5×.

@@ -8,13 +8,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from cnnpar import __version__
 from cnnpar.errors import CnnparError
+from cnnpar.registry import BACKENDS, ENGINES, MODELS, MODES
 
 EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A command line argparse rejects, raised instead of argparse's exit so that `main` prints
+    one line and returns 2 like every other user error."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # "argument --rows: must be >= 1 (got 0)" reads better as "--rows must be >= 1 (got 0)".
+        match = re.fullmatch(r"argument ([^:]+): (.*)", message, flags=re.DOTALL)
+        text = f"{match[1]} {match[2]}" if match else message
+        raise UsageError(self.prog, " ".join(text.split()))
 
 
 def _positive_int(text: str) -> int:
@@ -56,16 +76,29 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
+def _add_data_source(p: argparse.ArgumentParser, aliases: Sequence[str] = ()) -> None:
+    p.add_argument(
+        "--data-source",
+        *aliases,
+        dest="data_source",
+        default="bundled",
+        help="bundled (default, shipped with cnnpar), download, or a directory of MNIST IDX "
+        "files, raw or .gz" + (f" ({' and '.join(aliases)} is an alias)" if aliases else ""),
+    )
+
+
 # --- info / data -------------------------------------------------------------------------
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from cnnpar import timing
+    from cnnpar.measure.environment import environment
+    from cnnpar.measure.roofline import sgemm_peak
+    from cnnpar.measure.threads import set_threads
 
-    record = timing.environment().as_dict()
-    record["threads"] = timing.set_threads(args.threads)
+    record = environment().as_dict()
+    record["threads"] = set_threads(args.threads)
     if not args.no_sgemm:
-        record.update(timing.sgemm_peak(args.threads))
+        record.update(sgemm_peak(args.threads))
     if args.json:
         print(json.dumps(record, indent=2, sort_keys=True))
     else:
@@ -91,7 +124,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 def _cmd_data_verify(args: argparse.Namespace) -> int:
     from cnnpar import data
 
-    source = args.dir if args.dir is not None else args.source
+    source = args.data_source
     counts = data.verify(source)
     print(f"source: {data.resolve_source(source)}")
     for split, per_label in counts.items():
@@ -108,17 +141,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     v = data_sub.add_parser(
         "verify", help="check the IDX files (magic, size, sha256) and print the label counts"
     )
-    v.add_argument(
-        "--dir",
-        default=None,
-        help="a directory of IDX files (raw or .gz) to check instead of the bundled copy",
-    )
-    v.add_argument(
-        "--source",
-        default="bundled",
-        choices=["bundled", "download"],
-        help="where to read from when --dir is not given (default bundled)",
-    )
+    _add_data_source(v, aliases=("--dir",))
     v.set_defaults(func=_cmd_data_verify)
 
 
@@ -162,7 +185,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train.run(cfg)
     for row in result.rows:
         print(train.format_row(row))
-    print(f"wrote {', '.join(result.run['outputs'])} to {result.out}")
+    print(f"wrote {', '.join([*result.record.outputs, 'run.json'])} to {result.out}")
     return 0
 
 
@@ -171,30 +194,46 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train TinyCNN on an engine, or MosaicNet with torch; write weights and metrics",
     )
-    p.add_argument("--model", default="tinycnn", choices=["tinycnn", "mosaicnet"])
+    p.add_argument("--model", default="tinycnn", choices=list(MODELS))
     p.add_argument(
         "--engine",
         default=None,
-        help="numpy, numba, cuda, torch or torch-cuda (default numba; mosaicnet: torch)",
+        choices=list(ENGINES),
+        help="default: " + ", ".join(f"{m.default_engine} ({m.name})" for m in MODELS.values()),
     )
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    p.add_argument("--filters", type=int, default=None, help="TinyCNN conv filters F (default 8)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="CPU threads (default 1)")
     p.add_argument(
-        "--batch-size", type=int, default=None, help="default 32 (tinycnn), 64 (mosaicnet)"
+        "--filters", type=_positive_int, default=None, help="TinyCNN conv filters F (default 8)"
     )
-    p.add_argument("--epochs", type=int, default=None, help="default 3 (tinycnn), 2 (mosaicnet)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="default 32 (tinycnn), 64 (mosaicnet)",
+    )
+    p.add_argument(
+        "--epochs", type=_positive_int, default=None, help="default 3 (tinycnn), 2 (mosaicnet)"
+    )
     p.add_argument(
         "--lr",
         type=float,
         default=None,
         help="learning rate: plain SGD for tinycnn (default 0.05), Adam for mosaicnet (1e-3)",
     )
-    p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (default 0)")
     p.add_argument(
-        "--train-size", type=int, default=60_000, help="first M training images (default all)"
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        help="initial weights and shuffling (default 0)",
     )
     p.add_argument(
-        "--test-size", type=int, default=10_000, help="first T test images (default all)"
+        "--train-size",
+        type=_positive_int,
+        default=60_000,
+        help="first M training images (default all)",
+    )
+    p.add_argument(
+        "--test-size", type=_positive_int, default=10_000, help="first T test images (default all)"
     )
     p.add_argument(
         "--shuffle",
@@ -203,11 +242,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         metavar="{true,false}",
         help="a seeded permutation per epoch (default true); false: dataset order",
     )
-    p.add_argument(
-        "--data-source",
-        default="bundled",
-        help="bundled (default), download, or a directory of MNIST IDX files",
-    )
+    _add_data_source(p)
     p.add_argument("--out", required=True, help="run directory to write")
     p.set_defaults(func=_cmd_train)
 
@@ -232,9 +267,9 @@ def _add_engines(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench_train(args: argparse.Namespace) -> int:
-    from cnnpar import bench
+    from cnnpar.bench.train import train_bench
 
-    bench.train_bench(
+    train_bench(
         quick=args.quick,
         cuda=args.cuda,
         repeats=args.repeats,
@@ -275,10 +310,10 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cnnpar import classify
-    from cnnpar.io import ensure_writable_dir
 
     cfg = classify.ClassifyConfig(
         weights=Path(args.weights),
+        out=Path(args.out),
         rows=args.rows,
         cols=args.cols,
         mode=args.mode,
@@ -290,13 +325,10 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         data_source=args.data_source,
         tune_malloc=args.tune_malloc,
     )
-    classify.validate(cfg)
-    out = ensure_writable_dir(args.out)
     result = classify.run(cfg, progress=sys.stderr.isatty())
     for line in classify.summary_lines(result):
         print(line)
-    paths = classify.write_outputs(result, out)
-    print(f"wrote {', '.join(p.name for p in paths.values())} to {out}")
+    print(f"wrote {', '.join([*classify.outputs.RESULT_FILES, 'run.json'])} to {cfg.out}")
     return 0
 
 
@@ -308,24 +340,30 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--weights", required=True, help="model.pt from `cnnpar train --model mosaicnet`"
     )
-    p.add_argument("--rows", type=int, required=True, help="mosaic rows")
-    p.add_argument("--cols", type=int, required=True, help="mosaic columns")
+    p.add_argument("--rows", type=_positive_int, required=True, help="mosaic rows")
+    p.add_argument("--cols", type=_positive_int, required=True, help="mosaic columns")
+    p.add_argument("--mode", default="sequential", choices=list(MODES))
     p.add_argument(
-        "--mode", default="sequential", choices=["sequential", "threads", "processes", "cuda"]
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="torch threads (threads) or processes (default 1)",
     )
     p.add_argument(
-        "--workers", type=int, default=1, help="torch threads (threads) or processes (default 1)"
+        "--batch-size", type=_positive_int, default=256, help="cells per batch (default 256)"
     )
-    p.add_argument("--batch-size", type=int, default=256, help="cells per batch (default 256)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="mosaic seed (default 0)")
     p.add_argument(
-        "--repeats", type=int, default=1, help="timed repeats, pool kept alive (default 1)"
+        "--repeats",
+        type=_positive_int,
+        default=1,
+        help="timed repeats, pool kept alive (default 1)",
     )
     p.add_argument(
         "--backend",
         default="auto",
-        choices=["auto", "eager", "channels-last", "mkldnn", "jit"],
-        help="how the net runs (default auto: mkldnn on CPU, eager on CUDA)",
+        choices=list(BACKENDS),
+        help="how the net runs (default auto: " + BACKENDS["auto"].summary + ")",
     )
     p.add_argument(
         "--tune-malloc",
@@ -334,19 +372,15 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
         metavar="{true,false}",
         help="keep freed torch buffers in glibc's heap between batches (default true)",
     )
-    p.add_argument(
-        "--data-source",
-        default="bundled",
-        help="bundled (default), download, or a directory of MNIST IDX files",
-    )
+    _add_data_source(p)
     p.add_argument("--out", required=True, help="run directory to write")
     p.set_defaults(func=_cmd_classify)
 
 
 def _cmd_bench_classify(args: argparse.Namespace) -> int:
-    from cnnpar import bench_classify
+    from cnnpar.bench.classify import classify_bench
 
-    bench_classify.classify_bench(
+    classify_bench(
         weights=args.weights,
         rows=args.rows,
         cols=args.cols,
@@ -399,7 +433,7 @@ REGISTRARS: list[Registrar] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cnnpar",
         description="CNN training and inference scaling on MNIST across engines and parallelism",
     )
@@ -412,7 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        print(f"{err.prog}: error: {err} (see {err.prog} --help)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except CnnparError as err:

@@ -5,8 +5,8 @@
     evaluate on the test digits (not timed) → write weights, metrics.csv, run.json atomically.
 
 The loop sees only the engine protocol of `cnnpar.nets.tinycnn` (load_epoch, train_step,
-epoch_stats, predict), so TinyCNN on any engine and MosaicNet (through `MosaicTrainer`, which
-speaks the same protocol) are trained, timed and recorded the same way.
+epoch_stats, predict), so TinyCNN on any engine and MosaicNet (through the shared torch step,
+`cnnpar.nets.torch_step.TorchTrainer`) are trained, timed and recorded the same way.
 """
 
 from __future__ import annotations
@@ -19,18 +19,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
 
 import numpy as np
 
-from cnnpar import io, timing
+from cnnpar import io
 from cnnpar.data import COUNTS, Mnist, load_mnist
 from cnnpar.errors import CnnparError
+from cnnpar.measure.environment import environment
+from cnnpar.measure.threads import numba_threading_layer, set_threads
 from cnnpar.nets import tinycnn
 from cnnpar.nets.tinycnn import spec
+from cnnpar.record import Parallelism, RunRecord
+from cnnpar.registry import ENGINES, MODELS, engines_for
 
-MODELS = ("tinycnn", "mosaicnet")
-MOSAICNET_ENGINES = ("torch", "torch-cuda")
 METRIC_FIELDS = (
     "epoch",
     "seconds",
@@ -40,12 +41,6 @@ METRIC_FIELDS = (
     "test_loss",
     "test_acc",
 )
-# Per-model defaults for the options a user leaves out (None in a TrainConfig).
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "tinycnn": {"engine": "numba", "filters": 8, "batch_size": 32, "epochs": 3, "lr": 0.05},
-    # Adam at its usual 1e-3; MosaicNet ignores --filters.
-    "mosaicnet": {"engine": "torch", "filters": None, "batch_size": 64, "epochs": 2, "lr": 1e-3},
-}
 EVAL_CHUNK = 1000  # test images per predict call: bounds the numpy engine's im2col memory
 
 
@@ -75,7 +70,9 @@ class TrainConfig:
             raise TrainConfigError(
                 f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}"
             )
-        fill = {k: v for k, v in DEFAULTS[self.model].items() if getattr(self, k) is None}
+        model = MODELS[self.model]
+        defaults = {"engine": model.default_engine, **model.defaults}
+        fill = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **fill)
 
 
@@ -109,10 +106,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for ok, message in checks:
         if not ok:
             raise TrainConfigError(message)
-    if cfg.model == "mosaicnet" and cfg.engine not in MOSAICNET_ENGINES:
+    if cfg.engine in ENGINES and cfg.model not in ENGINES[cfg.engine].models:
         raise TrainConfigError(
-            "--model mosaicnet trains with torch only; "
-            f"use --engine {' or '.join(MOSAICNET_ENGINES)}"
+            f"--model {cfg.model} does not train with engine {cfg.engine}; "
+            f"use --engine {' or '.join(engines_for(cfg.model))}"
         )
     tinycnn.get_engine(cfg.engine)  # unknown or unavailable engine: a one-line error
     io.ensure_writable_dir(cfg.out)
@@ -194,81 +191,6 @@ def train_epochs(
     return rows
 
 
-# --- MosaicNet through the same protocol --------------------------------------------------
-
-
-class MosaicTrainer:
-    """MosaicNet with Adam, speaking the engine protocol so `train_epochs` can drive it."""
-
-    parallel: ClassVar[bool] = True
-
-    def __init__(self, device: str, lr: float, seed: int) -> None:
-        import torch
-
-        from cnnpar.nets.mosaicnet import MosaicNet
-
-        self.torch = torch
-        self.device = device
-        torch.manual_seed(seed)  # the initial weights come from the seed alone
-        self.model = MosaicNet().to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
-        self.threads = torch.get_num_threads()
-        self._step_index = 0
-
-    def _input(self, images: np.ndarray):
-        from cnnpar.nets.mosaicnet import to_input
-
-        return to_input(self.torch.from_numpy(np.array(images, np.uint8)).to(self.device))
-
-    def _sync(self) -> None:
-        if self.device != "cpu":
-            self.torch.cuda.synchronize()
-
-    def warm_up(self) -> None:
-        """One forward/backward on a copy: oneDNN/cuDNN choose kernels; the weights stay put."""
-        import copy
-
-        spare = copy.deepcopy(self.model)
-        x = self._input(np.zeros((2, 28, 28), np.uint8))
-        spare(x).sum().backward()
-        self._sync()
-
-    def load_epoch(self, images: np.ndarray, labels: np.ndarray) -> None:
-        torch = self.torch
-        self._images = torch.from_numpy(np.array(images, np.uint8)).to(self.device)
-        self._labels = torch.from_numpy(np.array(labels, np.int64)).to(self.device)
-        self._losses = torch.zeros(len(labels), dtype=torch.float32, device=self.device)
-        self._correct = torch.zeros(len(labels), dtype=torch.int64, device=self.device)
-        self._step_index = 0
-
-    def train_step(self, start: int, stop: int) -> None:
-        from cnnpar.nets.mosaicnet import to_input
-
-        self.model.train()
-        x = to_input(self._images[start:stop])
-        y = self._labels[start:stop]
-        logits = self.model(x)
-        loss = self.torch.nn.functional.cross_entropy(logits, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self._losses[self._step_index] = loss.detach()
-        self._correct[self._step_index] = (logits.detach().argmax(dim=1) == y).sum()
-        self._step_index += 1
-
-    def epoch_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        n = self._step_index
-        return (
-            self._losses[:n].cpu().numpy().astype(np.float64),
-            self._correct[:n].cpu().numpy(),
-        )
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        self.model.eval()
-        with self.torch.inference_mode():
-            return self.model(self._input(images)).float().cpu().numpy()
-
-
 # --- the command --------------------------------------------------------------------------
 
 
@@ -276,33 +198,47 @@ class MosaicTrainer:
 class TrainResult:
     out: Path
     rows: list[dict[str, float | int]]
-    run: dict[str, Any]
+    record: RunRecord
+
+
+def _build_engine(cfg: TrainConfig, host_threads: int) -> tuple[tinycnn.Engine, int, int, dict]:
+    """The engine, its training FLOPs per image, its parameter count and (TinyCNN) the initial
+    weights."""
+    if cfg.model == "tinycnn":
+        init = spec.init_params(cfg.filters, cfg.seed)
+        engine = tinycnn.get_engine(cfg.engine).from_params(init, lr=cfg.lr, threads=host_threads)
+        return (
+            engine,
+            spec.flops_per_image(cfg.filters, training=True),
+            spec.n_parameters(cfg.filters),
+            init,
+        )
+    import torch
+
+    from cnnpar.nets import mosaicnet
+    from cnnpar.nets.torch_step import TorchTrainer
+
+    device = ENGINES[cfg.engine].device
+    torch.manual_seed(cfg.seed)  # the initial weights come from the seed alone
+    engine = TorchTrainer(
+        mosaicnet.MosaicNet(),
+        lambda parameters: torch.optim.Adam(parameters, lr=cfg.lr),
+        device,
+        host_threads,
+    )
+    return engine, mosaicnet.flops_per_image(training=True), mosaicnet.N_PARAMETERS, {}
 
 
 def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     """`cnnpar train`: validate, train, and write the run directory."""
     cfg = validate(cfg)
-    engine_cls = tinycnn.get_engine(cfg.engine)
     # The numpy reference and the GPU engines use one host thread; the others get --threads.
-    host_threads = cfg.threads if engine_cls.parallel else 1
-    threads = timing.set_threads(host_threads)
+    host_threads = cfg.threads if ENGINES[cfg.engine].parallel else 1
+    threads = set_threads(host_threads)
     source = cfg.data_source
     train = _first(load_mnist("train", source), cfg.train_size)
     test = _first(load_mnist("test", source), cfg.test_size)
-
-    if cfg.model == "tinycnn":
-        init = spec.init_params(cfg.filters, cfg.seed)
-        engine = engine_cls.from_params(init, lr=cfg.lr, threads=host_threads)
-        flops = spec.flops_per_image(cfg.filters, training=True)
-        n_params = spec.n_parameters(cfg.filters)
-    else:
-        from cnnpar.nets import mosaicnet
-
-        device = "cuda" if cfg.engine == "torch-cuda" else "cpu"
-        engine = MosaicTrainer(device, cfg.lr, cfg.seed)
-        # forward + backward ≈ 3 × forward (the first conv's input gradient is skipped, ~0.4%)
-        flops = 3 * mosaicnet.FLOPS_PER_IMAGE
-        n_params = mosaicnet.N_PARAMETERS
+    engine, flops, n_params, init = _build_engine(cfg, host_threads)
 
     warm_start = time.perf_counter()
     engine.warm_up()
@@ -319,49 +255,43 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     )
 
     out = Path(cfg.out)
-    record = {
-        "command": "train",
-        "args": dataclasses.asdict(cfg),
-        "threads": threads,
-        "engine_threads": engine.threads,
-        "numba_threading_layer": _numba_threading_layer() if cfg.engine == "numba" else None,
-        "parameters": n_params,
-        "flops_per_image": flops,
-        "warmup_s": warmup_s,
-        "train_seconds": sum(r["seconds"] for r in rows),
-        "final_test_acc": rows[-1]["test_acc"],
-        "final_test_loss": rows[-1]["test_loss"],
-        "environment": timing.environment().as_dict(),
-        "outputs": [],
-    }
-    # run.json is written last: its presence means the directory is complete.
     if cfg.model == "tinycnn":
         io.write_npz(out / "weights_init.npz", **init)
         io.write_npz(out / "weights_final.npz", **engine.params())
-        record["outputs"] = ["weights_init.npz", "weights_final.npz"]
+        outputs = ["weights_init.npz", "weights_final.npz"]
     else:
         import torch
 
         with io.atomic_path(out / "model.pt") as tmp:
             torch.save(engine.model.state_dict(), tmp)
-        record["outputs"] = ["model.pt"]
+        outputs = ["model.pt"]
     io.write_csv(out / "metrics.csv", rows, fieldnames=METRIC_FIELDS)
-    record["outputs"] += ["metrics.csv", "run.json"]
-    io.write_json(out / "run.json", record)
-    return TrainResult(out=out, rows=rows, run=record)
+    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"}
+    record = RunRecord(
+        command="train",
+        model=cfg.model,
+        params=params,
+        parallelism=Parallelism(
+            requested=cfg.threads, effective=int(engine.threads), processes=1, threads=threads
+        ),
+        results={
+            "numba_threading_layer": numba_threading_layer() if cfg.engine == "numba" else None,
+            "parameters": n_params,
+            "flops_per_image": flops,
+            "warmup_s": warmup_s,
+            "train_seconds": sum(r["seconds"] for r in rows),
+            "final_test_acc": rows[-1]["test_acc"],
+            "final_test_loss": rows[-1]["test_loss"],
+        },
+        outputs=[*outputs, "metrics.csv"],
+        environment=environment().as_dict(),
+    )
+    record.write(out)  # last: its presence means the directory is complete
+    return TrainResult(out=out, rows=rows, record=record)
 
 
 def _first(data: Mnist, n: int) -> Mnist:
     return Mnist(images=data.images[:n], labels=data.labels[:n])
-
-
-def _numba_threading_layer() -> str | None:
-    import numba
-
-    try:
-        return str(numba.threading_layer())
-    except ValueError:  # no parallel region has run yet
-        return None
 
 
 def format_row(row: dict[str, float | int]) -> str:

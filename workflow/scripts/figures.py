@@ -3,7 +3,7 @@
 import logging
 from pathlib import Path
 
-from cnnpar import figures
+from cnnpar.study import figures
 
 
 def main(smk) -> None:

@@ -2,7 +2,7 @@
 
 import logging
 
-from cnnpar import report
+from cnnpar.study import report
 
 
 def main(smk) -> None:

@@ -2,7 +2,7 @@
 
 import logging
 
-from cnnpar import tables
+from cnnpar.study import tables
 
 
 def main(smk) -> None:

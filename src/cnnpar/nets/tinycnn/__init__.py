@@ -21,28 +21,16 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from cnnpar.errors import CnnparError
 from cnnpar.nets.tinycnn.spec import Params
-
-ENGINES = ("numpy", "numba", "cuda", "torch", "torch-cuda")
-
-# engine name → (module, class)
-_CLASSES = {
-    "numpy": ("cnnpar.nets.tinycnn.numpy", "NumpyEngine"),
-    "numba": ("cnnpar.nets.tinycnn.numba", "NumbaEngine"),
-    "cuda": ("cnnpar.nets.tinycnn.cuda", "CudaEngine"),
-    "torch": ("cnnpar.nets.tinycnn.torch", "TorchEngine"),
-    "torch-cuda": ("cnnpar.nets.tinycnn.torch", "TorchCudaEngine"),
-}
+from cnnpar.registry import ENGINES
 
 
 class Engine(Protocol):
-    name: ClassVar[str]
-    parallel: ClassVar[bool]  # whether `threads` means anything to it
     threads: int  # the thread count it actually uses
 
     @classmethod
@@ -74,7 +62,7 @@ class UnknownEngine(CnnparError):
 
 def unavailable_reason(name: str) -> str | None:
     """None if engine `name` can run here, else a one-line reason naming the fix."""
-    if name not in _CLASSES:
+    if name not in ENGINES:
         raise UnknownEngine(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
     if name == "cuda":
         if not _numba_cuda_available():
@@ -104,8 +92,8 @@ def get_engine(name: str) -> type[Engine]:
     reason = unavailable_reason(name)
     if reason is not None:
         raise EngineUnavailable(reason)
-    module, cls = _CLASSES[name]
-    return getattr(importlib.import_module(module), cls)
+    entry = ENGINES[name]
+    return getattr(importlib.import_module(entry.module), entry.cls)
 
 
 def available_engines() -> dict[str, str | None]:

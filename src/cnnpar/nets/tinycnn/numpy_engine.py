@@ -6,8 +6,6 @@ finite-difference gradient check tests; the other engines are tested against thi
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -86,9 +84,6 @@ def loss_and_grads(params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float,
 
 class NumpyEngine:
     """One thread, whole-batch array operations; the reference every engine must match."""
-
-    name: ClassVar[str] = "numpy"
-    parallel: ClassVar[bool] = False
 
     def __init__(self, params: Params, lr: float, dtype: type = np.float32) -> None:
         spec.check_params(params)

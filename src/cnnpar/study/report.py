@@ -21,8 +21,8 @@ from string import Template
 from typing import Any
 
 import pandas as pd
-
 from cnnpar.figures import CAPTIONS
+
 from cnnpar.io import write_text
 
 log = logging.getLogger(__name__)

@@ -1,15 +1,15 @@
 """`cnnpar bench train`: TinyCNN training throughput of every engine, side by side, in one run.
 
 Each engine trains from the same initial weights on the same first 8,192 training digits
-(batches cycled), in one process, with the thread pools pinned by `timing.set_threads`. One timed
+(batches cycled), in one process, with the thread pools pinned by `set_threads`. One timed
 repeat is a fixed number of SGD steps (calibrated to about `seconds`), followed by reading the
 step statistics back, which waits for a GPU (and runs the steps the numba engine queues). The
-engine's thread counts are timed round by round, alternating (`timing.measure_interleaved`,
+engine's thread counts are timed round by round, alternating (`measure_interleaved`,
 warm-up outside the clock), so a shared host's drift in speed, which on the reference VM swings
 throughput by ±30% within seconds, does not decide a thread-scaling ratio; that ratio is the
 median of the round-by-round ratios. We report the median and the interquartile range as images/s.
 
-The roofline is the float32 GEMM rate `timing.sgemm_peak` measures at the same thread count:
+The roofline is the float32 GEMM rate `sgemm_peak` measures at the same thread count:
 fraction = (training FLOPs per image, spec.flops_per_image) × images/s ÷ sgemm FLOP/s.
 """
 
@@ -23,8 +23,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cnnpar import io, timing
+from cnnpar import io
 from cnnpar.data import load_mnist
+from cnnpar.measure.environment import allocator, environment
+from cnnpar.measure.roofline import sgemm_peak
+from cnnpar.measure.threads import numba_threading_layer, set_threads
+from cnnpar.measure.timing import measure_interleaved, paired_ratio, quartiles
 from cnnpar.nets import tinycnn
 from cnnpar.nets.tinycnn import spec
 
@@ -63,11 +67,6 @@ class TrainBenchRow:
     iqr_s: float
 
 
-def allocator() -> str:
-    preload = os.environ.get("LD_PRELOAD", "")
-    return f"LD_PRELOAD={preload}" if preload else "glibc malloc (no LD_PRELOAD)"
-
-
 def _new_engine(name: str, filters: int, threads: int) -> tinycnn.Engine:
     """A warmed-up engine on the benchmark's initial weights."""
     engine = tinycnn.get_engine(name).from_params(
@@ -99,17 +98,17 @@ def measure_engine(
     """Images/s of `name` training TinyCNN(filters) at batch_size, one row per thread count.
 
     One engine per thread count, all from the same initial weights; their timed repeats are
-    interleaved round by round (`timing.measure_interleaved`), and each row past the first
+    interleaved round by round (`measure_interleaved`), and each row past the first
     carries its speedup over the first thread count from the paired rounds.
     """
     engines: dict[int, tinycnn.Engine] = {}
     for threads in thread_counts:
-        timing.set_threads(threads)
+        set_threads(threads)
         engines[threads] = _new_engine(name, filters, threads)
     bounds = list(spec.batch_bounds(len(labels) - len(labels) % batch_size, batch_size))
 
     def setup(threads: int) -> None:  # untimed: pins the pools, hands over data, resets stats
-        timing.set_threads(threads)
+        set_threads(threads)
         engines[threads].load_epoch(images, labels)
 
     def steps_fn(threads: int, n_steps: int):
@@ -123,7 +122,7 @@ def measure_engine(
     per_step = (time.perf_counter() - start) / probe
     n_steps = max(probe, math.ceil(seconds / max(per_step, 1e-7)))
 
-    measured = timing.measure_interleaved(
+    measured = measure_interleaved(
         {threads: steps_fn(threads, n_steps) for threads in thread_counts},
         repeats=repeats,
         warmup=1,
@@ -137,7 +136,7 @@ def measure_engine(
         peak = peaks.get(threads) if peaks else None
         speedup = (None, None, None)
         if threads != thread_counts[0]:
-            speedup = timing.paired_ratio(measured[thread_counts[0]], m)
+            speedup = paired_ratio(measured[thread_counts[0]], m)
         rows.append(
             TrainBenchRow(
                 engine=name,
@@ -194,7 +193,7 @@ def train_bench(
     images = train.images[:BENCH_IMAGES]
     labels = train.labels[:BENCH_IMAGES].astype(np.int64)
 
-    env = timing.environment()
+    env = environment()
     print(f"cnnpar bench train: {env.cpu_model}, {env.logical_cores} logical cores")
     print(f"allocator: {allocator()}")
     print(f"timing: {repeats} repeats of ~{seconds:g} s after 1 untimed warm-up; median, IQR")
@@ -205,10 +204,10 @@ def train_bench(
     rows: list[TrainBenchRow] = []
     peaks: dict[int, float] = {}
     for threads in THREADS:
-        peaks[threads] = timing.sgemm_peak(threads)["sgemm_gflops"]
+        peaks[threads] = sgemm_peak(threads)["sgemm_gflops"]
         print(f"sgemm roofline at {threads} thread(s): {peaks[threads]:.1f} GFLOP/s")
     for threads in THREADS:
-        effective = timing.set_threads(threads)
+        effective = set_threads(threads)
         print(f"threads={threads}: effective {effective}")
     for filters, batch in CPU_CONFIGS:
         for name in CPU_ENGINES:
@@ -224,7 +223,7 @@ def train_bench(
         "two independent 1-thread numba trainings at once (processes, F=8 B=32): "
         f"{copies[0]:.2f}x [IQR {copies[1]:.2f}, {copies[2]:.2f}] the throughput of one alone"
     )
-    if numba_layer := _numba_layer():
+    if numba_layer := numba_threading_layer():
         print(f"numba threading layer: {numba_layer}")
 
     if cuda:
@@ -239,7 +238,7 @@ def train_bench(
 
 def _copy_worker(filters: int, batch_size: int, conn) -> None:
     """A 1-thread numba training that runs `n` steps whenever told and answers the seconds."""
-    timing.set_threads(1)
+    set_threads(1)
     train = load_mnist("train")
     engine = _new_engine("numba", filters, threads=1)
     bounds = list(spec.batch_bounds(BENCH_IMAGES, batch_size))
@@ -293,8 +292,7 @@ def copies_scaling(
                 conn.send(None)
         for worker in workers:
             worker.join(timeout=10)
-    q1, median, q3 = np.percentile(ratios, [25, 50, 75])
-    return float(median), float(q1), float(q3)
+    return quartiles(ratios)
 
 
 def _gpu_bench(images, labels, repeats: int, seconds: float) -> list[TrainBenchRow]:
@@ -304,7 +302,7 @@ def _gpu_bench(images, labels, repeats: int, seconds: float) -> list[TrainBenchR
         for name in missing:
             print(f"skipping {name}: {status[name]}")
         return []
-    timing.set_threads(1)
+    set_threads(1)
     rows = []
     for filters, batch in GPU_CONFIGS:
         for name in GPU_ENGINES:
@@ -314,15 +312,6 @@ def _gpu_bench(images, labels, repeats: int, seconds: float) -> list[TrainBenchR
             rows.append(row)
             _print_row(row)
     return rows
-
-
-def _numba_layer() -> str | None:
-    import numba
-
-    try:
-        return str(numba.threading_layer())
-    except ValueError:
-        return None
 
 
 def _lookup(rows, engine: str, filters: int, batch: int, threads: int) -> TrainBenchRow | None:

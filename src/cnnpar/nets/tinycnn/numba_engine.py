@@ -22,8 +22,6 @@ every inner loop is a unit-stride loop over filters that LLVM turns into SIMD.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numba
 import numpy as np
 from numba import njit, prange
@@ -341,9 +339,6 @@ def _readonly(a: np.ndarray, dtype: type | None = None) -> np.ndarray:
 class NumbaEngine:
     """`train_step` queues a step; queued steps run in one compiled call (`_train_steps`) once
     `QUEUE_STEPS` have gathered, or when anything reads the weights or the statistics."""
-
-    name: ClassVar[str] = "numba"
-    parallel: ClassVar[bool] = True
 
     def __init__(self, params: Params, lr: float, threads: int) -> None:
         if threads < 1:

@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from cnnpar import io, timing
+from cnnpar import io
 from cnnpar.errors import CnnparError
+from cnnpar.measure.roofline import roofline
+from cnnpar.measure.timing import quartiles
 from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
 
 TARGET_BEST_VS_B1 = 4.0
@@ -77,17 +79,6 @@ def random_weights(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def roofline(cores: set[int]) -> dict[int, float]:
-    """sgemm GFLOP/s per core count: the higher of timing.sgemm_peak(n) and n × the one-thread
-    peak, since a roofline is an upper bound and a busy machine can make the n-thread GEMM
-    measure below n single-thread ones."""
-    one = timing.sgemm_peak(1)["sgemm_gflops"]
-    return {
-        n: one if n == 1 else max(timing.sgemm_peak(n)["sgemm_gflops"], n * one)
-        for n in sorted(cores)
-    }
-
-
 def _run_variant(
     v: Variant, weights: Path, rows: int, cols: int, repeats: int, seed: int, out: Path
 ) -> dict[str, Any]:
@@ -117,7 +108,7 @@ def _run_variant(
     classify_s = [float(r["classify_s"]) for r in rows_csv]
     first = rows_csv[0]
     cells = int(first["cells"])
-    median = float(np.median(classify_s))
+    median, q1, q3 = quartiles(classify_s)
     return {
         "label": v.label,
         "mode": v.mode,
@@ -130,7 +121,7 @@ def _run_variant(
         "repeats": len(classify_s),
         "startup_s": float(first["startup_s"]),
         "classify_median_s": median,
-        "classify_iqr_s": float(np.subtract(*np.percentile(classify_s, [75, 25]))),
+        "classify_iqr_s": q3 - q1,
         "cells_per_s": cells / median,
         "accuracy": float(first["accuracy"]),
         "pred": np.load(out / "predictions.npz")["pred"],

@@ -22,7 +22,6 @@ in numba's Python simulator: slow, but it checks the indexing and the reductions
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import numpy as np
 from numba import cuda, float32, int32
@@ -228,9 +227,6 @@ def _blocks(n: int) -> int:
 
 
 class CudaEngine:
-    name: ClassVar[str] = "cuda"
-    parallel: ClassVar[bool] = False  # host threads do not matter to the device
-
     def __init__(self, params: Params, lr: float) -> None:
         self.filters = spec.check_params(params)
         self.threads = 1

@@ -1,0 +1,89 @@
+"""Classify every cell of a mosaic with MosaicNet, in one of the modes of `registry.MODES`.
+
+config → validate (before any work) → pin threads, tune malloc → load weights and digits →
+start the mode's runner and warm it up (timed as ``startup_s``) → classify `repeats` times
+(each timed as ``classify_s``, the runner kept alive) → write the run directory if asked.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from cnnpar.classify import runners
+from cnnpar.classify.config import ClassifyConfig, ClassifyError, validate
+from cnnpar.classify.outputs import Classification, summary_lines, write_outputs
+from cnnpar.classify.runners import chunk_bounds, classify_range
+from cnnpar.data import load_mnist
+from cnnpar.measure.environment import allocator, tune_malloc
+from cnnpar.measure.threads import set_threads
+from cnnpar.measure.timing import measure
+from cnnpar.mosaic import make_mosaic
+from cnnpar.nets.mosaicnet import load_mosaicnet
+from cnnpar.registry import MODES
+
+__all__ = [
+    "Classification",
+    "ClassifyConfig",
+    "ClassifyError",
+    "chunk_bounds",
+    "classify_range",
+    "run",
+    "summary_lines",
+    "validate",
+    "write_outputs",
+]
+
+
+def run(config: ClassifyConfig, progress: bool = False) -> Classification:
+    """Load, start the mode's runner, classify `config.repeats` times; write `config.out` if set."""
+    validate(config)
+    mode = MODES[config.mode]
+    t0 = time.perf_counter()
+    # Thread counts first: torch sizes its OpenMP pool at the first parallel op.
+    set_threads(mode.host_threads(config.workers))
+    malloc = tune_malloc() if config.tune_malloc else allocator()
+    load_mosaicnet(config.weights, config.device)  # a bad weights file fails before real work
+    test = load_mnist("test", config.data_source)
+    mosaic = make_mosaic(config.rows, config.cols, config.seed)
+    runner: runners.Runner = getattr(runners, mode.runner)(config, mosaic, test.images)
+    startup_s = time.perf_counter() - t0
+
+    outputs: list[runners.Output] = []
+    try:
+        measurement = measure(
+            lambda: outputs.append(runner.classify(progress)),
+            repeats=config.repeats,
+            warmup=0,  # the runner warmed up inside startup_s
+            sync=_cuda_sync if mode.device == "cuda" else None,
+        )
+    finally:
+        runner.close()
+    pred, confidence, _ = outputs[0]
+    for other_pred, _, _ in outputs[1:]:
+        if not np.array_equal(other_pred, pred):  # same kernels, same inputs: must not happen
+            raise ClassifyError("predictions differ between repeats of the same run")
+    result = Classification(
+        config=config,
+        mosaic=mosaic,
+        images=test.images,
+        label=test.labels[mosaic.index],
+        pred=pred,
+        confidence=confidence,
+        startup_s=startup_s,
+        measurement=measurement,
+        cpu_s=[cpu_s for _, _, cpu_s in outputs],
+        threads=runner.threads,
+        processes=runner.processes,
+        malloc=malloc,
+    )
+    if config.out is not None:
+        write_outputs(result, config.out)
+    return result
+
+
+def _cuda_sync() -> None:
+    import torch
+
+    torch.cuda.synchronize()

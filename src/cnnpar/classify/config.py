@@ -1,0 +1,85 @@
+"""What a classification run is asked to do, and every check that can reject it before any work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnnpar.errors import CnnparError
+from cnnpar.mosaic import check_geometry
+from cnnpar.registry import BACKENDS, MODES
+
+
+class ClassifyError(CnnparError):
+    """A classification request that cannot run as asked."""
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    weights: Path
+    rows: int
+    cols: int
+    out: Path | None = None  # the run directory; None runs without writing anything
+    mode: str = "sequential"
+    workers: int = 1
+    batch_size: int = 256
+    seed: int = 0
+    repeats: int = 1
+    backend: str = "auto"
+    data_source: str = "bundled"
+    tune_malloc: bool = True
+
+    @property
+    def device(self) -> str:
+        return MODES[self.mode].device
+
+    @property
+    def grid(self) -> str:
+        return f"{self.rows}x{self.cols}"
+
+    @property
+    def resolved_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "eager" if self.device == "cuda" else "mkldnn"
+
+
+def validate(config: ClassifyConfig) -> None:
+    """Raise ClassifyError for any request we can reject before touching data or weights."""
+    if config.mode not in MODES:
+        raise ClassifyError(f"unknown mode {config.mode!r}; choose one of {', '.join(MODES)}")
+    if config.backend not in BACKENDS:
+        raise ClassifyError(
+            f"unknown backend {config.backend!r}; choose one of {', '.join(BACKENDS)}"
+        )
+    check_geometry(config.rows, config.cols)
+    for name in ("workers", "batch_size", "repeats"):
+        value = getattr(config, name)
+        if value < 1:
+            raise ClassifyError(f"{name.replace('_', '-')} must be >= 1 (got {value})")
+    mode = MODES[config.mode]
+    if not mode.parallel and config.workers != 1:
+        parallel = "|".join(m.name for m in MODES.values() if m.parallel)
+        raise ClassifyError(
+            f"{config.mode} mode runs one worker (got --workers {config.workers}); "
+            f"use --workers 1, or --mode {parallel} to run several"
+        )
+    if mode.device == "cuda":
+        if BACKENDS[config.resolved_backend].cpu_only:
+            usable = " or ".join(b.name for b in BACKENDS.values() if not b.cpu_only)
+            raise ClassifyError(
+                f"backend {config.backend} runs on the CPU only; use --backend {usable} "
+                f"with --mode {config.mode}"
+            )
+        import torch
+
+        if not torch.cuda.is_available():
+            cpu = "|".join(m.name for m in MODES.values() if m.device == "cpu")
+            raise ClassifyError(
+                f"{config.mode} mode needs a CUDA GPU, and torch sees none "
+                f"(torch.cuda.is_available() is False); use --mode {cpu}"
+            )
+    if config.out is not None:
+        from cnnpar.io import ensure_writable_dir
+
+        ensure_writable_dir(config.out)

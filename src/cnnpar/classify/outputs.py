@@ -1,0 +1,159 @@
+"""What a classification run produces: the tidy result rows, the run directory and the
+console summary."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnpar import io
+from cnnpar.classify.config import ClassifyConfig
+from cnnpar.measure.environment import environment
+from cnnpar.measure.timing import Measurement
+from cnnpar.mosaic import Mosaic, render_mask, write_png
+from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
+from cnnpar.record import Parallelism, RunRecord
+
+RESULT_FILES = ("predictions.npz", "result.csv", "mask.png")
+
+
+@dataclass
+class Classification:
+    config: ClassifyConfig
+    mosaic: Mosaic
+    images: np.ndarray  # (10000, 28, 28) uint8 test digits, for the mask
+    label: np.ndarray  # (cells,) uint8 true test label per cell
+    pred: np.ndarray  # (cells,) uint8
+    confidence: np.ndarray  # (cells,) float32 softmax max
+    startup_s: float
+    measurement: Measurement
+    cpu_s: list[float]  # CPU seconds per repeat, summed over classifying processes
+    threads: dict[str, int | None]  # effective counts inside one classifying process
+    processes: int
+    malloc: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.pred == self.label))
+
+    @property
+    def parallelism(self) -> Parallelism:
+        torch_threads = self.threads.get("torch_threads") or 1
+        return Parallelism(
+            requested=self.config.workers,
+            effective=self.processes * int(torch_threads),
+            processes=self.processes,
+            threads=dict(self.threads),
+        )
+
+    def result_rows(self) -> list[dict[str, Any]]:
+        """One row per timed repeat: the contract columns, then the context."""
+        c, m = self.config, self.measurement
+        rows = []
+        for repeat, (classify_s, cpu_s) in enumerate(zip(m.samples, self.cpu_s, strict=True), 1):
+            rows.append(
+                {
+                    "mode": c.mode,
+                    "workers": c.workers,
+                    "batch_size": c.batch_size,
+                    "rows": c.rows,
+                    "cols": c.cols,
+                    "cells": self.mosaic.cells,
+                    "distinct_digits": self.mosaic.distinct_digits,
+                    "startup_s": self.startup_s,
+                    "classify_s": classify_s,
+                    "total_s": self.startup_s + classify_s,
+                    "cells_per_s": self.mosaic.cells / classify_s,
+                    "accuracy": self.accuracy,
+                    # CPU time is what co-tenants on a shared machine cannot inflate much.
+                    "classify_cpu_s": cpu_s,
+                    "processes": self.processes,
+                    **self.threads,
+                    "backend": c.resolved_backend,
+                    "device": c.device,
+                    "malloc": self.malloc,
+                    "with_replacement": self.mosaic.with_replacement,
+                    "seed": c.seed,
+                    "repeat": repeat,
+                    "repeats": len(m.samples),
+                    "classify_median_s": m.median,
+                    "classify_iqr_s": m.iqr,
+                }
+            )
+        return rows
+
+    def record(self, mask_shape: tuple[int, ...]) -> RunRecord:
+        c = self.config
+        params = {
+            k: str(v) if isinstance(v, Path) else v for k, v in asdict(c).items() if k != "out"
+        }
+        params.update(grid=c.grid, backend=c.resolved_backend, requested_backend=c.backend)
+        return RunRecord(
+            command="classify",
+            model="mosaicnet",
+            params=params,
+            parallelism=self.parallelism,
+            results={
+                "cells": self.mosaic.cells,
+                "distinct_digits": self.mosaic.distinct_digits,
+                "with_replacement": self.mosaic.with_replacement,
+                "accuracy": self.accuracy,
+                "startup_s": self.startup_s,
+                "classify": self.measurement.summary(),
+                "flops_per_image": FLOPS_PER_IMAGE,
+                "malloc": self.malloc,
+                "mask_shape": list(mask_shape),
+            },
+            outputs=list(RESULT_FILES),
+            environment=environment().as_dict(),
+        )
+
+
+def write_outputs(result: Classification, out: str | os.PathLike[str]) -> RunRecord:
+    """predictions.npz, result.csv, mask.png, then run.json, each written atomically."""
+    out = Path(out)
+    io.write_npz(
+        out / "predictions.npz",
+        index=result.mosaic.index,
+        label=result.label,
+        pred=result.pred,
+        confidence=result.confidence,
+    )
+    io.write_csv(out / "result.csv", result.result_rows())
+    mask = render_mask(result.mosaic, result.images, result.pred == result.label, result.confidence)
+    write_png(out / "mask.png", mask)
+    record = result.record(mask.shape)
+    record.write(out)  # last: its presence means the directory is complete
+    return record
+
+
+def summary_lines(result: Classification) -> Iterator[str]:
+    """The original study's printout (mode, workers, items, runtime, accuracy) plus throughput."""
+    c, m, mosaic = result.config, result.measurement, result.mosaic
+    threads = result.threads.get("torch_threads")
+    yield (
+        f"mode: {c.mode} ({c.workers} worker{'s' if c.workers > 1 else ''}, "
+        f"{result.processes} process{'es' if result.processes > 1 else ''} × "
+        f"{threads} torch thread{'s' if threads != 1 else ''}, backend {c.resolved_backend}, "
+        f"batch size {c.batch_size})"
+    )
+    yield f"workers: {c.workers}"
+    source = (
+        f"sampled with replacement from the test digits, {mosaic.distinct_digits:,} distinct"
+        if mosaic.with_replacement
+        else f"{mosaic.distinct_digits:,} distinct test digits"
+    )
+    yield f"total items classified: {mosaic.cells:,} ({c.rows}x{c.cols} mosaic, {source})"
+    spread = f" (median of {len(m.samples)}, IQR {m.iqr:.3f} s)" if len(m.samples) > 1 else ""
+    yield (
+        f"total runtime: {result.startup_s + m.median:.3f} s = start-up {result.startup_s:.3f} s "
+        f"+ classify {m.median:.3f} s{spread}"
+    )
+    yield f"accuracy: {100 * result.accuracy:.2f}% on test digits"
+    yield f"throughput: {mosaic.cells / m.median:,.0f} cells/s"

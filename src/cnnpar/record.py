@@ -1,0 +1,121 @@
+"""The run record: one typed, versioned `run.json` per run of `cnnpar train`, `cnnpar classify`
+or a bench.
+
+Everything downstream (tables, figures, the report, `compare`) reads these records and never
+re-parses where a file lives. A record says what was asked (`params`, one stable key per
+parameter), what ran (`parallelism`, read back from the libraries), what came out (`results`,
+`outputs` relative to the record's directory) and where (`environment`).
+
+Bump SCHEMA_VERSION when a key changes meaning or goes away; `read` refuses any other version
+with a one-line error instead of producing wrong tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cnnpar.errors import CnnparError
+
+SCHEMA_VERSION = 1
+RECORD_NAME = "run.json"
+
+Command = Literal["train", "classify", "bench-train", "bench-classify"]
+COMMANDS: tuple[str, ...] = ("train", "classify", "bench-train", "bench-classify")
+
+
+class RecordError(CnnparError):
+    """A run.json that is missing, damaged, or of another schema version."""
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """What the run asked for and what it ran with.
+
+    `requested` is the thread count (train) or worker count (classify) the command was given;
+    `effective` the number of cores' worth of workers that actually ran: the engine's threads,
+    or processes × torch threads per process.
+    """
+
+    requested: int
+    effective: int
+    processes: int = 1
+    threads: dict[str, int | None] = field(default_factory=dict)  # per library, one process
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    command: Command
+    model: str
+    params: dict[str, Any]
+    parallelism: Parallelism
+    results: dict[str, Any]
+    outputs: list[str]
+    environment: dict[str, Any]
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write `run.json` atomically into `out_dir`; write it last, as it marks the run done."""
+        from cnnpar.io import write_json
+
+        target = Path(out_dir) / RECORD_NAME
+        write_json(target, self.to_dict())
+        return target
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "run record") -> RunRecord:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise RecordError(
+                f"{where} has schema_version {version!r}, this cnnpar reads {SCHEMA_VERSION}; "
+                "re-run the job that wrote it"
+            )
+        try:
+            return cls(
+                command=data["command"],
+                model=data["model"],
+                params=dict(data["params"]),
+                parallelism=Parallelism(**data["parallelism"]),
+                results=dict(data["results"]),
+                outputs=list(data["outputs"]),
+                environment=dict(data["environment"]),
+            )
+        except (KeyError, TypeError) as err:
+            raise RecordError(f"{where} is incomplete ({type(err).__name__}: {err})") from None
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> RunRecord:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RecordError(f"{path} not found; re-run the job that writes it") from None
+        except (OSError, ValueError) as err:
+            raise RecordError(f"{path} is not readable JSON ({err}); re-run its job") from None
+        if not isinstance(data, dict):
+            raise RecordError(f"{path} does not hold a run record; re-run its job")
+        return cls.from_dict(data, where=str(path))
+
+    def columns(self) -> dict[str, Any]:
+        """The record as flat table columns: parameters by name, then `parallelism_*`,
+        `processes`, the per-library thread counts, results, and the environment as `env.*`."""
+        flat: dict[str, Any] = {"command": self.command, "model": self.model, **self.params}
+        flat["parallelism_requested"] = self.parallelism.requested
+        flat["parallelism"] = self.parallelism.effective
+        flat["processes"] = self.parallelism.processes
+        flat.update(self.parallelism.threads)
+        flat.update({k: v for k, v in self.results.items() if _scalar(v)})
+        flat.update({f"env.{k}": v for k, v in self.environment.items() if _scalar(v)})
+        flat["schema_version"] = self.schema_version
+        return flat
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)

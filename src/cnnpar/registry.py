@@ -1,0 +1,268 @@
+"""Every named concept of cnnpar, declared once: engines, classify modes, backends, models and
+figures.
+
+The CLI takes its choices from here, the workflow its sweep rules, the report its titles and
+captions, and the tests their lists. Adding an engine, a mode or a figure is one entry here plus
+its own code and test. This module imports neither torch, numba nor matplotlib, so anything may
+read it cheaply (the Snakefile does, on every parse).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Device = Literal["cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A TinyCNN (and maybe MosaicNet) training engine."""
+
+    name: str
+    module: str  # the module holding `cls`, imported only when the engine is used
+    cls: str
+    parallel: bool  # whether host threads mean anything to it (else it runs at 1)
+    device: Device
+    models: tuple[str, ...]  # which models it can train
+    summary: str
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A way to classify the cells of a mosaic."""
+
+    name: str
+    runner: str  # the class in cnnpar.classify.runners that runs it
+    parallel: bool  # whether --workers means anything to it (else it runs 1 worker)
+    device: Device
+    summary: str
+
+    def host_threads(self, workers: int) -> int:
+        """Torch threads of the classifying process itself: the workers when they are its
+        threads, else 1 (worker processes pin their own)."""
+        return workers if self.parallel and self.runner == "InProcessRunner" else 1
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How MosaicNet runs for inference."""
+
+    name: str
+    cpu_only: bool
+    summary: str
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    default_engine: str
+    defaults: dict[str, object]  # what `cnnpar train` fills in for an option left out
+    summary: str
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure of the study: drawn from the tables by `cnnpar.study.figures.<id>` when
+    `tables` names any, else copied from a job's output (the mosaic mask)."""
+
+    id: str
+    title: str
+    caption: str
+    tables: tuple[str, ...]  # which of the tidy tables (train, classify, summary) it reads
+
+    @property
+    def from_tables(self) -> bool:
+        return bool(self.tables)
+
+
+TINYCNN_ENGINE_MODULE = "cnnpar.nets.tinycnn"
+
+ENGINES: dict[str, Engine] = {
+    e.name: e
+    for e in (
+        Engine(
+            "numpy",
+            f"{TINYCNN_ENGINE_MODULE}.numpy_engine",
+            "NumpyEngine",
+            parallel=False,
+            device="cpu",
+            models=("tinycnn",),
+            summary="the float64-accumulating NumPy reference",
+        ),
+        Engine(
+            "numba",
+            f"{TINYCNN_ENGINE_MODULE}.numba_engine",
+            "NumbaEngine",
+            parallel=True,
+            device="cpu",
+            models=("tinycnn",),
+            summary="numba CPU threads, one fused pass per image",
+        ),
+        Engine(
+            "cuda",
+            f"{TINYCNN_ENGINE_MODULE}.cuda_engine",
+            "CudaEngine",
+            parallel=False,
+            device="cuda",
+            models=("tinycnn",),
+            summary="numba.cuda kernels, the batch kept on the device",
+        ),
+        Engine(
+            "torch",
+            f"{TINYCNN_ENGINE_MODULE}.torch_engine",
+            "TorchEngine",
+            parallel=True,
+            device="cpu",
+            models=("tinycnn", "mosaicnet"),
+            summary="PyTorch on the CPU",
+        ),
+        Engine(
+            "torch-cuda",
+            f"{TINYCNN_ENGINE_MODULE}.torch_engine",
+            "TorchCudaEngine",
+            parallel=False,
+            device="cuda",
+            models=("tinycnn", "mosaicnet"),
+            summary="PyTorch on the first CUDA device",
+        ),
+    )
+}
+
+MODES: dict[str, Mode] = {
+    m.name: m
+    for m in (
+        Mode(
+            "sequential",
+            "InProcessRunner",
+            parallel=False,
+            device="cpu",
+            summary="this process, one torch thread",
+        ),
+        Mode(
+            "threads",
+            "InProcessRunner",
+            parallel=True,
+            device="cpu",
+            summary="this process, N torch threads",
+        ),
+        Mode(
+            "processes",
+            "ProcessRunner",
+            parallel=True,
+            device="cpu",
+            summary="N spawned worker processes, one torch thread each",
+        ),
+        Mode(
+            "cuda",
+            "CudaRunner",
+            parallel=False,
+            device="cuda",
+            summary="batches on the first CUDA device",
+        ),
+    )
+}
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("auto", cpu_only=False, summary="mkldnn on the CPU, eager on CUDA"),
+        Backend("eager", cpu_only=False, summary="the plain nn.Module"),
+        Backend("channels-last", cpu_only=False, summary="NHWC memory format"),
+        Backend("mkldnn", cpu_only=True, summary="oneDNN blocked layout, weights reordered once"),
+        Backend("jit", cpu_only=True, summary="TorchScript, frozen and optimised for inference"),
+    )
+}
+
+MODELS: dict[str, Model] = {
+    m.name: m
+    for m in (
+        Model(
+            "tinycnn",
+            default_engine="numba",
+            defaults={"filters": 8, "batch_size": 32, "epochs": 3, "lr": 0.05},
+            summary="conv3x3 F → ReLU → maxpool 2 → FC 10, plain SGD",
+        ),
+        Model(
+            "mosaicnet",
+            default_engine="torch",
+            # Adam at its usual 1e-3; MosaicNet has no width to choose.
+            defaults={"filters": None, "batch_size": 64, "epochs": 2, "lr": 1e-3},
+            summary="conv5x5 16 → pool → conv5x5 32 → pool → FC 1568-512-256-10, Adam",
+        ),
+    )
+}
+
+FIGURES: dict[str, Figure] = {
+    f.id: f
+    for f in (
+        Figure(
+            "train_speedup",
+            "Training: speedup and efficiency",
+            "Training speedup (left) and parallel efficiency (right) against threads, per "
+            "engine, relative to the same engine, width and batch size at 1 thread. Error bars "
+            "span the interquartile range; the dashed line is ideal linear scaling.",
+            tables=("summary",),
+        ),
+        Figure(
+            "train_throughput",
+            "Training: throughput per engine",
+            "Training throughput per engine and thread count: median images/s over epochs and "
+            "seeds; error bars span the interquartile range. Engines compile and warm up before "
+            "the first timed epoch, so every epoch counts.",
+            tables=("summary",),
+        ),
+        Figure(
+            "time_to_accuracy",
+            "Training: time to accuracy",
+            "Time to accuracy: test accuracy after each epoch against cumulative training "
+            "seconds (evaluation excluded), per engine at its largest thread count.",
+            tables=("train",),
+        ),
+        Figure(
+            "classify_speedup",
+            "Classification: speedup and efficiency",
+            "Classification speedup (left) and parallel efficiency (right) against workers, per "
+            "mode, relative to the sequential mode on the same grid and batch size. The dashed "
+            "line is ideal linear scaling.",
+            tables=("summary",),
+        ),
+        Figure(
+            "classify_cost_per_cell",
+            "Classification: cost per cell",
+            "Classification cost per mosaic cell (microseconds, median over repeats) against the "
+            "number of cells, log-log, per mode and worker count. Flat lines mean the cost "
+            "scales linearly.",
+            tables=("summary",),
+        ),
+        Figure(
+            "roofline",
+            "Fraction of the sgemm roofline",
+            "Achieved GFLOP/s (counted network FLOPs × median throughput) as a fraction of the "
+            "float32 sgemm rate measured on this machine at the same thread count.",
+            tables=("summary",),
+        ),
+        Figure(
+            "mask",
+            "Mask of the largest mosaic",
+            "Classification mask of the largest grid: each cell is green when MosaicNet "
+            "classified the digit correctly and red when it did not, with the strength of the "
+            "colour given by the confidence.",
+            tables=(),
+        ),
+    )
+}
+
+
+def names(registry: dict[str, object]) -> list[str]:
+    """The names of a registry in declaration order (for CLI choices and messages)."""
+    return list(registry)
+
+
+def engines_for(model: str) -> list[str]:
+    return [e.name for e in ENGINES.values() if model in e.models]
+
+
+def table_figures() -> list[Figure]:
+    """The figures drawn from the tables, in report order."""
+    return [f for f in FIGURES.values() if f.from_tables]
