@@ -6,6 +6,7 @@ the findings' sentences) is known exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -15,9 +16,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cnnpar import registry, train
+from cnnpar.classify import outputs as classify_outputs
+from cnnpar.classify.config import ClassifyConfig
+from cnnpar.nets import mosaicnet
 from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
 from cnnpar.nets.tinycnn.spec import flops_per_image
+from cnnpar.record import Parallelism, RecordError, RunRecord
 from cnnpar.study import figures, report, tables
+from cnnpar.train import TrainConfig
 
 ENV = {"cpu_model": "Test CPU", "logical_cores": 2, "hostname": "testhost", "cnnpar": "0.1.0"}
 # images/s per (engine, threads): numba scales 1.9× (95% efficiency), torch 1.5×.
@@ -35,54 +42,82 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
+def train_job(job: Path, cfg: TrainConfig, effective: int, metrics: list[dict]) -> Path:
+    """A training run directory written through the code `cnnpar train` writes with."""
+    cfg = cfg.resolved()
+    _write_csv(job / "metrics.csv", metrics)
+    flops = (
+        flops_per_image(cfg.filters, training=True)
+        if cfg.model == "tinycnn"
+        else mosaicnet.flops_per_image(training=True)
+    )
+    record = train.run_record(
+        cfg,
+        Parallelism(
+            requested=cfg.threads,
+            effective=effective,
+            threads={"numba_threads": effective, "torch_threads": effective},
+        ),
+        results={"flops_per_image": flops, "final_test_acc": metrics[-1]["test_acc"]},
+        outputs=["metrics.csv"],
+    )
+    return _with_env(record).write(job)
+
+
+def _with_env(record: RunRecord) -> RunRecord:
+    return dataclasses.replace(record, environment={**record.environment, **ENV})
+
+
 def fake_results(root: Path, seeds: tuple[int, ...] = (0,)) -> dict[str, list[Path]]:
-    """A results/ tree as the train, classify and info commands write it."""
-    out: dict[str, list[Path]] = {"train": [], "classify": [], "env": []}
+    """A results/ tree of run records as the train, classify and info commands write it."""
+    out: dict[str, list[Path]] = {"records": [], "env": []}
     for (engine, threads), rate in TRAIN_RATES.items():
         for seed in seeds:
-            job = (
-                root
-                / f"train/tinycnn/engine~{engine}/threads~{threads}/filters~8/batch~32/seed~{seed}"
-            )
             rows = [
                 {"epoch": e, "seconds": 20000 / rate, "images_per_s": rate,
                  "train_loss": 1.0 / e, "train_acc": 0.9 + 0.02 * e,
                  "test_loss": 1.1 / e, "test_acc": 0.9 + 0.02 * e}
                 for e in range(1, EPOCHS + 1)
             ]  # fmt: skip
-            _write_csv(job / "metrics.csv", rows)
-            run = {"args": {"engine": engine, "threads": threads, "filters": 8, "batch_size": 32},
-                   "threads": {"numba_threads": threads, "torch_threads": threads},
-                   "environment": ENV}  # fmt: skip
-            (job / "run.json").write_text(json.dumps(run))
-            out["train"].append(job / "metrics.csv")
+            cfg = TrainConfig(
+                out="", engine=engine, threads=threads, filters=8, batch_size=32, seed=seed
+            )
+            out["records"].append(train_job(root / f"tinycnn-{engine}-{threads}-{seed}", cfg,
+                                            threads, rows))  # fmt: skip
     for seed in seeds:
-        job = root / f"train/mosaicnet/seed~{seed}"
-        _write_csv(job / "metrics.csv", [
-            {"epoch": 1, "seconds": 30.0, "images_per_s": 2000.0, "train_loss": 0.2,
-             "train_acc": 0.95, "test_loss": 0.05, "test_acc": 0.985}
-        ])  # fmt: skip
-        run = {"args": {"engine": "torch", "threads": 2, "batch_size": 128}, "environment": ENV}
-        (job / "run.json").write_text(json.dumps(run))
-        out["train"].append(job / "metrics.csv")
+        cfg = TrainConfig(
+            out="", model="mosaicnet", engine="torch", threads=2, batch_size=128, seed=seed
+        )
+        rows = [{"epoch": 1, "seconds": 30.0, "images_per_s": 2000.0, "train_loss": 0.2,
+                 "train_acc": 0.95, "test_loss": 0.05, "test_acc": 0.985}]  # fmt: skip
+        out["records"].append(train_job(root / f"mosaicnet-{seed}", cfg, 2, rows))
     for grid in GRIDS:
         rows_, cols = (int(v) for v in grid.split("x"))
         cells = rows_ * cols
         for (mode, workers), rate in CLASSIFY_RATES.items():
             for seed in seeds:
-                job = (
-                    root
-                    / f"classify/mode~{mode}/workers~{workers}/grid~{grid}/batch~64/seed~{seed}"
-                )
+                job = root / f"classify-{mode}-{workers}-{grid}-{seed}"
                 rows = [
                     {"mode": mode, "workers": workers, "batch_size": 64, "rows": rows_,
                      "cols": cols, "cells": cells, "distinct_digits": cells, "startup_s": 0.5,
                      "classify_s": cells / rate, "total_s": 0.5 + cells / rate,
-                     "cells_per_s": rate, "accuracy": 0.99, "torch_threads": 1}
-                    for _ in range(REPEATS)
+                     "cells_per_s": rate, "accuracy": 0.99, "torch_threads": 1,
+                     "repeat": repeat}
+                    for repeat in range(1, REPEATS + 1)
                 ]  # fmt: skip
                 _write_csv(job / "result.csv", rows)
-                out["classify"].append(job / "result.csv")
+                config = ClassifyConfig(
+                    weights=Path("model.pt"), rows=rows_, cols=cols, mode=mode,
+                    workers=workers, batch_size=64, seed=seed, repeats=REPEATS,
+                )  # fmt: skip
+                processes = workers if mode == "processes" else 1
+                parallelism = Parallelism(
+                    requested=workers, effective=workers, processes=processes,
+                    threads={"torch_threads": workers // processes},
+                )  # fmt: skip
+                results = {"cells": cells, "accuracy": 0.99, "flops_per_image": FLOPS_PER_IMAGE}
+                record = classify_outputs.run_record(config, parallelism, results)
+                out["records"].append(_with_env(record).write(job))
     for threads, gflops in SGEMM.items():
         path = root / f"env/threads~{threads}/info.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,8 +131,7 @@ def built(tmp_path: Path):
     files = fake_results(tmp_path / "results")
     out = tmp_path / "results/tables"
     train, classify, summary = tables.build_tables(
-        train_metrics=files["train"],
-        classify_results=files["classify"],
+        records=files["records"],
         env_infos=files["env"],
         train_out=out / "train.csv",
         classify_out=out / "classify.csv",
@@ -106,16 +140,23 @@ def built(tmp_path: Path):
     return tmp_path, train, classify, summary
 
 
-def test_path_params_names_every_parameter():
-    params = tables.path_params(
-        "results/classify/mode~processes/workers~2/grid~200x300/batch~256/seed~0/result.csv"
-    )
-    assert params == {"mode": "processes", "workers_requested": 2, "grid": "200x300",
-                      "batch_size": 256, "seed": 0}  # fmt: skip
-    assert tables.path_params("r/train/mosaicnet/seed~1/model.pt") == {
-        "model": "mosaicnet",
-        "seed": 1,
-    }
+def test_tables_read_parameters_from_records_not_paths(tmp_path: Path):
+    """Job directories named without any parameter give the same tables."""
+    files = fake_results(tmp_path / "results")
+    assert not any("~" in str(path) for path in files["records"])
+    train = tables.train_frame(tables.read_records(files["records"]))
+    numba2 = train[(train["engine"] == "numba") & (train["threads"] == 2)]
+    assert set(numba2["filters"]) == {8} and set(numba2["batch_size"]) == {32}
+
+
+def test_a_record_of_another_schema_version_is_refused(tmp_path: Path):
+    files = fake_results(tmp_path / "results")
+    path = files["records"][0]
+    data = json.loads(path.read_text())
+    data["schema_version"] = 0
+    path.write_text(json.dumps(data))
+    with pytest.raises(RecordError, match="schema_version 0"):
+        tables.read_records([path])
 
 
 def test_tidy_tables_have_one_row_per_job_epoch_and_repeat(built):
@@ -126,7 +167,7 @@ def test_tidy_tables_have_one_row_per_job_epoch_and_repeat(built):
     assert len(on_disk) == len(train)
     for column in ["engine", "threads_requested", "threads", "filters", "batch_size", "seed",
                    "epoch", "cum_seconds", "env.cpu_model", "roofline_gflops",
-                   "run.threads.numba_threads", "env.hostname"]:  # fmt: skip
+                   "numba_threads", "env.hostname", "flops_per_image"]:  # fmt: skip
         assert column in train.columns, column
     numba2 = train[(train["engine"] == "numba") & (train["threads"] == 2)]
     assert numba2["cum_seconds"].tolist() == pytest.approx([20000 / 7600 * e for e in (1, 2, 3)])
@@ -178,7 +219,7 @@ def test_figures_and_report_are_written_and_self_contained(built):
         tdir / "train.csv", tdir / "classify.csv", tdir / "summary.csv", fdir
     )
     stems = {p.stem for p in written}
-    assert stems == set(figures.CAPTIONS) - {"mask"}
+    assert stems == {f.id for f in registry.table_figures()}
     for path in written:
         assert path.stat().st_size > 1000, path
         if path.suffix == ".png":
@@ -217,16 +258,15 @@ def test_empty_tables_still_give_every_figure(tmp_path: Path):
     written = figures.draw_all(
         tdir / "train.csv", tdir / "classify.csv", tdir / "summary.csv", tmp_path / "fig"
     )
-    assert len(written) == 2 * (len(figures.CAPTIONS) - 1)
+    assert len(written) == 2 * len(registry.table_figures())
 
 
 def test_effective_threads_below_requested_are_recorded(tmp_path: Path):
-    job = tmp_path / "train/tinycnn/engine~numba/threads~4/filters~8/batch~32/seed~0"
     row = {"epoch": 1, "seconds": 1.0, "images_per_s": 100.0, "train_loss": 1.0,
            "train_acc": 0.5, "test_loss": 1.0, "test_acc": 0.5}  # fmt: skip
-    _write_csv(job / "metrics.csv", [row])
-    (job / "run.json").write_text(json.dumps({"args": {"threads": 2}}))
-    frame = tables.train_frame([job / "metrics.csv"])
+    cfg = TrainConfig(out="", engine="numba", threads=4, filters=8, batch_size=32)
+    path = train_job(tmp_path / "job", cfg, effective=2, metrics=[row])
+    frame = tables.train_frame(tables.read_records([path]))
     assert frame.loc[0, "threads_requested"] == 4
     assert frame.loc[0, "threads"] == 2
     summary = tables.summarize_train(frame)

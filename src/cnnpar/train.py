@@ -229,6 +229,21 @@ def _build_engine(cfg: TrainConfig, host_threads: int) -> tuple[tinycnn.Engine, 
     return engine, mosaicnet.flops_per_image(training=True), mosaicnet.N_PARAMETERS, {}
 
 
+def run_record(
+    cfg: TrainConfig, parallelism: Parallelism, results: dict, outputs: list[str]
+) -> RunRecord:
+    """The run record of a training run with the resolved config `cfg`."""
+    return RunRecord(
+        command="train",
+        model=cfg.model,
+        params={k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"},
+        parallelism=parallelism,
+        results=results,
+        outputs=outputs,
+        environment=environment().as_dict(),
+    )
+
+
 def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     """`cnnpar train`: validate, train, and write the run directory."""
     cfg = validate(cfg)
@@ -266,12 +281,9 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
             torch.save(engine.model.state_dict(), tmp)
         outputs = ["model.pt"]
     io.write_csv(out / "metrics.csv", rows, fieldnames=METRIC_FIELDS)
-    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"}
-    record = RunRecord(
-        command="train",
-        model=cfg.model,
-        params=params,
-        parallelism=Parallelism(
+    record = run_record(
+        cfg,
+        Parallelism(
             requested=cfg.threads, effective=int(engine.threads), processes=1, threads=threads
         ),
         results={
@@ -284,7 +296,6 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
             "final_test_loss": rows[-1]["test_loss"],
         },
         outputs=[*outputs, "metrics.csv"],
-        environment=environment().as_dict(),
     )
     record.write(out)  # last: its presence means the directory is complete
     return TrainResult(out=out, rows=rows, record=record)

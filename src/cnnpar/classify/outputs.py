@@ -89,16 +89,9 @@ class Classification:
         return rows
 
     def record(self, mask_shape: tuple[int, ...]) -> RunRecord:
-        c = self.config
-        params = {
-            k: str(v) if isinstance(v, Path) else v for k, v in asdict(c).items() if k != "out"
-        }
-        params.update(grid=c.grid, backend=c.resolved_backend, requested_backend=c.backend)
-        return RunRecord(
-            command="classify",
-            model="mosaicnet",
-            params=params,
-            parallelism=self.parallelism,
+        return run_record(
+            self.config,
+            self.parallelism,
             results={
                 "cells": self.mosaic.cells,
                 "distinct_digits": self.mosaic.distinct_digits,
@@ -110,9 +103,26 @@ class Classification:
                 "malloc": self.malloc,
                 "mask_shape": list(mask_shape),
             },
-            outputs=list(RESULT_FILES),
-            environment=environment().as_dict(),
         )
+
+
+def run_record(config: ClassifyConfig, parallelism: Parallelism, results: dict) -> RunRecord:
+    """The run record of a classification run with `config`."""
+    params = {
+        k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items() if k != "out"
+    }
+    params.update(
+        grid=config.grid, backend=config.resolved_backend, requested_backend=config.backend
+    )
+    return RunRecord(
+        command="classify",
+        model="mosaicnet",
+        params=params,
+        parallelism=parallelism,
+        results=results,
+        outputs=list(RESULT_FILES),
+        environment=environment().as_dict(),
+    )
 
 
 def write_outputs(result: Classification, out: str | os.PathLike[str]) -> RunRecord:

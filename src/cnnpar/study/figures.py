@@ -1,15 +1,9 @@
 """Figures drawn only from the tidy tables (never from job outputs or models).
 
-`draw_all` writes one PNG (for the HTML report) and one SVG (for papers) per figure:
-
-- ``train_speedup``: training speedup and parallel efficiency against threads, per engine;
-- ``train_throughput``: training images/s per engine and thread count, IQR error bars;
-- ``time_to_accuracy``: test accuracy against cumulative training seconds, per engine;
-- ``classify_speedup``: classification speedup and efficiency against workers, per mode;
-- ``classify_cost_per_cell``: seconds per cell against grid size, log-log, per mode;
-- ``roofline``: achieved GFLOP/s as a fraction of the measured sgemm roofline.
-
-A table with nothing to plot gives a figure that says so, so the file set never changes.
+`draw_all` writes one PNG (for the HTML report) and one SVG (for papers) for every figure of
+`registry.table_figures()`; the maker of figure `id` is the function `id` here, called with the
+tables the registry says it reads. A table with nothing to plot gives a figure that says so, so
+the file set never changes.
 """
 
 from __future__ import annotations
@@ -31,6 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from cnnpar.io import atomic_path
+from cnnpar.registry import table_figures
+from cnnpar.study.tables import read_table
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +42,6 @@ COLORS = {
     "processes": "#d62728",
 }
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-
-CAPTIONS = {
-    "train_speedup": "Training speedup (left) and parallel efficiency (right) against threads, "
-    "per engine, relative to the same engine, width and batch at 1 thread. Dashed: ideal.",
-    "train_throughput": "Training throughput per engine and thread count: median images/s "
-    "over epochs and seeds; error bars span the interquartile range.",
-    "time_to_accuracy": "Time to accuracy: test accuracy after each epoch against cumulative "
-    "training seconds (evaluation excluded), per engine at its largest thread count.",
-    "classify_speedup": "Classification speedup (left) and parallel efficiency (right) "
-    "against workers, per mode, relative to sequential on the same grid and batch. "
-    "Dashed: ideal.",
-    "classify_cost_per_cell": "Classification cost per mosaic cell against the number of "
-    "cells (log-log), per mode and worker count. Flat lines mean linear scaling.",
-    "roofline": "Achieved GFLOP/s (network FLOPs × median throughput) as a fraction of the "
-    "float32 sgemm rate measured on this machine at the same thread count.",
-    "mask": "Mask of the largest mosaic: green cells were classified correctly, red ones "
-    "wrongly; colour strength is the confidence.",
-}
 
 plt.rcParams.update(
     {
@@ -400,26 +378,14 @@ def draw_all(
     out_dir: str | os.PathLike[str],
 ) -> list[Path]:
     """Every figure from the three tables; returns the files written."""
-    train = _read(train_csv)
-    summary = _read(summary_csv)
-    _read(classify_csv)  # read so a malformed table fails here, not silently later
-    makers: dict[str, Callable[[], Figure]] = {
-        "train_speedup": lambda: train_speedup(summary),
-        "train_throughput": lambda: train_throughput(summary),
-        "time_to_accuracy": lambda: time_to_accuracy(train),
-        "classify_speedup": lambda: classify_speedup(summary),
-        "classify_cost_per_cell": lambda: classify_cost_per_cell(summary),
-        "roofline": lambda: roofline(summary),
+    frames = {
+        "train": read_table(train_csv),
+        "classify": read_table(classify_csv),
+        "summary": read_table(summary_csv),
     }
     written = []
-    for stem, make in makers.items():
-        written += save(make(), out_dir, stem)
-        log.info("figure %s written", stem)
+    for figure in table_figures():
+        make: Callable[..., Figure] = globals()[figure.id]
+        written += save(make(*(frames[name] for name in figure.tables)), out_dir, figure.id)
+        log.info("figure %s written", figure.id)
     return written
-
-
-def _read(path: str | os.PathLike[str]) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:  # a table with no rows at all
-        return pd.DataFrame()

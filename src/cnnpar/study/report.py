@@ -21,21 +21,12 @@ from string import Template
 from typing import Any
 
 import pandas as pd
-from cnnpar.figures import CAPTIONS
 
 from cnnpar.io import write_text
+from cnnpar.registry import FIGURES
+from cnnpar.study.tables import read_table
 
 log = logging.getLogger(__name__)
-
-TITLES = {
-    "train_speedup": "Training: speedup and efficiency",
-    "train_throughput": "Training: throughput per engine",
-    "time_to_accuracy": "Training: time to accuracy",
-    "classify_speedup": "Classification: speedup and efficiency",
-    "classify_cost_per_cell": "Classification: cost per cell",
-    "roofline": "Fraction of the sgemm roofline",
-    "mask": "Mask of the largest mosaic",
-}
 
 # Columns of the tidy tables shown in the page (the CSVs hold all of them).
 TRAIN_COLUMNS = [
@@ -174,8 +165,8 @@ def _roofline_findings(roof: pd.DataFrame) -> list[str]:
     if not above.empty:
         out.append(
             f"Note: {len(above)} configuration(s) exceed the measured sgemm rate, so that "
-            "measurement was probably slowed by other load on the machine; re-measure with "
-            "`snakemake --forcerun env_info` on a quiet machine."
+            "measurement was probably slowed by other load on the machine; re-measure the "
+            "roofline (`cnnpar info --threads N`) on a quiet machine."
         )
     return out
 
@@ -216,18 +207,19 @@ def _img(path: str | os.PathLike[str], alt: str) -> str:
 
 
 def figures_html(figures: Sequence[str | os.PathLike[str]]) -> str:
-    order = list(TITLES)
+    order = list(FIGURES)
     blocks = []
     for path in sorted(
         figures, key=lambda p: order.index(Path(p).stem) if Path(p).stem in order else len(order)
     ):
         stem = Path(path).stem
-        title = TITLES.get(stem, stem)
+        figure = FIGURES.get(stem)
+        title = figure.title if figure else stem
         css = "figure mask" if stem == "mask" else "figure"
         blocks.append(
             f'<figure class="{css}" id="fig-{html.escape(stem)}">'
             f"<h3>{html.escape(title)}</h3>{_img(path, title)}"
-            f"<figcaption>{html.escape(CAPTIONS.get(stem, ''))}</figcaption></figure>"
+            f"<figcaption>{html.escape(figure.caption if figure else '')}</figcaption></figure>"
         )
     return "\n".join(blocks)
 
@@ -294,13 +286,6 @@ def _env_value(value: Any) -> str:
     return str(value)
 
 
-def _read(path: str | os.PathLike[str]) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
-
-
 def render(
     title: str,
     train: pd.DataFrame,
@@ -349,9 +334,9 @@ def write_report(
     env = json.loads(Path(env_json).read_text())
     page = render(
         title,
-        _read(train_csv),
-        _read(classify_csv),
-        _read(summary_csv),
+        read_table(train_csv),
+        read_table(classify_csv),
+        read_table(summary_csv),
         figures,
         env,
         config_yaml,

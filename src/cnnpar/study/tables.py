@@ -1,9 +1,8 @@
-"""Tidy tables from the workflow's job directories, and the speedup/efficiency summary.
+"""Tidy tables from the run records of the workflow's jobs, and the speedup/efficiency summary.
 
-Every job directory names its sweep parameters in its path
-(``train/tinycnn/engine~numba/threads~2/filters~8/batch~32/seed~0/``), so the tables recover
-each parameter from where a file lives, and the job's ``run.json`` adds what actually ran
-(effective thread counts, the environment record). Three tables come out:
+Each job wrote a typed run record (`run.json`, `cnnpar.record`) naming every parameter, the
+parallelism that took effect and the environment; the tables take parameters from the records
+only, never from where a file lives. Three tables come out:
 
 - ``train.csv``: one row per training job × epoch (tinycnn and MosaicNet);
 - ``classify.csv``: one row per classify job × timed repeat;
@@ -27,20 +26,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cnnpar.errors import CnnparError
 from cnnpar.io import atomic_path
+from cnnpar.measure.timing import quartiles
+from cnnpar.record import RunRecord
 
 log = logging.getLogger(__name__)
 
-# Path keys renamed so that the requested value never hides the effective one.
-PATH_KEY_NAMES = {
-    "threads": "threads_requested",
-    "workers": "workers_requested",
-    "batch": "batch_size",
-}
 
-# MosaicNet training FLOPs per image: forward plus backward (input and weight gradients) is
-# counted as 3× the forward pass, the usual dense-layer estimate.
-TRAIN_FLOPS_FACTOR = 3
+class TableError(CnnparError):
+    """A job's output cannot be read into the tables."""
+
 
 SUMMARY_COLUMNS = [
     "study",  # train | classify
@@ -73,140 +69,94 @@ SUMMARY_COLUMNS = [
 ]
 
 
-# --- reading job directories --------------------------------------------------------------
+# --- reading run records --------------------------------------------------------------------
 
 
-def path_params(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Sweep parameters named in a result path: every ``key~value`` directory, plus the model.
-
-    >>> path_params("results/train/tinycnn/engine~numba/threads~2/seed~0/metrics.csv")
-    {'model': 'tinycnn', 'engine': 'numba', 'threads_requested': 2, 'seed': 0}
-    """
-    parts = Path(path).parts
-    params: dict[str, Any] = {}
-    if "train" in parts and parts.index("train") + 1 < len(parts):
-        params["model"] = parts[parts.index("train") + 1]
-    for part in parts:
-        if "~" not in part:
-            continue
-        key, value = part.split("~", 1)
-        params[PATH_KEY_NAMES.get(key, key)] = int(value) if value.isdigit() else value
-    return params
+def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A CSV as a frame; an empty file is an empty frame."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
 
 
-def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists become JSON strings so every cell is a scalar."""
-    flat: dict[str, Any] = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, list | tuple):
-            flat[name] = json.dumps(value)
-        else:
-            flat[name] = value
-    return flat
+def read_records(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[RunRecord, Path]]:
+    """(record, the directory it describes) for every run.json."""
+    return [(RunRecord.read(path), Path(path).parent) for path in paths]
 
 
-def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    with open(path) as fh:
-        return json.load(fh)
-
-
-def run_record(job_dir: Path) -> dict[str, Any]:
-    """The job's run.json flattened: its environment record under 'env.', the rest under
-    'run.' ({} when the job wrote none)."""
-    path = job_dir / "run.json"
-    if not path.exists():
-        return {}
-    run = read_json(path)
-    environment = run.pop("environment", None) or {}
-    return {**flatten(environment, "env."), **flatten(run, "run.")}
+def _output(record: RunRecord, job_dir: Path, name: str) -> Path:
+    if name not in record.outputs:
+        raise TableError(f"{job_dir / 'run.json'} lists no {name}; re-run that job")
+    return job_dir / name
 
 
 def env_record(info: Mapping[str, Any]) -> dict[str, Any]:
     """Columns from one `cnnpar info --json` record: env.* metadata plus the roofline."""
-    flat = flatten({k: v for k, v in info.items() if not k.startswith("sgemm")}, "env.")
+    flat = {
+        f"env.{k}": v
+        for k, v in info.items()
+        if not k.startswith("sgemm") and (v is None or isinstance(v, str | int | float | bool))
+    }
     flat["roofline_gflops"] = info.get("sgemm_gflops")
     return flat
 
 
 def load_env_infos(paths: Iterable[str | os.PathLike[str]]) -> dict[int, dict[str, Any]]:
-    """{thread count: env columns} from results/env/threads~N/info.json files."""
+    """{sgemm thread count: env columns} from `cnnpar info --json` outputs."""
     infos = {}
     for path in paths:
-        threads = path_params(path)["threads_requested"]
-        infos[int(threads)] = env_record(read_json(path))
+        info = json.loads(Path(path).read_text())
+        infos[int(info["sgemm_threads"])] = env_record(info)
     return infos
 
 
-def _effective(run: Mapping[str, Any], keys: Sequence[str], default: Any) -> Any:
-    """The first of `keys` present in a flattened run record, else `default`."""
-    for key in keys:
-        if run.get(key) is not None:
-            return run[key]
-    return default
+def _job_columns(record: RunRecord, job_dir: Path, unit: str) -> dict[str, Any]:
+    """The record's columns with its parallelism named for the study (threads or workers)."""
+    columns = record.columns()
+    columns[f"{unit}_requested"] = columns.pop("parallelism_requested")
+    columns[unit] = columns.pop("parallelism")
+    columns["job_dir"] = str(job_dir)
+    return columns
 
 
 def train_frame(
-    metrics_paths: Iterable[str | os.PathLike[str]],
+    records: Sequence[tuple[RunRecord, Path]],
     env_infos: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> pd.DataFrame:
-    """One row per training job × epoch: path parameters, metrics, run.json, environment."""
+    """One row per training job × epoch: metrics.csv, the record's columns, the environment."""
     frames = []
-    for path in metrics_paths:
-        path = Path(path)
-        metrics = pd.read_csv(path)
-        params = path_params(path)
-        run = run_record(path.parent)
-        ran = _effective(run, ["run.threads", "run.args.threads"], None)
-        requested = int(params.get("threads_requested", ran if ran is not None else 1))
-        threads = int(ran if ran is not None else requested)
-        frame = metrics.sort_values("epoch").reset_index(drop=True)
+    for record, job_dir in records:
+        if record.command != "train":
+            continue
+        frame = read_table(_output(record, job_dir, "metrics.csv"))
+        frame = frame.sort_values("epoch").reset_index(drop=True)
         frame.insert(0, "study", "train")
-        for i, (key, value) in enumerate(params.items(), start=1):
-            frame.insert(i, key, value)
-        frame["threads_requested"] = requested
-        frame["threads"] = threads
-        # Parameters a path does not name (MosaicNet's engine and batch) come from run.json.
-        for column in ("engine", "batch_size"):
-            if column not in frame.columns:
-                frame[column] = _effective(run, [f"run.{column}", f"run.args.{column}"], None)
         frame["cum_seconds"] = frame["seconds"].cumsum()
-        frame["job_dir"] = str(path.parent)
-        env = dict((env_infos or {}).get(requested, {}))
-        for key, value in {**env, **run}.items():
+        columns = _job_columns(record, job_dir, "threads")
+        env = dict((env_infos or {}).get(record.parallelism.requested, {}))
+        for key, value in {**env, **columns}.items():
             frame[key] = value
         frames.append(frame)
     return _concat(frames)
 
 
 def classify_frame(
-    result_paths: Iterable[str | os.PathLike[str]],
+    records: Sequence[tuple[RunRecord, Path]],
     env_infos: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> pd.DataFrame:
-    """One row per classify job × repeat: path parameters, result.csv columns, environment."""
+    """One row per classify job × repeat: result.csv, the record's columns, the environment."""
     frames = []
-    for path in result_paths:
-        path = Path(path)
-        result = pd.read_csv(path)
-        params = path_params(path)
-        frame = result.reset_index(drop=True)
+    for record, job_dir in records:
+        if record.command != "classify":
+            continue
+        frame = read_table(_output(record, job_dir, "result.csv")).reset_index(drop=True)
         frame.insert(0, "study", "classify")
-        if "repeat" not in frame.columns:
-            frame.insert(1, "repeat", np.arange(1, len(frame) + 1))
-        for key, value in params.items():
-            if key not in frame.columns:  # result.csv's own mode/batch_size are what ran
-                frame[key] = value
-        if "workers" not in frame.columns:
-            frame["workers"] = params["workers_requested"]
-        if "grid" not in frame.columns:
-            frame["grid"] = f"{frame['rows'].iloc[0]}x{frame['cols'].iloc[0]}"
-        frame["job_dir"] = str(path.parent)
-        env = dict((env_infos or {}).get(int(params.get("workers_requested", 1)), {}))
-        run = run_record(path.parent)
-        for key, value in {**env, **run}.items():
-            frame[key] = value
+        columns = _job_columns(record, job_dir, "workers")
+        env = dict((env_infos or {}).get(record.parallelism.requested, {}))
+        for key, value in {**env, **columns}.items():
+            if key not in frame.columns or key in ("workers", "workers_requested"):
+                frame[key] = value  # result.csv's own columns are what ran
         frames.append(frame)
     return _concat(frames)
 
@@ -218,21 +168,6 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 # --- the summary --------------------------------------------------------------------------
-
-
-def _quartiles(values: pd.Series) -> tuple[float, float, float]:
-    q1, median, q3 = np.percentile(values.to_numpy(dtype=float), [25, 50, 75])
-    return float(median), float(q1), float(q3)
-
-
-def _train_flops_per_image(model: str, filters: Any) -> float:
-    if model == "tinycnn":
-        from cnnpar.nets.tinycnn.spec import flops_per_image
-
-        return float(flops_per_image(int(filters), training=True))
-    from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
-
-    return float(TRAIN_FLOPS_FACTOR * FLOPS_PER_IMAGE)
 
 
 def summarize_train(train: pd.DataFrame) -> pd.DataFrame:
@@ -247,9 +182,9 @@ def summarize_train(train: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, group in train.groupby(config, dropna=False, sort=True):
         values = dict(zip(config, key, strict=True))
-        median, q1, q3 = _quartiles(group["images_per_s"])
+        median, q1, q3 = quartiles(group["images_per_s"])
         final = group.sort_values("epoch").groupby("seed", dropna=False).tail(1)
-        flops = _train_flops_per_image(values["model"], values["filters"])
+        flops = _first(group, "flops_per_image")
         rows.append(
             {
                 "study": "train",
@@ -284,14 +219,12 @@ def summarize_classify(classify: pd.DataFrame) -> pd.DataFrame:
     """Per (mode, grid, batch, workers): cells/s median/IQR, speedup over sequential."""
     if classify.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
-
     family = ["grid", "cells", "batch_size"]
     config = ["mode", *family, "workers_requested", "workers"]
     rows = []
     for key, group in classify.groupby(config, dropna=False, sort=True):
         values = dict(zip(config, key, strict=True))
-        median, q1, q3 = _quartiles(group["cells_per_s"])
+        median, q1, q3 = quartiles(group["cells_per_s"])
         rows.append(
             {
                 "study": "classify",
@@ -310,7 +243,7 @@ def summarize_classify(classify: pd.DataFrame) -> pd.DataFrame:
                 "rate_iqr": q3 - q1,
                 "accuracy": float(group["accuracy"].median()),
                 "seconds_per_item": float((group["classify_s"] / group["cells"]).median()),
-                "gflops": median * FLOPS_PER_IMAGE / 1e9,
+                "gflops": median * _first(group, "flops_per_image") / 1e9,
                 "roofline_gflops": _first(group, "roofline_gflops"),
             }
         )
@@ -368,17 +301,17 @@ def write_frame(target: str | os.PathLike[str], frame: pd.DataFrame) -> None:
 
 
 def build_tables(
-    train_metrics: Sequence[str | os.PathLike[str]],
-    classify_results: Sequence[str | os.PathLike[str]],
+    records: Sequence[str | os.PathLike[str]],
     env_infos: Sequence[str | os.PathLike[str]],
     train_out: str | os.PathLike[str],
     classify_out: str | os.PathLike[str],
     summary_out: str | os.PathLike[str],
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Read every job's files and write the three tables; returns them too."""
+    """Read every job's run record and outputs and write the three tables; returns them too."""
+    runs = read_records(records)
     envs = load_env_infos(env_infos)
-    train = train_frame(train_metrics, envs)
-    classify = classify_frame(classify_results, envs)
+    train = train_frame(runs, envs)
+    classify = classify_frame(runs, envs)
     summary = summarize(train, classify)
     write_frame(train_out, train)
     write_frame(classify_out, classify)
