@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
-from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
-from cnnpar import io
+from cnnpar.bench.common import BenchRow, check_csv_path, rate_fields, write_results
 from cnnpar.data import load_mnist
 from cnnpar.measure.environment import allocator, environment
 from cnnpar.measure.roofline import sgemm_peak
@@ -39,32 +38,11 @@ GPU_ENGINES = ("cuda", "torch-cuda")
 THREADS = (1, 2)
 BENCH_IMAGES = 8192
 BENCH_LR = 0.01
-# Targets of issue 3 on the 2-core reference machine.
-TARGET_NUMBA_VS_TORCH = 3.0  # at F=8, B=32, 2 threads
-TARGET_NUMBA_SCALING = 1.8  # numba 2 threads / 1 thread
+# Targets on the 2-core reference machine, checked at every measured CPU configuration at the
+# highest thread count: numba over torch, numba's thread scaling, and numba's best roofline.
+TARGET_NUMBA_VS_TORCH = 3.0
+TARGET_NUMBA_SCALING = 1.8  # numba at THREADS[-1] over 1 thread, median of paired rounds
 TARGET_ROOFLINE = 0.20
-
-
-@dataclass
-class TrainBenchRow:
-    engine: str
-    filters: int
-    batch_size: int
-    threads: int  # host threads the engine ran with
-    steps: int  # SGD steps per timed repeat
-    images_per_s: float  # median over repeats
-    images_per_s_q1: float  # from the slower quartile of times
-    images_per_s_q3: float
-    gflops: float  # achieved, counting spec.flops_per_image(F) per image
-    roofline_gflops: float | None  # sgemm peak at `threads` (None on a GPU)
-    roofline_fraction: float | None
-    # Over the same engine at 1 thread: median and quartiles of the round-by-round time ratios.
-    speedup: float | None
-    speedup_q1: float | None
-    speedup_q3: float | None
-    repeats: int
-    median_s: float
-    iqr_s: float
 
 
 def _new_engine(name: str, filters: int, threads: int) -> tinycnn.Engine:
@@ -94,7 +72,7 @@ def measure_engine(
     repeats: int,
     seconds: float,
     peaks: dict[int, float] | None,
-) -> list[TrainBenchRow]:
+) -> list[BenchRow]:
     """Images/s of `name` training TinyCNN(filters) at batch_size, one row per thread count.
 
     One engine per thread count, all from the same initial weights; their timed repeats are
@@ -129,48 +107,57 @@ def measure_engine(
         setup=setup,
     )
     images_per_repeat = n_steps * batch_size
+    flops = spec.flops_per_image(filters)
     rows = []
     for threads, m in measured.items():
-        ips = images_per_repeat / m.median
-        gflops = ips * spec.flops_per_image(filters) / 1e9
+        rates = rate_fields(images_per_repeat, m.median, m.q1, m.q3)
+        gflops = rates["rate"] * flops / 1e9
         peak = peaks.get(threads) if peaks else None
         speedup = (None, None, None)
         if threads != thread_counts[0]:
             speedup = paired_ratio(measured[thread_counts[0]], m)
         rows.append(
-            TrainBenchRow(
+            BenchRow(
+                bench="train",
+                variant=f"{name} F={filters} B={batch_size} threads={threads}",
                 engine=name,
+                model="tinycnn",
                 filters=filters,
+                grid=None,
                 batch_size=batch_size,
-                threads=threads,
-                steps=n_steps,
-                images_per_s=ips,
-                images_per_s_q1=images_per_repeat / m.q3,
-                images_per_s_q3=images_per_repeat / m.q1,
+                parallelism_requested=threads,
+                parallelism_effective=int(engines[threads].threads),
+                processes=1,
+                repeats=repeats,
+                median_s=m.median,
+                q1_s=m.q1,
+                q3_s=m.q3,
+                items=images_per_repeat,
+                **rates,
+                rate_unit="images/s",
                 gflops=gflops,
                 roofline_gflops=peak,
                 roofline_fraction=gflops / peak if peak else None,
                 speedup=speedup[0],
                 speedup_q1=speedup[1],
                 speedup_q3=speedup[2],
-                repeats=repeats,
-                median_s=m.median,
-                iqr_s=m.iqr,
+                speedup_over=None if speedup[0] is None else f"{name} {thread_counts[0]} thread",
+                extra={"steps": n_steps, "flops_per_image": flops},
             )
         )
     return rows
 
 
-def _speedup_text(row: TrainBenchRow) -> str:
+def _speedup_text(row: BenchRow) -> str:
     return f"{row.speedup:.2f}x [IQR {row.speedup_q1:.2f}, {row.speedup_q3:.2f}]"
 
 
-def _print_row(row: TrainBenchRow) -> None:
+def _print_row(row: BenchRow) -> None:
     roof = f"{100 * row.roofline_fraction:5.1f}%" if row.roofline_fraction is not None else "    -"
     print(
-        f"F={row.filters:<3d} B={row.batch_size:<4d} threads={row.threads}  "
-        f"{row.engine:<10s} {row.images_per_s:>11,.0f} images/s  "
-        f"IQR [{row.images_per_s_q1:,.0f}, {row.images_per_s_q3:,.0f}]  "
+        f"F={row.filters:<3d} B={row.batch_size:<4d} threads={row.parallelism_requested}  "
+        f"{row.engine:<10s} {row.rate:>11,.0f} {row.rate_unit}  "
+        f"IQR [{row.rate_q1:,.0f}, {row.rate_q3:,.0f}]  "
         f"{row.gflops:6.2f} GFLOP/s  roofline {roof}"
         + (f"  {_speedup_text(row)} vs 1 thread" if row.speedup is not None else ""),
         flush=True,
@@ -183,25 +170,27 @@ def train_bench(
     repeats: int = 5,
     seconds: float = 0.5,
     csv_path: str | None = None,
-) -> list[TrainBenchRow]:
-    """Measure, print the table, the ratios and the targets; return the rows."""
+) -> list[BenchRow]:
+    """Measure, print the table, the ratios and the targets; write the CSV and its run record
+    when `csv_path` is given; return the rows."""
+    params = {"quick": quick, "cuda": cuda, "repeats": repeats, "seconds": seconds}
     if quick:
         repeats, seconds = min(repeats, 3), min(seconds, 0.1)
-    if csv_path is not None:
-        io.ensure_writable_dir(os.path.dirname(os.path.abspath(csv_path)))
+    check_csv_path(csv_path)
     train = load_mnist("train")
     images = train.images[:BENCH_IMAGES]
     labels = train.labels[:BENCH_IMAGES].astype(np.int64)
 
     env = environment()
+    malloc = allocator()
     print(f"cnnpar bench train: {env.cpu_model}, {env.logical_cores} logical cores")
-    print(f"allocator: {allocator()}")
+    print(f"allocator: {'glibc malloc' if malloc == 'glibc' else malloc}")
     print(f"timing: {repeats} repeats of ~{seconds:g} s after 1 untimed warm-up; median, IQR")
     print("FLOPs/image (training, dense): " + ", ".join(
         f"F={f}: {spec.flops_per_image(f):,}" for f in sorted({f for f, _ in CPU_CONFIGS})
     ))  # fmt: skip
 
-    rows: list[TrainBenchRow] = []
+    rows: list[BenchRow] = []
     peaks: dict[int, float] = {}
     for threads in THREADS:
         peaks[threads] = sgemm_peak(threads)["sgemm_gflops"]
@@ -218,9 +207,13 @@ def train_bench(
             ):
                 rows.append(row)
                 _print_row(row)
-    copies = copies_scaling(8, 32, repeats, seconds)
+    # The smallest configuration has the shortest steps, where splitting one over threads
+    # gains least; the copies show what the machine itself allows there.
+    copies_config = CPU_CONFIGS[0]
+    copies = copies_scaling(*copies_config, repeats, seconds)
     print(
-        "two independent 1-thread numba trainings at once (processes, F=8 B=32): "
+        "two independent 1-thread numba trainings at once "
+        f"(processes, F={copies_config[0]} B={copies_config[1]}): "
         f"{copies[0]:.2f}x [IQR {copies[1]:.2f}, {copies[2]:.2f}] the throughput of one alone"
     )
     if numba_layer := numba_threading_layer():
@@ -229,10 +222,22 @@ def train_bench(
     if cuda:
         rows += _gpu_bench(images, labels, repeats, seconds)
 
-    _print_summary(rows, copies)
+    checks = _print_summary(rows, copies, copies_config)
     if csv_path is not None:
-        io.write_csv(csv_path, [asdict(r) for r in rows])
-        print(f"wrote {csv_path}")
+        write_results(
+            rows,
+            csv_path,
+            params=params,
+            results={
+                "allocator": malloc,
+                "numba_threading_layer": numba_layer,
+                "sgemm_gflops": {str(t): g for t, g in peaks.items()},
+                "copies_config": {"filters": copies_config[0], "batch_size": copies_config[1]},
+                "copies_scaling": dict(zip(("median", "q1", "q3"), copies, strict=True)),
+                "targets": checks,
+            },
+        )
+        print(f"wrote {csv_path} and run.json beside it")
     return rows
 
 
@@ -295,7 +300,7 @@ def copies_scaling(
     return quartiles(ratios)
 
 
-def _gpu_bench(images, labels, repeats: int, seconds: float) -> list[TrainBenchRow]:
+def _gpu_bench(images, labels, repeats: int, seconds: float) -> list[BenchRow]:
     status = tinycnn.available_engines()
     missing = [name for name in GPU_ENGINES if status[name] is not None]
     if missing:
@@ -314,19 +319,20 @@ def _gpu_bench(images, labels, repeats: int, seconds: float) -> list[TrainBenchR
     return rows
 
 
-def _lookup(rows, engine: str, filters: int, batch: int, threads: int) -> TrainBenchRow | None:
-    for row in rows:
-        if (row.engine, row.filters, row.batch_size, row.threads) == (
-            engine,
-            filters,
-            batch,
-            threads,
-        ):
-            return row
-    return None
+def _lookup(rows, engine: str, filters: int, batch: int, threads: int) -> BenchRow | None:
+    key = (engine, filters, batch, threads)
+    return next(
+        (r for r in rows if (r.engine, r.filters, r.batch_size, r.parallelism_requested) == key),
+        None,
+    )
 
 
-def _print_summary(rows: list[TrainBenchRow], copies: tuple[float, float, float]) -> None:
+def _print_summary(
+    rows: list[BenchRow], copies: tuple[float, float, float], copies_config: tuple[int, int]
+) -> list[dict[str, Any]]:
+    """Print the ratios between engines and the targets at every measured configuration;
+    return the target checks (for the run record)."""
+    top = THREADS[-1]
     print("\nratios (medians)")
     for filters, batch in CPU_CONFIGS:
         numpy_row = _lookup(rows, "numpy", filters, batch, 1)
@@ -337,56 +343,64 @@ def _print_summary(rows: list[TrainBenchRow], copies: tuple[float, float, float]
                 continue
             print(
                 f"F={filters:<3d} B={batch:<4d} threads={threads}  "
-                f"numba/torch {numba_row.images_per_s / torch_row.images_per_s:6.2f}x  "
-                f"numba/numpy {numba_row.images_per_s / numpy_row.images_per_s:7.1f}x  "
+                f"numba/torch {numba_row.rate / torch_row.rate:6.2f}x  "
+                f"numba/numpy {numba_row.rate / numpy_row.rate:7.1f}x  "
                 f"numba roofline {100 * numba_row.roofline_fraction:5.1f}%"
             )
-        scaled = [_lookup(rows, e, filters, batch, THREADS[-1]) for e in ("numba", "torch")]
-        if all(scaled):
-            nb2, t2 = scaled
+        scaled = [_lookup(rows, e, filters, batch, top) for e in ("numba", "torch")]
+        if all(scaled) and top != 1:
+            nb, t = scaled
             print(
-                f"F={filters:<3d} B={batch:<4d} {THREADS[-1]} threads / 1 thread "
-                f"(paired rounds): numba {_speedup_text(nb2)}  torch {_speedup_text(t2)}"
+                f"F={filters:<3d} B={batch:<4d} {top} threads / 1 thread "
+                f"(paired rounds): numba {_speedup_text(nb)}  torch {_speedup_text(t)}"
             )
     for filters, batch in GPU_CONFIGS:
         gpu, ref = (_lookup(rows, e, filters, batch, 1) for e in GPU_ENGINES)
         if gpu and ref:
-            print(
-                f"F={filters:<3d} B={batch:<4d} GPU  cuda/torch-cuda "
-                f"{gpu.images_per_s / ref.images_per_s:.2f}x"
-            )
+            print(f"F={filters:<3d} B={batch:<4d} GPU  cuda/torch-cuda {gpu.rate / ref.rate:.2f}x")
 
-    nb2 = _lookup(rows, "numba", 8, 32, 2)
-    t2 = _lookup(rows, "torch", 8, 32, 2)
-    if nb2 is not None:
+    nb_copies = _lookup(rows, "numba", *copies_config, top)
+    if nb_copies is not None and nb_copies.speedup is not None:
         print(
-            f"numba 2 threads at F=8 B=32 reach {100 * nb2.speedup / copies[0]:.0f}% of what two "
-            "independent copies get from this machine's two cores"
+            f"numba {top} threads at F={copies_config[0]} B={copies_config[1]} reach "
+            f"{100 * nb_copies.speedup / copies[0]:.0f}% of what two independent copies get "
+            "from this machine's cores"
         )
-    if nb2 and t2:
-        best_roof = max(r.roofline_fraction or 0.0 for r in rows if r.engine == "numba")
-        checks = [
-            (
-                f"numba >= {TARGET_NUMBA_VS_TORCH:g}x torch at F=8 B=32 2 threads",
-                nb2.images_per_s / t2.images_per_s,
+
+    checks: list[dict[str, Any]] = []
+
+    def check(text: str, value: float, target: float, unit: str) -> None:
+        checks.append({"target": text, "value": value, "goal": target, "unit": unit})
+
+    for filters, batch in CPU_CONFIGS:
+        nb, t = (_lookup(rows, e, filters, batch, top) for e in ("numba", "torch"))
+        where = f"at F={filters} B={batch} {top} threads"
+        if nb is not None and t is not None:
+            check(
+                f"numba >= {TARGET_NUMBA_VS_TORCH:g}x torch {where}",
+                nb.rate / t.rate,
                 TARGET_NUMBA_VS_TORCH,
                 "x",
-            ),
-            (
-                f"numba 2 threads >= {TARGET_NUMBA_SCALING:g}x 1 thread at F=8 B=32 "
-                "(median of paired rounds)",
-                nb2.speedup,
+            )
+        if nb is not None and nb.speedup is not None:
+            check(
+                f"numba {top} threads >= {TARGET_NUMBA_SCALING:g}x 1 thread at F={filters} "
+                f"B={batch} (median of paired rounds)",
+                nb.speedup,
                 TARGET_NUMBA_SCALING,
                 "x",
-            ),
-            (
-                f"numba >= {100 * TARGET_ROOFLINE:g}% of the sgemm roofline (best config)",
-                100 * best_roof,
-                100 * TARGET_ROOFLINE,
-                "%",
-            ),
-        ]
+            )
+    roofs = [r.roofline_fraction for r in rows if r.engine == "numba" and r.roofline_fraction]
+    if roofs:
+        check(
+            f"numba >= {100 * TARGET_ROOFLINE:g}% of the sgemm roofline (best configuration)",
+            100 * max(roofs),
+            100 * TARGET_ROOFLINE,
+            "%",
+        )
+    if checks:
         print("\ntargets")
-        for text, value, target, unit in checks:
-            verdict = "met" if value >= target else "NOT met"
-            print(f"  {text}: {value:.2f}{unit} -> {verdict}")
+    for c in checks:
+        c["met"] = bool(c["value"] >= c["goal"])
+        print(f"  {c['target']}: {c['value']:.2f}{c['unit']} -> {'met' if c['met'] else 'NOT met'}")
+    return checks
