@@ -128,7 +128,7 @@ import json, sys
 import numpy as np
 from cnnpar.data import load_mnist
 from cnnpar.nets.tinycnn import spec, get_engine
-filters, batch, n = map(int, sys.argv[1:4])
+filters, batch, n, cycles = map(int, sys.argv[1:5])
 data = load_mnist("train")
 images, labels = data.images[:n], data.labels[:n].astype(np.int64)
 out = {}
@@ -136,7 +136,7 @@ for name in ("numpy", "cuda"):
     engine = get_engine(name).from_params(spec.init_params(filters, seed=0), lr=0.05)
     engine.warm_up()
     engine.load_epoch(images, labels)
-    for start, stop in spec.batch_bounds(n, batch):
+    for start, stop in list(spec.batch_bounds(n, batch)) * cycles:
         engine.train_step(start, stop)
     losses, correct = engine.epoch_stats()
     out[name] = {
@@ -154,7 +154,7 @@ def test_cuda_kernels_match_numpy_in_simulator():
     # and a final partial batch of 4 (so every reduction sees a batch that is not a multiple).
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     proc = subprocess.run(
-        [sys.executable, "-c", CUDASIM_SCRIPT, "2", "8", "12"],
+        [sys.executable, "-c", CUDASIM_SCRIPT, "2", "8", "12", "1"],
         capture_output=True,
         text=True,
         env=env,
@@ -171,6 +171,48 @@ def test_cuda_kernels_match_numpy_in_simulator():
             got["params"][key], ref["params"][key], rtol=RTOL, atol=ATOL, err_msg=key
         )
     np.testing.assert_allclose(got["logits"], ref["logits"], rtol=RTOL, atol=1e-4)
+
+
+def test_cuda_kernels_take_more_steps_than_images_in_simulator():
+    """A bench cycles through one loaded epoch for longer than it has images: 6 steps of one
+    image over 2 images must grow the per-step statistics on the device, not write past them."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", CUDASIM_SCRIPT, "2", "1", "2", "3"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    ref, got = result["numpy"], result["cuda"]
+    assert len(got["losses"]) == len(ref["losses"]) == 6
+    np.testing.assert_allclose(got["losses"], ref["losses"], rtol=RTOL, atol=ATOL)
+    assert got["correct"] == ref["correct"]
+
+
+@pytest.mark.parametrize("name", ["numba", "torch"])
+def test_more_steps_than_images_in_one_loaded_epoch(train_digits, name):
+    images, labels = train_digits[0][:8], train_digits[1][:8]
+    bounds = list(spec.batch_bounds(8, 4)) * 5  # 10 steps over 8 images
+    results = {}
+    for engine_name in ("numpy", name):
+        engine = tinycnn.get_engine(engine_name).from_params(
+            spec.init_params(FILTERS, seed=0), lr=LR, threads=1
+        )
+        engine.load_epoch(images, labels)
+        for start, stop in bounds:
+            engine.train_step(start, stop)
+        results[engine_name] = engine.epoch_stats(), engine.params()
+    (ref_losses, ref_correct), ref_params = results["numpy"]
+    (losses, correct), params = results[name]
+    assert losses.shape == ref_losses.shape == (10,)
+    np.testing.assert_allclose(losses, ref_losses, rtol=RTOL, atol=ATOL)
+    assert correct.tolist() == ref_correct.tolist()
+    np.testing.assert_allclose(params["fc_w"], ref_params["fc_w"], rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match="outside the 8 images"):
+        engine.train_step(4, 9)
 
 
 @pytest.mark.gpu

@@ -63,18 +63,23 @@ class TorchTrainer:
         self.model.train()
         self._images = self._device_u8(images)
         self._labels = torch.from_numpy(np.array(labels, dtype=np.int64)).to(self.device)
-        n = len(labels)  # at most one step per image: room for every step's statistics
+        # Room for one step per image, the most an epoch takes; a bench that cycles through the
+        # rows for longer grows it (`_grow`).
+        n = max(1, len(labels))
         self._losses = torch.zeros(n, dtype=torch.float32, device=self.device)
         self._correct = torch.zeros(n, dtype=torch.int64, device=self.device)
         self._step_index = 0
 
+    def _grow(self) -> None:
+        self._losses = torch.cat([self._losses, torch.zeros_like(self._losses)])
+        self._correct = torch.cat([self._correct, torch.zeros_like(self._correct)])
+
     def train_step(self, start: int, stop: int) -> None:
+        if not 0 <= start < stop <= len(self._labels):
+            raise ValueError(f"step [{start}, {stop}) is outside the {len(self._labels)} images")
         i = self._step_index
-        if not 0 <= start < stop <= len(self._labels) or i >= len(self._losses):
-            raise IndexError(
-                f"step {i} over rows [{start}, {stop}) does not fit the loaded epoch of "
-                f"{len(self._labels)} images"
-            )
+        if i == len(self._losses):
+            self._grow()
         x = to_input(self._images[start:stop])
         y = self._labels[start:stop]
         logits = self.model(x)

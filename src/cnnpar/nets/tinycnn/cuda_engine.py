@@ -319,7 +319,23 @@ class CudaEngine:
             self._step_correct = cuda.device_array(n, np.int32, stream=st)
         self._step_index = 0
 
+    def _grow_step_stats(self) -> None:
+        """Double the per-step statistics on the device, keeping the steps so far."""
+        st, n = self.stream, self._step_index
+        loss = cuda.device_array(2 * max(1, n), np.float32, stream=st)
+        correct = cuda.device_array(2 * max(1, n), np.int32, stream=st)
+        if n:
+            loss[:n].copy_to_device(self._step_loss[:n], stream=st)
+            correct[:n].copy_to_device(self._step_correct[:n], stream=st)
+        self._step_loss, self._step_correct = loss, correct
+
     def train_step(self, start: int, stop: int) -> None:
+        if not 0 <= start < stop <= self._labels.shape[0]:
+            raise ValueError(
+                f"step [{start}, {stop}) is outside the {self._labels.shape[0]} images"
+            )
+        if self._step_index >= self._step_loss.shape[0]:
+            self._grow_step_stats()  # a bench cycling through the rows for longer than an epoch
         self._step(
             self._w, self._gconv, self._images, self._labels, start, stop - start,
             self._step_index,
