@@ -106,7 +106,10 @@ def test_million_cell_mosaic_memory_and_time_per_cell(tmp_path: Path) -> None:
     print(f"time per cell, 1000x1000 / 200x300: wall {wall_ratio:.3f}, cpu {cpu_ratio:.3f}")
 
     assert big["cells"] == 10**6
-    assert big["distinct_digits"] <= 10_000  # sampled with replacement, never truncated
+    # Sampled with replacement over all 10,000 test digits (a million draws miss almost none),
+    # and the count reported is the count in the mosaic written out.
+    index = np.load(tmp_path / "big" / "predictions.npz")["index"]
+    assert big["distinct_digits"] == np.unique(index).size > 9_900
     assert big["peak_rss_bytes"] < RSS_LIMIT_BYTES
     assert big["peak_tree_pss_bytes"] < RSS_LIMIT_BYTES
     # CPU seconds per cell: wall time on this shared 2-core machine swings 2x with other

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cnnpar.measure import threads, timing
+from cnnpar.measure import roofline, threads, timing
 
 
 def test_median_of_sleeps_within_tolerance_and_warmup_not_counted() -> None:
@@ -127,8 +127,24 @@ def test_cnnpar_info_json() -> None:
     assert record.keys() >= ENV_KEYS
     assert record["logical_cores"] >= 1
     assert record["threads"]["torch_threads"] == 1
-    assert record["sgemm_gflops"] > 0.5
     assert record["sgemm_threads"] == 1
+    assert record["sgemm_gflops"] == max(record["sgemm_gflops_numpy"], record["sgemm_gflops_torch"])
+    # Below what one core could do at 64 float32 FLOPs per cycle (two AVX-512 FMAs) at 6 GHz:
+    # a wrong FLOP count or clock would land far outside (0, that].
+    assert 0 < record["sgemm_gflops"] < 64 * 6.0
+
+
+def test_sgemm_rate_is_two_n_cubed_over_the_best_time(monkeypatch) -> None:
+    calls = iter([[0.5, 0.25, 0.4], [0.2, 0.3, 0.25]])  # numpy's samples, then torch's
+
+    def fake_measure(fn, repeats, warmup):
+        return timing.Measurement(samples=next(calls), warmup=warmup)
+
+    monkeypatch.setattr(roofline, "measure", fake_measure)
+    peak = roofline.sgemm_peak(1, n=64, repeats=3)
+    assert peak["sgemm_gflops_numpy"] == pytest.approx(2 * 64**3 / 0.25 / 1e9)
+    assert peak["sgemm_gflops_torch"] == pytest.approx(2 * 64**3 / 0.2 / 1e9)
+    assert peak["sgemm_gflops"] == peak["sgemm_gflops_torch"]
 
 
 def test_cli_version_and_help() -> None:
