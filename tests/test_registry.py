@@ -1,0 +1,67 @@
+"""The registry is the one list of engines, modes, backends, models and figures."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from cnnpar import cli, registry
+from cnnpar.classify import runners
+
+
+def test_registry_imports_neither_torch_numba_nor_matplotlib() -> None:
+    code = (
+        "import sys, cnnpar.registry; "
+        "print(sorted(m for m in ('torch', 'numba', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", list(registry.ENGINES))
+def test_every_engine_names_a_class_that_exists(name: str) -> None:
+    entry = registry.ENGINES[name]
+    if entry.device == "cuda" and name == "cuda":
+        pytest.importorskip("numba.cuda")
+    module = importlib.import_module(entry.module)
+    assert hasattr(module, entry.cls), f"{entry.module}.{entry.cls}"
+    assert entry.module.endswith("_engine")  # never shadows the library it wraps
+
+
+def test_every_mode_names_its_runner() -> None:
+    for mode in registry.MODES.values():
+        assert isinstance(getattr(runners, mode.runner), type), mode.name
+
+
+def test_every_table_figure_has_a_maker() -> None:
+    from cnnpar.study import figures
+
+    for figure in registry.table_figures():
+        assert callable(getattr(figures, figure.id)), figure.id
+        assert set(figure.tables) <= {"train", "classify", "summary"}
+        assert figure.title and figure.caption.endswith(".")
+
+
+def test_model_defaults_name_a_registered_engine() -> None:
+    for model in registry.MODELS.values():
+        assert model.default_engine in registry.engines_for(model.name)
+
+
+def test_cli_choices_come_from_the_registry() -> None:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    choices = {
+        (command, action.dest): list(action.choices)
+        for command in ("train", "classify")
+        for action in sub[command]._actions
+        if action.choices
+    }
+    assert choices[("train", "engine")] == list(registry.ENGINES)
+    assert choices[("train", "model")] == list(registry.MODELS)
+    assert choices[("classify", "mode")] == list(registry.MODES)
+    assert choices[("classify", "backend")] == list(registry.BACKENDS)
