@@ -149,12 +149,12 @@ print(json.dumps(out))
 """
 
 
-def test_cuda_kernels_match_numpy_in_simulator():
-    # Small, because the simulator runs each GPU thread as a Python thread: F=2, batches of 8
-    # and a final partial batch of 4 (so every reduction sees a batch that is not a multiple).
+def run_in_cuda_simulator(filters: int, batch: int, images: int, cycles: int) -> tuple[dict, dict]:
+    """numpy's and the cuda engine's results (CUDASIM_SCRIPT) from a simulator subprocess."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    args = [str(v) for v in (filters, batch, images, cycles)]
     proc = subprocess.run(
-        [sys.executable, "-c", CUDASIM_SCRIPT, "2", "8", "12", "1"],
+        [sys.executable, "-c", CUDASIM_SCRIPT, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -162,7 +162,13 @@ def test_cuda_kernels_match_numpy_in_simulator():
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    ref, got = result["numpy"], result["cuda"]
+    return result["numpy"], result["cuda"]
+
+
+def test_cuda_kernels_match_numpy_in_simulator():
+    # Small, because the simulator runs each GPU thread as a Python thread: F=2, batches of 8
+    # and a final partial batch of 4 (so every reduction sees a batch that is not a multiple).
+    ref, got = run_in_cuda_simulator(2, 8, 12, cycles=1)
     assert len(got["losses"]) == 2
     np.testing.assert_allclose(got["losses"], ref["losses"], rtol=RTOL, atol=ATOL)
     assert got["correct"] == ref["correct"]
@@ -176,17 +182,7 @@ def test_cuda_kernels_match_numpy_in_simulator():
 def test_cuda_kernels_take_more_steps_than_images_in_simulator():
     """A bench cycles through one loaded epoch for longer than it has images: 6 steps of one
     image over 2 images must grow the per-step statistics on the device, not write past them."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    proc = subprocess.run(
-        [sys.executable, "-c", CUDASIM_SCRIPT, "2", "1", "2", "3"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    ref, got = result["numpy"], result["cuda"]
+    ref, got = run_in_cuda_simulator(2, 1, 2, cycles=3)
     assert len(got["losses"]) == len(ref["losses"]) == 6
     np.testing.assert_allclose(got["losses"], ref["losses"], rtol=RTOL, atol=ATOL)
     assert got["correct"] == ref["correct"]

@@ -120,23 +120,39 @@ def _job_columns(record: RunRecord, job_dir: Path, unit: str) -> dict[str, Any]:
     return columns
 
 
+def _job_frames(
+    records: Sequence[tuple[RunRecord, Path]],
+    command: str,
+    table: str,
+    unit: str,
+    env_infos: Mapping[int, Mapping[str, Any]] | None,
+) -> list[pd.DataFrame]:
+    """Each `command` job's `table` with the record's columns and the environment added; the
+    table's own columns are what ran, so they win over the record's, but for the parallelism."""
+    frames = []
+    for record, job_dir in records:
+        if record.command != command:
+            continue
+        frame = read_table(_output(record, job_dir, table)).reset_index(drop=True)
+        frame.insert(0, "study", command)
+        columns = _job_columns(record, job_dir, unit)
+        env = dict((env_infos or {}).get(record.parallelism.requested, {}))
+        for key, value in {**env, **columns}.items():
+            if key not in frame.columns or key in (unit, f"{unit}_requested"):
+                frame[key] = value
+        frames.append(frame)
+    return frames
+
+
 def train_frame(
     records: Sequence[tuple[RunRecord, Path]],
     env_infos: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """One row per training job × epoch: metrics.csv, the record's columns, the environment."""
     frames = []
-    for record, job_dir in records:
-        if record.command != "train":
-            continue
-        frame = read_table(_output(record, job_dir, "metrics.csv"))
+    for frame in _job_frames(records, "train", "metrics.csv", "threads", env_infos):
         frame = frame.sort_values("epoch").reset_index(drop=True)
-        frame.insert(0, "study", "train")
         frame["cum_seconds"] = frame["seconds"].cumsum()
-        columns = _job_columns(record, job_dir, "threads")
-        env = dict((env_infos or {}).get(record.parallelism.requested, {}))
-        for key, value in {**env, **columns}.items():
-            frame[key] = value
         frames.append(frame)
     return _concat(frames)
 
@@ -146,19 +162,7 @@ def classify_frame(
     env_infos: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """One row per classify job × repeat: result.csv, the record's columns, the environment."""
-    frames = []
-    for record, job_dir in records:
-        if record.command != "classify":
-            continue
-        frame = read_table(_output(record, job_dir, "result.csv")).reset_index(drop=True)
-        frame.insert(0, "study", "classify")
-        columns = _job_columns(record, job_dir, "workers")
-        env = dict((env_infos or {}).get(record.parallelism.requested, {}))
-        for key, value in {**env, **columns}.items():
-            if key not in frame.columns or key in ("workers", "workers_requested"):
-                frame[key] = value  # result.csv's own columns are what ran
-        frames.append(frame)
-    return _concat(frames)
+    return _concat(_job_frames(records, "classify", "result.csv", "workers", env_infos))
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
