@@ -295,7 +295,11 @@ def _add_bench_train(sub: argparse._SubParsersAction) -> None:
         default=0.5,
         help="target length of one timed repeat (default 0.5)",
     )
-    p.add_argument("--csv", default=None, help="also write the measurements to this CSV file")
+    p.add_argument(
+        "--csv",
+        default=None,
+        help="also write the rows to this CSV file, with its run.json in the same directory",
+    )
     p.set_defaults(func=_cmd_bench_train)
 
 
@@ -404,16 +408,26 @@ def _add_bench_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workers", type=_positive_int, default=2, help="N for threads/processes (default 2)"
     )
-    p.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats (default 3)")
+    p.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=5,
+        help="timed repeats per variant (default 5; the B=1 variant times one)",
+    )
     p.add_argument("--seed", type=_non_negative_int, default=0, help="mosaic seed (default 0)")
     p.add_argument(
         "--only",
         type=_positive_int,
         nargs="+",
         default=None,
+        metavar="N",
         help="run only these variants (1-based numbers in the printed order)",
     )
-    p.add_argument("--csv", default=None, help="also write the measurements to this CSV file")
+    p.add_argument(
+        "--csv",
+        default=None,
+        help="also write the rows to this CSV file, with its run.json in the same directory",
+    )
     p.set_defaults(func=_cmd_bench_classify)
 
 

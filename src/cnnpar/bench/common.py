@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,6 +82,8 @@ def check_csv_path(csv_path: str | os.PathLike[str] | None) -> Path | None:
     if path.is_dir():
         raise BenchError(f"--csv {path} is a directory; give a file name such as {path}/bench.csv")
     parent = path.absolute().parent
+    if parent.exists() and not parent.is_dir():
+        raise BenchError(f"--csv {path}: {parent} is not a directory")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -88,8 +91,12 @@ def check_csv_path(csv_path: str | os.PathLike[str] | None) -> Path | None:
         raise BenchError(f"--csv {path}: cannot create directory {parent}: {reason}") from None
     if not parent.is_dir():
         raise BenchError(f"--csv {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BenchError(f"--csv {path}: directory {parent} is not writable")
+    try:  # a real write: permission bits alone pass read-only mounts and /proc
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        reason = err.strerror or err
+        raise BenchError(f"--csv {path}: cannot write in {parent}: {reason}") from None
     return path
 
 

@@ -9,7 +9,8 @@ warm-up outside the clock), so a shared host's drift in speed, which on the refe
 throughput by ±30% within seconds, does not decide a thread-scaling ratio; that ratio is the
 median of the round-by-round ratios. We report the median and the interquartile range as images/s.
 
-The roofline is the float32 GEMM rate `sgemm_peak` measures at the same thread count:
+The roofline is the float32 GEMM rate at the same thread count (`roofline`: the measured
+n-thread rate, or n × the 1-thread rate where a busy host makes that higher):
 fraction = (training FLOPs per image, spec.flops_per_image) × images/s ÷ sgemm FLOP/s.
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 from cnnpar.bench.common import BenchRow, check_csv_path, rate_fields, write_results
 from cnnpar.data import load_mnist
 from cnnpar.measure.environment import allocator, environment
-from cnnpar.measure.roofline import sgemm_peak
+from cnnpar.measure.roofline import roofline
 from cnnpar.measure.threads import numba_threading_layer, set_threads
 from cnnpar.measure.timing import measure_interleaved, paired_ratio, quartiles
 from cnnpar.nets import tinycnn
@@ -191,10 +192,9 @@ def train_bench(
     ))  # fmt: skip
 
     rows: list[BenchRow] = []
-    peaks: dict[int, float] = {}
-    for threads in THREADS:
-        peaks[threads] = sgemm_peak(threads)["sgemm_gflops"]
-        print(f"sgemm roofline at {threads} thread(s): {peaks[threads]:.1f} GFLOP/s")
+    peaks = roofline(set(THREADS))
+    for threads, peak in peaks.items():
+        print(f"sgemm roofline at {threads} thread(s): {peak:.1f} GFLOP/s")
     for threads in THREADS:
         effective = set_threads(threads)
         print(f"threads={threads}: effective {effective}")
