@@ -1,12 +1,13 @@
-# Tidy tables from every job's files, then figures drawn only from those tables.
+# Tidy tables from every job's run record, then figures drawn only from those tables.
+# Figure captions come from cnnpar.registry (figure_caption); table captions are in report/.
 
 
 rule tables:
     input:
-        tinycnn=job_paths(TINYCNN_DIR, tinycnn_jobs(), "metrics.csv"),
-        mosaicnet=expand(f"{MOSAICNET_DIR}/metrics.csv", seed=CLASSIFY["seeds"]),
-        classify=job_paths(CLASSIFY_DIR, classify_jobs(), "result.csv"),
-        env=env_infos(),
+        tinycnn=tinycnn_records,
+        mosaicnet=mosaicnet_records,
+        classify=classify_records,
+        env=env_infos,
     output:
         train=report(
             f"{TABLES}/train.csv",
@@ -39,11 +40,11 @@ rule figures:
     output:
         png=[
             report(
-                f"{FIGURES}/{stem}.png",
-                caption=f"../report/{stem}.rst",
+                f"{FIGURE_DIR}/{figure_id}.png",
+                caption=figure_caption(figure_id),
                 category="Figures",
             )
-            for stem in FIGURE_STEMS
+            for figure_id in FIGURE_IDS
         ],
         svg=figure_files("svg"),
     log:
@@ -56,9 +57,13 @@ rule figures:
 
 rule mask_figure:
     input:
-        largest_grid_mask(),
+        largest_grid_mask,
     output:
-        report(f"{FIGURES}/mask.png", caption="../report/mask.rst", category="Figures"),
+        report(
+            f"{FIGURE_DIR}/mask.png",
+            caption=figure_caption("mask"),
+            category="Figures",
+        ),
     log:
         f"{LOGS}/aggregate/mask.log",
     conda:

@@ -10,6 +10,7 @@ rule classify:
         result=f"{CLASSIFY_DIR}/result.csv",
         predictions=f"{CLASSIFY_DIR}/predictions.npz",
         mask=f"{CLASSIFY_DIR}/mask.png",
+        run=f"{CLASSIFY_DIR}/run.json",
     log:
         f"{LOGS}/classify/mode~{{mode}}/workers~{{workers}}/grid~{{grid}}/batch~{{batch}}/seed~{{seed}}.log",
     benchmark:
@@ -23,8 +24,8 @@ rule classify:
         bench=1,
     params:
         out=lambda wildcards, output: Path(output.result).parent,
-        rows=lambda wildcards: grid_shape(wildcards.grid)[0],
-        cols=lambda wildcards: grid_shape(wildcards.grid)[1],
+        rows=lambda wildcards: parse_grid(wildcards.grid)[0],
+        cols=lambda wildcards: parse_grid(wildcards.grid)[1],
         repeats=CLASSIFY["repeats"],
         data=data_args(),
     shell:

@@ -12,9 +12,9 @@ rule verify_data:
     conda:
         "../../envs/cnnpar.yaml"
     params:
-        source=data_verify_args(),
+        data=data_args(),
     shell:
-        "cnnpar data verify {params.source} > {output} 2> {log}"
+        "cnnpar data verify {params.data} > {output} 2> {log}"
 
 
 rule env_info:

@@ -7,8 +7,8 @@ rule report:
         classify=f"{TABLES}/classify.csv",
         summary=f"{TABLES}/summary.csv",
         figures=figure_files("png"),
-        mask=f"{FIGURES}/mask.png",
-        env=ENV_INFO.format(threads=max(env_thread_counts())),
+        mask=f"{FIGURE_DIR}/mask.png",
+        env=report_env_info,
     output:
         report(REPORT_HTML, caption="../report/report_html.rst", category="Report"),
     log:

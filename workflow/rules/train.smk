@@ -1,8 +1,6 @@
 # Training jobs: one `cnnpar train` per sweep combination, the same command a user runs by hand.
 # shadow "minimal": a job runs in a scratch directory and only a finished job's outputs are
 # moved into results/, so an interrupted job never leaves a half-written directory behind.
-# CNNPAR_FAIL_ONCE=/abs/marker makes the first tinycnn job that starts fail once (fault
-# injection for the cluster test): it creates the marker, so the re-run succeeds.
 
 
 rule train_tinycnn:
@@ -33,8 +31,6 @@ rule train_tinycnn:
         shuffle=str(TINYCNN["shuffle"]).lower(),
         data=data_args(),
     shell:
-        'if [ -n "${{CNNPAR_FAIL_ONCE:-}}" ] && ( set -C; : > "$CNNPAR_FAIL_ONCE" ) 2> /dev/null; then '
-        'echo "cnnpar workflow: injected one-time failure (marker $CNNPAR_FAIL_ONCE)" | tee {log} >&2; exit 1; fi; '
         "cnnpar train --model tinycnn --engine {wildcards.engine} --threads {threads}"
         " --filters {wildcards.filters} --batch-size {wildcards.batch} --epochs {params.epochs}"
         " --lr {params.lr} --seed {wildcards.seed} --train-size {params.train_size}"
@@ -61,7 +57,7 @@ rule train_mosaicnet:
     resources:
         bench=1,
         # For cluster executors (the SLURM plugin turns it into sbatch --gpus=1). It depends on
-        # the config, not on a wildcard, so profiles/slurm cannot compute it. (Cluster issue.)
+        # the config, not on a wildcard, so profiles/slurm cannot compute it.
         gpu=int(MOSAICNET["engine"] == "torch-cuda"),
     params:
         out=lambda wildcards, output: Path(output.model).parent,

@@ -1,4 +1,4 @@
-"""Snakemake script: every job's files -> the tidy tables (train.csv, classify.csv, summary.csv)."""
+"""Snakemake script: every job's run record -> the tidy tables (train.csv, classify.csv, summary.csv)."""
 
 import logging
 
@@ -8,8 +8,7 @@ from cnnpar.study import tables
 def main(smk) -> None:
     logging.basicConfig(filename=smk.log[0], level=logging.INFO, force=True)
     tables.build_tables(
-        train_metrics=[*smk.input.tinycnn, *smk.input.mosaicnet],
-        classify_results=list(smk.input.classify),
+        records=[*smk.input.tinycnn, *smk.input.mosaicnet, *smk.input.classify],
         env_infos=list(smk.input.env),
         train_out=smk.output.train,
         classify_out=smk.output.classify,

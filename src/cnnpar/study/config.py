@@ -1,0 +1,170 @@
+"""The workflow's config: schema validation with one-line errors, and which configured engines
+and classify modes this machine can run.
+
+The Snakefile calls these at parse time; they import neither Snakemake nor torch (torch only
+when asked about a GPU mode), so they are unit-tested without starting a workflow.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+from cnnpar.errors import CnnparError
+from cnnpar.registry import ENGINES, MODES
+
+Kind = Literal["train engine", "mosaicnet engine", "classify mode"]
+
+
+class ConfigError(CnnparError):
+    """The workflow config is invalid, or asks for something this machine cannot run."""
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+def _set_defaults(validate_properties: Callable) -> Callable:
+    """A `properties` validator that first fills in each missing property's schema default,
+    as snakemake.utils.validate(set_default=True) does (so nested objects defaulted to {} get
+    their own defaults filled next)."""
+
+    def properties(validator, properties, instance, schema) -> Iterator:
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema:
+                    # A copy: the schema's own {} or [] must never become part of the config.
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return properties
+
+
+DefaultingValidator = validators.extend(
+    Draft202012Validator,
+    {"properties": _set_defaults(Draft202012Validator.VALIDATORS["properties"])},
+)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    """'train.tinycnn.engines[2]' for the config location an error points at."""
+    key = ""
+    for part in error.absolute_path:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key or "<top level>"
+
+
+def _description(error: jsonschema.ValidationError | None) -> str | None:
+    """The nearest schema description (the error's own node or an enclosing oneOf)."""
+    while error is not None:
+        if "description" in error.schema:
+            return error.schema["description"]
+        error = error.parent
+    return None
+
+
+def config_error_message(error: jsonschema.ValidationError) -> str:
+    """One line that names the key, the bad value and what is allowed."""
+    key, value, schema = _key_path(error), error.instance, error.schema
+    if error.validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        unknown = sorted(set(value) - set(allowed))
+        where = "" if key == "<top level>" else f" in '{key}'"
+        return (
+            f"unknown config key {', '.join(repr(k) for k in unknown)}{where}; "
+            f"allowed keys: {', '.join(allowed)}"
+        )
+    if error.validator == "enum":
+        return (
+            f"config key '{key}': {value!r} is not allowed; "
+            f"allowed values: {', '.join(str(v) for v in error.validator_value)}"
+        )
+    if error.validator in ("minimum", "exclusiveMinimum"):
+        op = ">=" if error.validator == "minimum" else ">"
+        return (
+            f"config key '{key}': {value!r} is too small; it must be {op} {error.validator_value}"
+        )
+    if error.validator in ("pattern", "oneOf", "anyOf"):
+        hint = _description(error) or f"it must match {error.validator_value!r}"
+        return f"config key '{key}': {value!r} is invalid; {hint}"
+    if error.validator == "type":
+        # `snakemake --config strict=true` passes the string 'true'; Python's spelling parses.
+        hint = " (with --config write True or False)" if error.validator_value == "boolean" else ""
+        return f"config key '{key}': {value!r} must be of type {error.validator_value}{hint}"
+    if error.validator == "minItems":
+        return f"config key '{key}' must list at least {error.validator_value} value(s)"
+    if error.validator == "uniqueItems":
+        return f"config key '{key}' lists a value twice: {value!r}"
+    return f"config key '{key}': {error.message}"
+
+
+def load_schema(schema_path: str | os.PathLike[str]) -> dict[str, Any]:
+    return yaml.safe_load(Path(schema_path).read_text())
+
+
+def validate_config(config: dict[str, Any], schema_path: str | os.PathLike[str]) -> None:
+    """Validate `config` in place against the schema, filling in its defaults; raise
+    ConfigError with one line "invalid config: ..." naming the first bad key."""
+    schema = load_schema(schema_path)
+    error = next(iter(DefaultingValidator(schema).iter_errors(config)), None)
+    if error is not None:
+        raise ConfigError(f"invalid config: {config_error_message(error)}")
+    data = config["data"]
+    if data["source"] == "dir" and not data["dir"]:
+        raise ConfigError(
+            "invalid config: config key 'data.dir' must name a directory when data.source is 'dir'"
+        )
+
+
+# --- what this machine can run -----------------------------------------------------------
+
+
+def _torch_cuda_reason() -> str | None:
+    import torch  # only when the config asks for a GPU mode: importing torch costs a second
+
+    return None if torch.cuda.is_available() else "needs a CUDA GPU; none visible to torch"
+
+
+def unavailable_reason(name: str, kind: Kind) -> str | None:
+    """None if engine or classify mode `name` can run here, else why not. CPU ones always
+    can, so a CPU-only config never imports torch or numba.cuda."""
+    if kind == "classify mode":
+        return None if MODES[name].device == "cpu" else _torch_cuda_reason()
+    if ENGINES[name].device == "cpu":
+        return None
+    from cnnpar.nets.tinycnn import unavailable_reason as engine_reason
+
+    return engine_reason(name)
+
+
+def usable(
+    values: Sequence[str],
+    kind: Kind,
+    strict: bool,
+    warn: Callable[[str], object],
+    probe: bool = True,
+) -> list[str]:
+    """The values this machine can run: an unavailable one is dropped with `warn(message)`, or
+    raises ConfigError when `strict`. With `probe` false every value is kept unchecked (a
+    cluster run: the submitting node's hardware says nothing about the compute nodes')."""
+    if not probe:
+        return list(values)
+    keep = []
+    for value in values:
+        reason = unavailable_reason(value, kind)
+        if reason is None:
+            keep.append(value)
+        elif strict:
+            raise ConfigError(
+                f"{kind} {value!r} is not available on this machine: {reason} "
+                f"(strict: true; remove it from the config or set strict: false to skip it)"
+            )
+        else:
+            warn(f"cnnpar: skipping {kind} {value!r}: {reason}; set strict: true to fail instead")
+    return keep
