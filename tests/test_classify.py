@@ -233,6 +233,37 @@ def test_startup_is_not_counted_in_classify(
         assert row["total_s"] == pytest.approx(row["startup_s"] + row["classify_s"])
 
 
+def test_a_worker_that_dies_mid_run_ends_the_run_with_one_line(
+    weights: Path, tmp_path: Path
+) -> None:
+    # Every chunk a worker is given kills it, as SIGKILL or the OOM killer would.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os\nfrom cnnpar.classify import runners\n\n"
+        "def _worker_chunk(*args):\n    os._exit(9)\n\n"
+        "_worker_chunk.__module__ = runners.__name__\n"
+        "runners._worker_chunk = _worker_chunk\n"
+    )
+    pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    done = cnnpar(
+        "classify",
+        f"--weights={weights}",
+        "--rows=4",
+        "--cols=5",
+        "--mode=processes",
+        "--workers=2",
+        f"--out={tmp_path / 'out'}",
+        env={"PYTHONPATH": pythonpath},
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "cnnpar classify: error: a worker process died while classifying "
+        "(killed, or out of memory?)"
+    ]
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
 def test_chunks_are_contiguous_whole_batches() -> None:
     bounds = classify.chunk_bounds(cells=1000, batch_size=64, chunks=8)
     assert len(bounds) == 8

@@ -7,9 +7,10 @@ and backend the modes run identical kernels on identical inputs.
 
 - `InProcessRunner` (sequential, threads): this process's torch threads.
 - `ProcessRunner` (processes): N spawned workers with one torch thread each. A worker pins its
-  thread count before any torch op, then loads the weights and the test digits once; the
-  mosaic's index array travels once per worker, never pixels. Work is N×4 contiguous chunks of
-  whole batches, and each chunk comes back as two compact arrays (pred uint8, confidence float32).
+  thread count before any torch op, then loads the weights and the test digits once and rebuilds
+  the mosaic from its rows, cols and seed: only the small config crosses the start-up pipe.
+  Work is N×4 contiguous chunks of whole batches, and each chunk comes back as two compact
+  arrays (pred uint8, confidence float32).
 - `CudaRunner` (cuda): batches gathered on the GPU, with digits and index uploaded once.
 """
 
@@ -32,7 +33,7 @@ from cnnpar.classify.config import ClassifyConfig, ClassifyError
 from cnnpar.data import load_mnist
 from cnnpar.measure.environment import tune_malloc
 from cnnpar.measure.threads import effective_threads, set_threads
-from cnnpar.mosaic import Mosaic
+from cnnpar.mosaic import Mosaic, make_mosaic
 from cnnpar.nets.mosaicnet import load_mosaicnet
 from cnnpar.nets.torch_step import to_input
 
@@ -137,7 +138,7 @@ _worker: _WorkerState | None = None
 
 
 def _init_worker(
-    config: ClassifyConfig, mosaic: Mosaic, barrier: threading.Barrier
+    config: ClassifyConfig, barrier: threading.Barrier
 ) -> None:  # pragma: no cover - runs in the spawned workers
     global _worker
     # One torch thread BEFORE any torch op: N processes × 1 thread fill N cores without
@@ -148,6 +149,7 @@ def _init_worker(
     net = prepare(load_mosaicnet(config.weights, "cpu"), config.resolved_backend)
     warm_up(net, config.batch_size, "cpu")
     images = load_mnist("test", config.data_source).images
+    mosaic = make_mosaic(config.rows, config.cols, config.seed)  # the parent's, by its seed
     _worker = _WorkerState(net, images, mosaic, config.batch_size, barrier)
 
 
@@ -185,8 +187,7 @@ class ProcessRunner:
             max_workers=config.workers,
             mp_context=ctx,
             initializer=_init_worker,
-            # The mosaic's index array is pickled once per worker; pixels never travel.
-            initargs=(config, mosaic, barrier),
+            initargs=(config, barrier),
         )
         try:
             ready = list(self.pool.map(_worker_ready, range(config.workers)))
@@ -207,7 +208,13 @@ class ProcessRunner:
         futures = [self.pool.submit(_worker_chunk, lo, hi) for lo, hi in self.bounds]
         with _Progress(progress, self.mosaic.cells) as on_batch:
             for future in cf.as_completed(futures):
-                start, chunk_pred, chunk_conf, chunk_cpu_s = future.result()
+                try:
+                    start, chunk_pred, chunk_conf, chunk_cpu_s = future.result()
+                except cf.process.BrokenProcessPool:
+                    self.pool.shutdown(cancel_futures=True)
+                    raise ClassifyError(
+                        "a worker process died while classifying (killed, or out of memory?)"
+                    ) from None
                 cpu_s += chunk_cpu_s
                 pred[start : start + len(chunk_pred)] = chunk_pred
                 confidence[start : start + len(chunk_conf)] = chunk_conf
