@@ -15,7 +15,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from slurm_cluster import ClusterError, SlurmCluster, missing_requirements, single_node_cluster
-from test_workflow import FIGURE_STEMS, expected_jobs, load_config
+from workflow_helpers import (
+    FIGURE_STEMS,
+    REPO,
+    SHIM_MESSAGE,
+    SNAKEFILE,
+    TINY,
+    expected_jobs,
+    fail_once_shim,
+    load_config,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -49,8 +58,6 @@ def test_sbatch_runs_a_job(slurm_cluster: SlurmCluster, tmp_path) -> None:
 
 # --- the workflow through the cluster profile ----------------------------------------------
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "tests" / "data" / "config.tiny.yaml"
 PROFILE = REPO / "profiles" / "slurm"
 RUN_TIMEOUT_S = 480  # one snakemake invocation; the faulted first run takes ~3.5 min here
 # Flags for this test cluster only. Without accounting, sacct knows nothing and the plugin
@@ -63,7 +70,6 @@ CLUSTER_FLAGS = (
 )
 # "Job 3 has been submitted with SLURM jobid 17 (log: /abs/.snakemake/slurm_logs/...)."
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
-FAILURE_MARKER = "injected one-time failure"
 LOCAL_RULES = ("all", "mask_figure")  # the Snakefile's localrules
 
 
@@ -96,10 +102,10 @@ def run_workflow(workdir: Path, env: dict[str, str]) -> WorkflowRun:
             sys.executable,
             "-m",
             "snakemake",
-            f"--snakefile={REPO / 'Snakefile'}",
+            f"--snakefile={SNAKEFILE}",
             f"--directory={workdir}",
             f"--profile={PROFILE}",
-            f"--configfile={TINY_CONFIG}",
+            f"--configfile={TINY}",
             *CLUSTER_FLAGS,
         ],
         cwd=workdir,
@@ -130,31 +136,35 @@ def faulted_then_rerun(
 ) -> FaultedThenRerun:
     workdir = tmp_path_factory.mktemp("slurm-workflow")
     marker = workdir / "fail-once.marker"
-    # The train_tinycnn rule fails the first job that finds no marker (and creates it); jobs
-    # inherit this variable through sbatch --export=ALL.
-    env = {**slurm_cluster.env, "CNNPAR_FAIL_ONCE": str(marker)}
+    env = dict(slurm_cluster.env)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # cnnpar
+    # A `cnnpar` shim first on PATH fails the first tinycnn training (creating the marker) and
+    # runs the real cnnpar otherwise; jobs inherit PATH through sbatch --export=ALL.
+    env["PATH"] = fail_once_shim(workdir.parent / f"{workdir.name}-shim", marker, env["PATH"])
     first = run_workflow(workdir, env)
     mtimes = {p: p.stat().st_mtime for p in (workdir / "results").rglob("*") if p.is_file()}
     second = run_workflow(workdir, env)
-    config = load_config(TINY_CONFIG)
+    config = load_config(TINY)
     return FaultedThenRerun(workdir, config, marker, first, second, mtimes)
 
 
-def test_failed_job_is_reported_with_its_slurm_log(faulted_then_rerun: FaultedThenRerun) -> None:
+def test_failed_job_is_reported_with_its_slurm_log(
+    slurm_cluster: SlurmCluster, faulted_then_rerun: FaultedThenRerun
+) -> None:
     run = faulted_then_rerun.first
     assert run.returncode != 0, run.output[-3000:]
     assert faulted_then_rerun.marker.exists(), "the fault was never injected"
     assert "Error in rule train_tinycnn" in run.output, run.output[-3000:]
     failed = [
-        s
-        for s in run.submissions
-        if s.rule == "train_tinycnn" and s.log.exists() and FAILURE_MARKER in s.log.read_text()
+        s for s in run.submissions if slurm_cluster.job_fields(s.slurm_id)["JobState"] == "FAILED"
     ]
-    # Exactly one job failed; its SLURM log (kept because it failed) is named in the error.
-    assert len(failed) == 1, [str(s.log) for s in run.submissions]
+    # Exactly one job failed; its SLURM log (kept because it failed) is named in the error,
+    # and show-failed-logs prints the job's own log, where the shim wrote why it failed.
+    assert [s.rule for s in failed] == ["train_tinycnn"], [str(s.log) for s in failed]
     error_block = run.output[run.output.index("Error in rule train_tinycnn") :]
     assert str(failed[0].log) in error_block
+    assert failed[0].log.exists()
+    assert SHIM_MESSAGE in error_block, error_block[-3000:]
 
 
 def test_rerun_completes_without_redoing_finished_jobs(
@@ -273,18 +283,17 @@ def test_gpu_engines_request_a_gpu(tmp_path: Path) -> None:
     extra = tmp_path / "gpu.yaml"
     extra.write_text("train:\n  tinycnn:\n    engines: [numpy, cuda]\n")
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    env.pop("CNNPAR_FAIL_ONCE", None)
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "snakemake",
             "--dry-run",
-            f"--snakefile={REPO / 'Snakefile'}",
+            f"--snakefile={SNAKEFILE}",
             f"--directory={tmp_path}",
             f"--profile={PROFILE}",
             "--configfile",  # the extra file is merged over the tiny config
-            str(TINY_CONFIG),
+            str(TINY),
             str(extra),
         ],
         cwd=tmp_path,

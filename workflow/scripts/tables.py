@@ -1,4 +1,4 @@
-"""Snakemake script: every job's run record -> the tidy tables (train.csv, classify.csv, summary.csv)."""
+"""Snakemake script: every job's run record -> the tidy train, classify and summary tables."""
 
 import logging
 

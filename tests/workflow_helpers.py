@@ -1,0 +1,94 @@
+"""What the local and the SLURM workflow tests share: the config as Snakemake merges it, the job
+counts it implies, the figures it draws, and the shim that makes one training job fail once."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+import yaml
+
+from cnnpar import registry
+from cnnpar.study.config import unavailable_reason
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+TINY = REPO / "tests/data/config.tiny.yaml"
+# The figures drawn from the tables (one PNG and one SVG each); mask.png comes on top.
+FIGURE_STEMS = [figure.id for figure in registry.table_figures()]
+SHIM_MESSAGE = "cnnpar test shim: injected one-time failure"
+
+
+def load_config(path: Path) -> dict:
+    """Config as Snakemake sees it: config/config.yaml with `path` deep-merged over it."""
+
+    def merge(base: dict, new: dict) -> dict:
+        for key, value in new.items():
+            base[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+        return base
+
+    return merge(
+        yaml.safe_load((REPO / "config/config.yaml").read_text()), yaml.safe_load(path.read_text())
+    )
+
+
+def expected_jobs(config: dict) -> dict[str, int]:
+    """Job counts computed from the config by the rules the workflow documents: engines and
+    modes that are not parallel run once (at 1 thread or worker), GPU ones are dropped where
+    unavailable (a local run), one MosaicNet per seed and one roofline per thread count."""
+    tiny, cls = config["train"]["tinycnn"], config["classify"]
+    engines = [e for e in tiny["engines"] if unavailable_reason(e, "train engine") is None]
+    modes = [m for m in cls["modes"] if unavailable_reason(m, "classify mode") is None]
+    train_threads, classify_workers = set(), set()
+    n_train = 0
+    for engine in engines:
+        threads = tiny["threads"] if registry.ENGINES[engine].parallel else [1]
+        train_threads |= set(threads)
+        n_train += (
+            len(threads) * len(tiny["filters"]) * len(tiny["batch_sizes"]) * len(tiny["seeds"])
+        )
+    n_classify = 0
+    grids = {g if isinstance(g, str) else f"{g['rows']}x{g['cols']}" for g in cls["grids"]}
+    for mode in modes:
+        workers = cls["workers"] if registry.MODES[mode].parallel else [1]
+        classify_workers |= set(workers)
+        n_classify += len(workers) * len(grids) * len(cls["batch_sizes"]) * len(cls["seeds"])
+    return {
+        "env_info": len(train_threads | classify_workers | {1}),
+        "verify_data": 1,
+        "train_mosaicnet": len(cls["seeds"]),
+        "train_tinycnn": n_train,
+        "classify": n_classify,
+        "mask_figure": 1,
+        "tables": 1,
+        "figures": 1,
+        "report": 1,
+        "all": 1,
+    }
+
+
+def fail_once_shim(directory: Path, marker: Path, path: str) -> str:
+    """Write an executable `cnnpar` into `directory` and return `path` with it prepended.
+
+    The shim fails the first `cnnpar train --model tinycnn ...` it sees (creating `marker`
+    atomically, so exactly one job fails, even across processes) and execs the real cnnpar,
+    found on `path`, for everything else. Jobs inherit PATH, on SLURM too (--export=ALL).
+    """
+    real = shutil.which("cnnpar", path=path)
+    if real is None:
+        raise FileNotFoundError(f"no cnnpar on PATH {path!r}")
+    directory.mkdir(parents=True, exist_ok=True)
+    shim = directory / "cnnpar"
+    shim.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = train ] && [ "$2" = --model ] && [ "$3" = tinycnn ] && '
+        f"( set -C; : > {shlex.quote(str(marker))} ) 2> /dev/null; then\n"
+        f"    echo {shlex.quote(SHIM_MESSAGE)} >&2\n"
+        "    exit 1\n"
+        "fi\n"
+        f'exec {shlex.quote(os.path.abspath(real))} "$@"\n'
+    )
+    shim.chmod(0o755)
+    return f"{directory}{os.pathsep}{path}"
