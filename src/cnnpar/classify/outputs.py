@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,6 @@ class Classification:
     threads: dict[str, int | None]  # effective counts inside one classifying process
     processes: int
     malloc: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:

@@ -126,9 +126,10 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike[str])
 
 
 def _torch_cuda_reason() -> str | None:
-    import torch  # only when the config asks for a GPU mode: importing torch costs a second
+    # Asked only when the config names a GPU mode: cuda_device imports torch, which costs a second.
+    from cnnpar.measure.environment import cuda_device
 
-    return None if torch.cuda.is_available() else "needs a CUDA GPU; none visible to torch"
+    return None if cuda_device() is not None else "needs a CUDA GPU; none visible to torch"
 
 
 def unavailable_reason(name: str, kind: Kind) -> str | None:
