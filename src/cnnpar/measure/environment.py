@@ -101,7 +101,8 @@ def cuda_device() -> str | None:
 @dataclass
 class Environment:
     cpu_model: str
-    logical_cores: int
+    logical_cores: int  # the whole machine
+    cpus_available: int  # this process's affinity: taskset, cgroup cpusets, SLURM binding
     ram_gib: float | None
     os: str
     python: str
@@ -124,6 +125,7 @@ def environment() -> Environment:
     return Environment(
         cpu_model=_cpu_model(),
         logical_cores=os.cpu_count() or 1,
+        cpus_available=len(os.sched_getaffinity(0)),
         ram_gib=_ram_gib(),
         os=f"{platform.system()} {platform.release()}",
         python=platform.python_version(),
