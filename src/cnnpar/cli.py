@@ -87,6 +87,59 @@ def _add_data_source(p: argparse.ArgumentParser, aliases: Sequence[str] = ()) ->
     )
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in 0..1 (got {value})")
+    return value
+
+
+def _add_timing(p: argparse.ArgumentParser) -> None:
+    """Options of the guard around a timed region (cnnpar.measure.interference)."""
+    from cnnpar.measure.interference import DEFAULT_LOCK, Limits
+
+    g = p.add_argument_group("timing guard")
+    g.add_argument(
+        "--block",
+        type=_positive_int,
+        default=None,
+        help="the paired block of a study this run belongs to (recorded; the workflow sets it)",
+    )
+    g.add_argument(
+        "--timing-lock",
+        default=str(DEFAULT_LOCK),
+        help="file every timed cnnpar run on this machine locks, so timings never overlap "
+        f"(default {DEFAULT_LOCK})",
+    )
+    g.add_argument(
+        "--max-others-share",
+        type=_share,
+        default=Limits.max_others_share,
+        help="flag the run when other processes take more than this share of its CPUs "
+        f"(default {Limits.max_others_share})",
+    )
+    g.add_argument(
+        "--max-probe-change",
+        type=_share,
+        default=Limits.max_probe_change,
+        help="flag the run when its matmul probes before and after differ by more than this "
+        f"(default {Limits.max_probe_change})",
+    )
+
+
+def _timing_kwargs(args: argparse.Namespace) -> dict:
+    from cnnpar.measure.interference import Limits
+
+    return {
+        "block": args.block,
+        "timing_lock": args.timing_lock,
+        "limits": Limits(args.max_others_share, args.max_probe_change),
+    }
+
+
 # --- info / data -------------------------------------------------------------------------
 
 
@@ -181,6 +234,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         test_size=args.test_size,
         shuffle=args.shuffle,
         data_source=args.data_source,
+        time_budget=args.time_budget,
+        **_timing_kwargs(args),
     )
     result = train.run(cfg)
     for row in result.rows:
@@ -242,8 +297,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         metavar="{true,false}",
         help="a seeded permutation per epoch (default true); false: dataset order",
     )
+    p.add_argument(
+        "--time-budget",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="stop at the first step after SECONDS of timed training (throughput runs)",
+    )
     _add_data_source(p)
     p.add_argument("--out", required=True, help="run directory to write")
+    _add_timing(p)
     p.set_defaults(func=_cmd_train)
 
 
@@ -328,6 +391,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         backend=args.backend,
         data_source=args.data_source,
         tune_malloc=args.tune_malloc,
+        **_timing_kwargs(args),
     )
     result = classify.run(cfg, progress=sys.stderr.isatty())
     for line in classify.summary_lines(result):
@@ -378,6 +442,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     )
     _add_data_source(p)
     p.add_argument("--out", required=True, help="run directory to write")
+    _add_timing(p)
     p.set_defaults(func=_cmd_classify)
 
 

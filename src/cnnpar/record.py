@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cnnpar.errors import CnnparError
+from cnnpar.measure.interference import Interference
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RECORD_NAME = "run.json"
 
 Command = Literal["train", "classify", "bench-train", "bench-classify"]
@@ -56,6 +57,9 @@ class RunRecord:
     results: dict[str, Any]
     outputs: list[str]
     environment: dict[str, Any]
+    # The guard around the timed region (lock wait, probes, others' CPU share); None for
+    # records of untimed work.
+    interference: Interference | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,6 +82,7 @@ class RunRecord:
                 "re-run the job that wrote it"
             )
         try:
+            guard = data.get("interference")
             return cls(
                 command=data["command"],
                 model=data["model"],
@@ -86,6 +91,7 @@ class RunRecord:
                 results=dict(data["results"]),
                 outputs=list(data["outputs"]),
                 environment=dict(data["environment"]),
+                interference=Interference(**guard) if guard is not None else None,
             )
         except (KeyError, TypeError) as err:
             raise RecordError(f"{where} is incomplete ({type(err).__name__}: {err})") from None
@@ -113,6 +119,12 @@ class RunRecord:
         flat.update(self.parallelism.threads)
         flat.update({k: v for k, v in self.results.items() if _scalar(v)})
         flat.update({f"env.{k}": v for k, v in self.environment.items() if _scalar(v)})
+        if self.interference is not None:
+            guard = self.interference.as_dict()
+            flat["flag_reasons"] = "; ".join(guard.pop("reasons"))
+            guard.pop("seconds")
+            guard.pop("cpus")
+            flat.update(guard)
         flat["schema_version"] = self.schema_version
         return flat
 

@@ -200,31 +200,34 @@ FIGURES: dict[str, Figure] = {
             "train_speedup",
             "Training: speedup and efficiency",
             "Training speedup (left) and parallel efficiency (right) against threads, per "
-            "engine, relative to the same engine, width and batch size at 1 thread. Error bars "
-            "span the interquartile range; the dashed line is ideal linear scaling.",
+            "engine, relative to the same engine, width and batch size at 1 thread, formed "
+            "inside each paired block. Error bars are 95% intervals over blocks; the dashed "
+            "line is ideal linear scaling.",
             tables=("summary",),
         ),
         Figure(
             "train_throughput",
             "Training: throughput per engine",
-            "Training throughput per engine and thread count: median images/s over epochs and "
-            "seeds; error bars span the interquartile range. Engines compile and warm up before "
-            "the first timed epoch, so every epoch counts.",
+            "Training throughput per engine and thread count: geometric mean images/s over "
+            "blocks, with 95% intervals. Engines compile and warm up before the clock starts; "
+            "the warm-up is reported in the summary and in time to accuracy.",
             tables=("summary",),
         ),
         Figure(
             "time_to_accuracy",
             "Training: time to accuracy",
-            "Time to accuracy: test accuracy after each epoch against cumulative training "
-            "seconds (evaluation excluded), per engine at its largest thread count.",
+            "Time to accuracy of the full-length runs: test accuracy after each epoch against "
+            "warm-up (compilation) plus cumulative training seconds, what a user waits "
+            "(evaluation excluded), per engine at its largest thread count.",
             tables=("train",),
         ),
         Figure(
             "classify_speedup",
             "Classification: speedup and efficiency",
             "Classification speedup (left) and parallel efficiency (right) against workers, per "
-            "mode, relative to the sequential mode on the same grid and batch size. The dashed "
-            "line is ideal linear scaling.",
+            "mode, relative to the sequential mode on the same grid and batch size in the same "
+            "block. Error bars are 95% intervals over blocks; the dashed line is ideal linear "
+            "scaling.",
             tables=("summary",),
         ),
         Figure(
@@ -236,10 +239,19 @@ FIGURES: dict[str, Figure] = {
             tables=("summary",),
         ),
         Figure(
+            "classify_end_to_end",
+            "Classification: what users pay",
+            "Steady-state cells/s (solid: classification only) against end-to-end cells/s "
+            "(dashed: start-up, i.e. worker processes, weights and warm-up, plus one "
+            "classification) over the mosaic size, with 95% intervals over blocks.",
+            tables=("summary",),
+        ),
+        Figure(
             "roofline",
             "Fraction of the sgemm roofline",
-            "Achieved GFLOP/s (counted network FLOPs × median throughput) as a fraction of the "
-            "float32 sgemm rate measured on this machine at the same thread count.",
+            "Achieved GFLOP/s (counted network FLOPs × throughput) as a fraction of each job's "
+            "own float32 matmul probe, taken just before and after its timed region at its own "
+            "thread count (GPU jobs: on their GPU), with 95% intervals over blocks.",
             tables=("summary",),
         ),
         Figure(

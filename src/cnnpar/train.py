@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from cnnpar import io
 from cnnpar.data import COUNTS, Mnist, load_mnist
 from cnnpar.errors import CnnparError
 from cnnpar.measure.environment import environment
+from cnnpar.measure.interference import DEFAULT_LOCK, Interference, Limits, TimedRegion
 from cnnpar.measure.threads import numba_threading_layer, set_threads
 from cnnpar.nets import tinycnn
 from cnnpar.nets.tinycnn import spec
@@ -34,6 +35,7 @@ from cnnpar.registry import ENGINES, MODELS, engines_for
 
 METRIC_FIELDS = (
     "epoch",
+    "images",  # training images in the timed region: all of them, or fewer under a time budget
     "seconds",
     "images_per_s",
     "train_loss",
@@ -63,6 +65,10 @@ class TrainConfig:
     test_size: int = COUNTS["test"]
     shuffle: bool = True
     data_source: str = "bundled"
+    block: int | None = None  # the study's paired block this run belongs to, if any
+    time_budget: float | None = None  # stop at the first step after this many timed seconds
+    timing_lock: str | None = str(DEFAULT_LOCK)
+    limits: Limits = field(default_factory=Limits)
 
     def resolved(self) -> TrainConfig:
         """This config with the model's defaults filled in for every None."""
@@ -92,6 +98,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             f"--lr must be a positive finite number (got {cfg.lr})",
         ),
         (cfg.seed >= 0, f"--seed must be >= 0 (got {cfg.seed})"),
+        (
+            cfg.time_budget is None or (math.isfinite(cfg.time_budget) and cfg.time_budget > 0),
+            f"--time-budget must be a positive number of seconds (got {cfg.time_budget})",
+        ),
         (
             1 <= cfg.train_size <= COUNTS["train"],
             f"--train-size must be in 1..{COUNTS['train']} (got {cfg.train_size})",
@@ -144,11 +154,14 @@ def train_epochs(
     seed: int,
     shuffle: bool,
     progress: bool | None = None,
+    time_budget: float | None = None,
 ) -> list[dict[str, float | int]]:
     """Train `engine` in place; one metrics row per epoch.
 
     `seconds` covers handing the epoch's data to the engine, every step, and reading the step
-    statistics back (which waits for a GPU to finish); test evaluation is outside it.
+    statistics back (which waits for a GPU to finish); test evaluation is outside it. With a
+    `time_budget`, training stops at the first step boundary after that many timed seconds
+    (throughput needs seconds, not epochs); the last row then counts only the images trained.
     """
     from tqdm.auto import tqdm
 
@@ -156,6 +169,7 @@ def train_epochs(
         progress = sys.stderr.isatty()
     n = len(train.labels)
     rows = []
+    spent = 0.0
     for epoch in range(epochs):
         order = spec.epoch_order(n, epoch, seed, shuffle)
         images, labels = train.images[order], train.labels[order].astype(np.int64)
@@ -167,27 +181,37 @@ def train_epochs(
             disable=not progress,
             leave=False,
         )
+        deadline = math.inf if time_budget is None else time_budget - spent
         start_time = time.perf_counter()
         engine.load_epoch(images, labels)
+        steps = 0
         for start, stop in bounds:
             engine.train_step(start, stop)
+            steps += 1
             bar.update()
+            if time.perf_counter() - start_time >= deadline:
+                break
         losses, correct = engine.epoch_stats()
         seconds = time.perf_counter() - start_time
         bar.close()
-        sizes = np.array([stop - start for start, stop in bounds], np.float64)
+        sizes = np.array([stop - start for start, stop in bounds[:steps]], np.float64)
+        trained = int(sizes.sum())
         test_loss, test_acc = evaluate(engine.predict, test)
         rows.append(
             {
                 "epoch": epoch + 1,
+                "images": trained,
                 "seconds": seconds,
-                "images_per_s": n / seconds,
-                "train_loss": float((losses * sizes).sum() / n),  # mean over images
-                "train_acc": float(correct.sum() / n),
+                "images_per_s": trained / seconds,
+                "train_loss": float((losses * sizes).sum() / trained),  # mean over images
+                "train_acc": float(correct.sum() / trained),
                 "test_loss": test_loss,
                 "test_acc": test_acc,
             }
         )
+        spent += seconds
+        if spent >= (time_budget or math.inf):
+            break
     return rows
 
 
@@ -230,17 +254,26 @@ def _build_engine(cfg: TrainConfig, host_threads: int) -> tuple[tinycnn.Engine, 
 
 
 def run_record(
-    cfg: TrainConfig, parallelism: Parallelism, results: dict, outputs: list[str]
+    cfg: TrainConfig,
+    parallelism: Parallelism,
+    results: dict,
+    outputs: list[str],
+    interference: Interference | None = None,
 ) -> RunRecord:
     """The run record of a training run with the resolved config `cfg`."""
     return RunRecord(
         command="train",
         model=cfg.model,
-        params={k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"},
+        params={
+            k: v
+            for k, v in dataclasses.asdict(cfg).items()
+            if k not in ("out", "timing_lock", "limits")  # how it was guarded, not what ran
+        },
         parallelism=parallelism,
         results=results,
         outputs=outputs,
         environment=environment().as_dict(),
+        interference=interference,
     )
 
 
@@ -255,19 +288,29 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     test = _first(load_mnist("test", source), cfg.test_size)
     engine, flops, n_params, init = _build_engine(cfg, host_threads)
 
-    warm_start = time.perf_counter()
-    engine.warm_up()
-    warmup_s = time.perf_counter() - warm_start
-    rows = train_epochs(
-        engine,
-        train,
-        test,
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        seed=cfg.seed,
-        shuffle=cfg.shuffle,
-        progress=progress,
+    # Warm-up and every epoch run inside the guarded region: the lock keeps other timed runs
+    # out, and the probes and CPU accounting tell whether anything else got in.
+    region = TimedRegion(
+        threads=host_threads,
+        device=ENGINES[cfg.engine].device,
+        limits=cfg.limits,
+        lock=cfg.timing_lock,
     )
+    with region:
+        warm_start = time.perf_counter()
+        engine.warm_up()
+        warmup_s = time.perf_counter() - warm_start
+        rows = train_epochs(
+            engine,
+            train,
+            test,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            seed=cfg.seed,
+            shuffle=cfg.shuffle,
+            progress=progress,
+            time_budget=cfg.time_budget,
+        )
 
     out = Path(cfg.out)
     if cfg.model == "tinycnn":
@@ -292,10 +335,12 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
             "flops_per_image": flops,
             "warmup_s": warmup_s,
             "train_seconds": sum(r["seconds"] for r in rows),
+            "train_images": sum(r["images"] for r in rows),
             "final_test_acc": rows[-1]["test_acc"],
             "final_test_loss": rows[-1]["test_loss"],
         },
         outputs=[*outputs, "metrics.csv"],
+        interference=region.result,
     )
     record.write(out)  # last: its presence means the directory is complete
     return TrainResult(out=out, rows=rows, record=record)

@@ -4,26 +4,16 @@
 
 rule tables:
     input:
-        tinycnn=tinycnn_records,
-        mosaicnet=mosaicnet_records,
-        classify=classify_records,
-        env=env_infos,
+        all_records,
     output:
-        train=report(
-            f"{TABLES}/train.csv",
-            caption="../report/train_table.rst",
-            category="Tables",
-        ),
-        classify=report(
-            f"{TABLES}/classify.csv",
-            caption="../report/classify_table.rst",
-            category="Tables",
-        ),
-        summary=report(
-            f"{TABLES}/summary.csv",
-            caption="../report/summary_table.rst",
-            category="Tables",
-        ),
+        **{
+            name: report(
+                f"{TABLES}/{name}.csv",
+                caption=f"../report/{name}_table.rst",
+                category="Tables",
+            )
+            for name in TABLE_NAMES
+        },
     log:
         f"{LOGS}/aggregate/tables.log",
     conda:
@@ -34,9 +24,7 @@ rule tables:
 
 rule figures:
     input:
-        train=f"{TABLES}/train.csv",
-        classify=f"{TABLES}/classify.csv",
-        summary=f"{TABLES}/summary.csv",
+        **{name: f"{TABLES}/{name}.csv" for name in TABLE_NAMES},
     output:
         png=[
             report(
@@ -69,4 +57,4 @@ rule mask_figure:
     conda:
         "../../envs/cnnpar.yaml"
     shell:
-        "cp {input} {output} 2> {log}"
+        "cp {input:q} {output:q} 2> {log:q}"

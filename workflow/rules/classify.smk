@@ -1,20 +1,19 @@
-# Classification jobs: one `cnnpar classify` per (mode, workers, grid, batch, seed), using the
-# MosaicNet weights trained with the same seed. `threads:` is the worker count so the
-# scheduler reserves a core per worker thread or process.
+# Classification jobs: one `cnnpar classify` per configuration and paired block.
 
 
 rule classify:
     input:
         weights=f"{MOSAICNET_DIR}/model.pt",
+        previous=previous_block,
     output:
-        result=f"{CLASSIFY_DIR}/result.csv",
-        predictions=f"{CLASSIFY_DIR}/predictions.npz",
-        mask=f"{CLASSIFY_DIR}/mask.png",
-        run=f"{CLASSIFY_DIR}/run.json",
+        **{
+            name.split(".")[0]: f"{CLASSIFY_DIR}/block~{{block}}/{name}"
+            for name in CLASSIFY_FILES
+        },
     log:
-        f"{LOGS}/classify/mode~{{mode}}/workers~{{workers}}/grid~{{grid}}/batch~{{batch}}/seed~{{seed}}.log",
+        f"{LOGS}/classify/mode~{{mode}}/workers~{{workers}}/grid~{{grid}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.log",
     benchmark:
-        f"{BENCHMARKS}/classify/mode~{{mode}}/workers~{{workers}}/grid~{{grid}}/batch~{{batch}}/seed~{{seed}}.tsv"
+        f"{BENCHMARKS}/classify/mode~{{mode}}/workers~{{workers}}/grid~{{grid}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.tsv"
     shadow:
         "minimal"
     conda:
@@ -27,9 +26,14 @@ rule classify:
         rows=lambda wildcards: parse_grid(wildcards.grid)[0],
         cols=lambda wildcards: parse_grid(wildcards.grid)[1],
         repeats=CLASSIFY["repeats"],
-        data=data_args(),
+        data=data_source(),
+        lock=timing_lock(),
+        max_others=TIMING["max_others_share"],
+        max_probe=TIMING["max_probe_change"],
     shell:
-        "cnnpar classify --weights {input.weights} --rows {params.rows} --cols {params.cols}"
+        "cnnpar classify --weights {input.weights:q} --rows {params.rows} --cols {params.cols}"
         " --mode {wildcards.mode} --workers {threads} --batch-size {wildcards.batch}"
-        " --seed {wildcards.seed} --repeats {params.repeats} {params.data}"
-        " --out {params.out} > {log} 2>&1"
+        " --seed {wildcards.seed} --repeats {params.repeats} --data-source {params.data:q}"
+        " --block {wildcards.block} --timing-lock {params.lock:q}"
+        " --max-others-share {params.max_others} --max-probe-change {params.max_probe}"
+        " --out {params.out:q} > {log:q} 2>&1"

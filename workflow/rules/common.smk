@@ -14,14 +14,17 @@ from snakemake.logging import logger
 from cnnpar import registry
 from cnnpar.errors import CnnparError
 from cnnpar.mosaic import parse_grid
-from cnnpar.study.config import usable, validate_config
+from cnnpar.study.config import check_results_dir, usable, validate_config
 
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+    check_results_dir(config["results"])
 except CnnparError as err:
     raise WorkflowError(str(err)) from None
 
 RESULTS = config["results"]
+BLOCKS = list(range(1, config["blocks"] + 1))
+TIMING = config["timing"]
 TINYCNN = config["train"]["tinycnn"]
 MOSAICNET = config["train"]["mosaicnet"]
 CLASSIFY = config["classify"]
@@ -91,11 +94,13 @@ def sweep() -> tuple[list[str], list[str]]:
     return engines, modes
 
 
-# Parameters are named in the path (key~value), so a result is self-describing.
+# Parameters are named in the path (key~value), so a result is self-describing; the tables
+# read them from each job's run record, never from the path. A timed job runs once per paired
+# block (block~N); a tinycnn configuration also has one full-length run for time to accuracy.
 TINYCNN_DIR = f"{RESULTS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}"
 MOSAICNET_DIR = f"{RESULTS}/train/mosaicnet/seed~{{seed}}"
 CLASSIFY_DIR = f"{RESULTS}/classify/mode~{{mode}}/workers~{{workers}}/grid~{{grid}}/batch~{{batch}}/seed~{{seed}}"
-ENV_INFO = f"{RESULTS}/env/threads~{{threads}}/info.json"
+BLOCK_DONE = f"{RESULTS}/blocks/block~{{block}}.done"
 DATA_CHECK = f"{RESULTS}/data/verify.txt"
 TABLES = f"{RESULTS}/tables"
 FIGURE_DIR = f"{RESULTS}/figures"
@@ -105,44 +110,67 @@ REPORT_HTML = f"{RESULTS}/report.html"
 RECORD = (
     "run.json"  # cnnpar.record.RECORD_NAME, written by every train and classify job
 )
+TINYCNN_FILES = ["metrics.csv", "run.json", "weights_init.npz", "weights_final.npz"]
+MOSAICNET_FILES = ["model.pt", "metrics.csv", "run.json"]
+CLASSIFY_FILES = ["result.csv", "predictions.npz", "mask.png", "run.json"]
+TABLE_NAMES = ["train", "classify", "jobs", "summary", "comparisons"]
 
 FIGURE_IDS = [figure.id for figure in registry.table_figures()]
 
 
 @cache
-def tinycnn_jobs() -> list[dict]:
-    """One dict of wildcards per tinycnn training job."""
-    jobs = []
+def tinycnn_configs() -> list[dict]:
+    """One dict of wildcards per tinycnn configuration (engine, threads, filters, batch, seed)."""
+    configs = []
     for engine in sweep()[0]:
         threads = TINYCNN["threads"] if registry.ENGINES[engine].parallel else [1]
         for t, f, b, s in product(
             threads, TINYCNN["filters"], TINYCNN["batch_sizes"], TINYCNN["seeds"]
         ):
-            jobs.append(dict(engine=engine, threads=t, filters=f, batch=b, seed=s))
-    return jobs
+            configs.append(dict(engine=engine, threads=t, filters=f, batch=b, seed=s))
+    return configs
 
 
 @cache
-def classify_jobs() -> list[dict]:
-    """One dict of wildcards per classify job; the largest grids come last."""
-    jobs = []
+def classify_configs() -> list[dict]:
+    """One dict of wildcards per classify configuration; the largest grids come last."""
+    configs = []
     for grid in GRIDS:
         for mode in sweep()[1]:
             workers = CLASSIFY["workers"] if registry.MODES[mode].parallel else [1]
             for w, b, s in product(workers, CLASSIFY["batch_sizes"], CLASSIFY["seeds"]):
-                jobs.append(dict(mode=mode, workers=w, grid=grid, batch=b, seed=s))
-    return jobs
+                configs.append(dict(mode=mode, workers=w, grid=grid, batch=b, seed=s))
+    return configs
 
 
-def job_paths(pattern: str, jobs: list[dict], name: str) -> list[str]:
-    return [f"{pattern.format(**job)}/{name}" for job in jobs]
+def tinycnn_full_configs() -> list[dict]:
+    """The full-length (time to accuracy) runs: each engine at its largest thread count."""
+    largest = {}
+    for c in tinycnn_configs():
+        key = (c["engine"], c["filters"], c["batch"], c["seed"])
+        if key not in largest or c["threads"] > largest[key]["threads"]:
+            largest[key] = c
+    return list(largest.values())
 
 
-def env_thread_counts() -> list[int]:
-    """Every thread count a benchmark job runs at: one sgemm roofline measured for each."""
-    counts = {job["threads"] for job in tinycnn_jobs()}
-    counts |= {job["workers"] for job in classify_jobs()}
-    return sorted(counts | {1})
+def tinycnn_block_dirs(block: int) -> list[str]:
+    return [f"{TINYCNN_DIR.format(**c)}/block~{block}" for c in tinycnn_configs()]
+
+
+def classify_block_dirs(block: int) -> list[str]:
+    return [f"{CLASSIFY_DIR.format(**c)}/block~{block}" for c in classify_configs()]
+
+
+def tinycnn_full_dirs() -> list[str]:
+    return [f"{TINYCNN_DIR.format(**c)}/full" for c in tinycnn_full_configs()]
+
+
+def mosaicnet_dirs() -> list[str]:
+    return [MOSAICNET_DIR.format(seed=s) for s in CLASSIFY["seeds"]]
+
+
+def files(dirs: list[str], names: list[str]) -> list[str]:
+    return [f"{d}/{name}" for d in dirs for name in names]
 
 
 def figure_files(ext: str) -> list[str]:
@@ -152,52 +180,72 @@ def figure_files(ext: str) -> list[str]:
 # --- input functions (called when the DAG is built, once the executor is known) -------------
 
 
-def tinycnn_records(wildcards) -> list[str]:
-    return job_paths(TINYCNN_DIR, tinycnn_jobs(), RECORD)
+def block_members(wildcards) -> list[str]:
+    """What block N waits for: block 0 is the set-up (data check, MosaicNet weights); block
+    N >= 1 is the run record of every timed job of that block."""
+    block = int(wildcards.block)
+    if block == 0:
+        return [DATA_CHECK, *files(mosaicnet_dirs(), ["model.pt"])]
+    return files([*tinycnn_block_dirs(block), *classify_block_dirs(block)], [RECORD])
 
 
-def mosaicnet_records(wildcards) -> list[str]:
-    return [f"{MOSAICNET_DIR.format(seed=s)}/{RECORD}" for s in CLASSIFY["seeds"]]
+def previous_block(wildcards) -> str:
+    """Block N's jobs start once block N-1 is done, so each block's jobs run back to back.
+    ancient(): re-running one old job must not re-run every later block."""
+    return ancient(BLOCK_DONE.format(block=int(wildcards.block) - 1))
 
 
-def classify_records(wildcards) -> list[str]:
-    return job_paths(CLASSIFY_DIR, classify_jobs(), RECORD)
+def last_block(wildcards) -> str:
+    """Full-length runs come after the paired blocks."""
+    return ancient(BLOCK_DONE.format(block=BLOCKS[-1]))
 
 
-def env_infos(wildcards) -> list[str]:
-    return [ENV_INFO.format(threads=t) for t in env_thread_counts()]
+def all_records(wildcards) -> list[str]:
+    block_dirs = [d for b in BLOCKS for d in (*tinycnn_block_dirs(b), *classify_block_dirs(b))]
+    return files([*block_dirs, *tinycnn_full_dirs(), *mosaicnet_dirs()], [RECORD])
 
 
-def report_env_info(wildcards) -> str:
-    """The environment record shown in the report: the one at the largest thread count."""
-    return ENV_INFO.format(threads=max(env_thread_counts()))
+def report_record(wildcards) -> str:
+    """The run record whose environment the report shows: the first MosaicNet training."""
+    return f"{mosaicnet_dirs()[0]}/{RECORD}"
 
 
 def largest_grid_mask(wildcards) -> str:
-    """The mask.png of the largest grid (its first mode, fewest workers, first seed)."""
-    first = next(job for job in classify_jobs() if job["grid"] == GRIDS[-1])
-    return f"{CLASSIFY_DIR.format(**first)}/mask.png"
+    """The mask.png of the largest grid (its first mode, fewest workers, first seed, block 1)."""
+    first = next(c for c in classify_configs() if c["grid"] == GRIDS[-1])
+    return f"{CLASSIFY_DIR.format(**first)}/block~1/mask.png"
 
 
 def final_outputs(wildcards) -> list[str]:
+    """The report and every job's files: a deleted intermediate is rebuilt, with what needs it."""
+    block_dirs = [b for n in BLOCKS for b in tinycnn_block_dirs(n)]
+    classify_dirs = [b for n in BLOCKS for b in classify_block_dirs(n)]
     return [
         REPORT_HTML,
-        f"{TABLES}/train.csv",
-        f"{TABLES}/classify.csv",
-        f"{TABLES}/summary.csv",
+        *(f"{TABLES}/{name}.csv" for name in TABLE_NAMES),
         *figure_files("png"),
         *figure_files("svg"),
         f"{FIGURE_DIR}/mask.png",
+        *files([*block_dirs, *tinycnn_full_dirs()], TINYCNN_FILES),
+        *files(classify_dirs, CLASSIFY_FILES),
+        *files(mosaicnet_dirs(), MOSAICNET_FILES),
     ]
 
 
 # --- parameters ------------------------------------------------------------------------------
 
 
-def data_args() -> str:
-    """The --data-source flag every cnnpar command gets."""
+def data_source() -> str:
+    """The --data-source value every cnnpar command gets (quoted with :q in the rules)."""
     source = config["data"]["source"]
-    return f"--data-source {config['data']['dir'] if source == 'dir' else source}"
+    return config["data"]["dir"] if source == "dir" else source
+
+
+def timing_lock() -> str:
+    """The --timing-lock value: the config's, or cnnpar's machine-wide default."""
+    from cnnpar.measure.interference import DEFAULT_LOCK
+
+    return TIMING["lock"] or str(DEFAULT_LOCK)
 
 
 def config_yaml() -> str:

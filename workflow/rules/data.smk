@@ -1,5 +1,5 @@
-# Check the MNIST files once before any job reads them (and, for source 'download', fetch
-# them once instead of racing parallel jobs), and measure each thread count's sgemm roofline.
+# Check the MNIST files once before any job reads them (and, for source 'download', fetch them
+# once instead of racing parallel jobs), and mark the end of each paired block.
 
 
 rule verify_data:
@@ -12,24 +12,17 @@ rule verify_data:
     conda:
         "../../envs/cnnpar.yaml"
     params:
-        data=data_args(),
+        data=data_source(),
     shell:
-        "cnnpar data verify {params.data} > {output} 2> {log}"
+        "cnnpar data verify --data-source {params.data:q} > {output:q} 2> {log:q}"
 
 
-rule env_info:
+rule block_done:
+    input:
+        block_members,
     output:
-        ENV_INFO,
+        BLOCK_DONE,
     log:
-        f"{LOGS}/env/threads~{{threads}}/info.log",
-    benchmark:
-        f"{BENCHMARKS}/env/threads~{{threads}}/info.tsv"
-    shadow:
-        "minimal"
-    conda:
-        "../../envs/cnnpar.yaml"
-    threads: lambda wildcards: int(wildcards.threads)
-    resources:
-        bench=1,
+        f"{LOGS}/blocks/block~{{block}}.log",
     shell:
-        "cnnpar info --json --threads {threads} > {output} 2> {log}"
+        "printf '%s\\n' {input:q} > {output:q} 2> {log:q}"

@@ -3,12 +3,10 @@
 
 rule report:
     input:
-        train=f"{TABLES}/train.csv",
-        classify=f"{TABLES}/classify.csv",
-        summary=f"{TABLES}/summary.csv",
+        **{name: f"{TABLES}/{name}.csv" for name in TABLE_NAMES},
         figures=figure_files("png"),
         mask=f"{FIGURE_DIR}/mask.png",
-        env=report_env_info,
+        record=report_record,
     output:
         report(REPORT_HTML, caption="../report/report_html.rst", category="Report"),
     log:

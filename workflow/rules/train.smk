@@ -1,20 +1,46 @@
-# Training jobs: one `cnnpar train` per sweep combination, the same command a user runs by hand.
+# Training jobs: `cnnpar train`, the same command a user runs by hand.
+# - train_tinycnn: one paired throughput job per configuration and block, stopped after
+#   train.tinycnn.time_budget seconds of timed training (throughput needs seconds, not epochs);
+# - train_tinycnn_full: one full-length run per engine at its largest thread count, for time to
+#   accuracy; it runs after the last block;
+# - train_mosaicnet: the classifier's weights, before block 1.
 # shadow "minimal": a job runs in a scratch directory and only a finished job's outputs are
 # moved into results/, so an interrupted job never leaves a half-written directory behind.
+
+TINYCNN_SHELL = (
+    "cnnpar train --model tinycnn --engine {wildcards.engine} --threads {threads}"
+    " --filters {wildcards.filters} --batch-size {wildcards.batch} --epochs {params.epochs}"
+    " --lr {params.lr} --seed {wildcards.seed} --train-size {params.train_size}"
+    " --test-size {params.test_size} --shuffle {params.shuffle} --data-source {params.data:q}"
+    " --timing-lock {params.lock:q} --max-others-share {params.max_others}"
+    " --max-probe-change {params.max_probe} --out {params.out:q}"
+)
+TINYCNN_PARAMS = dict(
+    epochs=TINYCNN["epochs"],
+    lr=TINYCNN["lr"],
+    train_size=TINYCNN["train_size"],
+    test_size=TINYCNN["test_size"],
+    shuffle=str(TINYCNN["shuffle"]).lower(),
+    data=data_source(),
+    lock=timing_lock(),
+    max_others=TIMING["max_others_share"],
+    max_probe=TIMING["max_probe_change"],
+)
 
 
 rule train_tinycnn:
     input:
-        DATA_CHECK,
+        data=DATA_CHECK,
+        previous=previous_block,
     output:
-        metrics=f"{TINYCNN_DIR}/metrics.csv",
-        run=f"{TINYCNN_DIR}/run.json",
-        weights_init=f"{TINYCNN_DIR}/weights_init.npz",
-        weights_final=f"{TINYCNN_DIR}/weights_final.npz",
+        **{
+            name.split(".")[0]: f"{TINYCNN_DIR}/block~{{block}}/{name}"
+            for name in TINYCNN_FILES
+        },
     log:
-        f"{LOGS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}.log",
+        f"{LOGS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.log",
     benchmark:
-        f"{BENCHMARKS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}.tsv"
+        f"{BENCHMARKS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.tsv"
     shadow:
         "minimal"
     conda:
@@ -23,19 +49,36 @@ rule train_tinycnn:
     resources:
         bench=1,
     params:
-        out=lambda wildcards, output: Path(output.metrics).parent,
-        epochs=TINYCNN["epochs"],
-        lr=TINYCNN["lr"],
-        train_size=TINYCNN["train_size"],
-        test_size=TINYCNN["test_size"],
-        shuffle=str(TINYCNN["shuffle"]).lower(),
-        data=data_args(),
+        out=lambda wildcards, output: Path(output.run).parent,
+        budget=TINYCNN["time_budget"],
+        **TINYCNN_PARAMS,
     shell:
-        "cnnpar train --model tinycnn --engine {wildcards.engine} --threads {threads}"
-        " --filters {wildcards.filters} --batch-size {wildcards.batch} --epochs {params.epochs}"
-        " --lr {params.lr} --seed {wildcards.seed} --train-size {params.train_size}"
-        " --test-size {params.test_size} --shuffle {params.shuffle} {params.data}"
-        " --out {params.out} > {log} 2>&1"
+        TINYCNN_SHELL
+        + " --block {wildcards.block} --time-budget {params.budget} > {log:q} 2>&1"
+
+
+rule train_tinycnn_full:
+    input:
+        data=DATA_CHECK,
+        previous=last_block,
+    output:
+        **{name.split(".")[0]: f"{TINYCNN_DIR}/full/{name}" for name in TINYCNN_FILES},
+    log:
+        f"{LOGS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}/full.log",
+    benchmark:
+        f"{BENCHMARKS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}/full.tsv"
+    shadow:
+        "minimal"
+    conda:
+        "../../envs/cnnpar.yaml"
+    threads: lambda wildcards: int(wildcards.threads)
+    resources:
+        bench=1,
+    params:
+        out=lambda wildcards, output: Path(output.run).parent,
+        **TINYCNN_PARAMS,
+    shell:
+        TINYCNN_SHELL + " > {log:q} 2>&1"
 
 
 rule train_mosaicnet:
@@ -65,9 +108,11 @@ rule train_mosaicnet:
         epochs=MOSAICNET["epochs"],
         batch_size=MOSAICNET["batch_size"],
         train_size=MOSAICNET["train_size"],
-        data=data_args(),
+        data=data_source(),
+        lock=timing_lock(),
     shell:
         "cnnpar train --model mosaicnet --engine {params.engine} --threads {threads}"
         " --epochs {params.epochs} --batch-size {params.batch_size}"
-        " --train-size {params.train_size} --seed {wildcards.seed} {params.data}"
-        " --out {params.out} > {log} 2>&1"
+        " --train-size {params.train_size} --seed {wildcards.seed}"
+        " --data-source {params.data:q} --timing-lock {params.lock:q}"
+        " --out {params.out:q} > {log:q} 2>&1"

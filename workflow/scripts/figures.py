@@ -9,9 +9,7 @@ from cnnpar.study import figures
 def main(smk) -> None:
     logging.basicConfig(filename=smk.log[0], level=logging.INFO, force=True)
     figures.draw_all(
-        train_csv=smk.input.train,
-        classify_csv=smk.input.classify,
-        summary_csv=smk.input.summary,
+        tables={name: smk.input[name] for name in figures.TABLE_SCHEMAS},
         out_dir=Path(smk.output.png[0]).parent,
     )
 

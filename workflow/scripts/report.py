@@ -3,6 +3,7 @@
 import logging
 
 from cnnpar.study import report
+from cnnpar.study.tables import TABLE_SCHEMAS
 
 
 def main(smk) -> None:
@@ -10,11 +11,9 @@ def main(smk) -> None:
     report.write_report(
         out=smk.output[0],
         title=smk.params.title,
-        train_csv=smk.input.train,
-        classify_csv=smk.input.classify,
-        summary_csv=smk.input.summary,
+        tables={name: smk.input[name] for name in TABLE_SCHEMAS},
         figures=[*smk.input.figures, smk.input.mask],
-        env_json=smk.input.env,
+        record=smk.input.record,
         config_yaml=smk.params.config_yaml,
     )
 

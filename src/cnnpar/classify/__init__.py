@@ -17,6 +17,7 @@ from cnnpar.classify.outputs import Classification, summary_lines, write_outputs
 from cnnpar.classify.runners import chunk_bounds, classify_range
 from cnnpar.data import load_mnist
 from cnnpar.measure.environment import allocator, tune_malloc
+from cnnpar.measure.interference import TimedRegion
 from cnnpar.measure.threads import set_threads
 from cnnpar.measure.timing import measure
 from cnnpar.mosaic import make_mosaic
@@ -40,26 +41,34 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification:
     """Load, start the mode's runner, classify `config.repeats` times; write `config.out` if set."""
     validate(config)
     mode = MODES[config.mode]
-    t0 = time.perf_counter()
-    # Thread counts first: torch sizes its OpenMP pool at the first parallel op.
-    set_threads(mode.host_threads(config.workers))
-    malloc = tune_malloc() if config.tune_malloc else allocator()
-    load_mosaicnet(config.weights, config.device)  # a bad weights file fails before real work
-    test = load_mnist("test", config.data_source)
-    mosaic = make_mosaic(config.rows, config.cols, config.seed)
-    runner: runners.Runner = getattr(runners, mode.runner)(config, mosaic, test.images)
-    startup_s = time.perf_counter() - t0
-
+    # Start-up and every repeat run inside the guarded region (lock, probes at the run's own
+    # parallelism, other processes' CPU share): start-up is part of what a user pays.
+    region = TimedRegion(
+        threads=config.workers if mode.parallel else 1,
+        device=mode.device,
+        limits=config.limits,
+        lock=config.timing_lock,
+    )
     outputs: list[runners.Output] = []
-    try:
-        measurement = measure(
-            lambda: outputs.append(runner.classify(progress)),
-            repeats=config.repeats,
-            warmup=0,  # the runner warmed up inside startup_s
-            sync=_cuda_sync if mode.device == "cuda" else None,
-        )
-    finally:
-        runner.close()
+    with region:
+        t0 = time.perf_counter()
+        # Thread counts first: torch sizes its OpenMP pool at the first parallel op.
+        set_threads(mode.host_threads(config.workers))
+        malloc = tune_malloc() if config.tune_malloc else allocator()
+        load_mosaicnet(config.weights, config.device)  # a bad weights file fails before real work
+        test = load_mnist("test", config.data_source)
+        mosaic = make_mosaic(config.rows, config.cols, config.seed)
+        runner: runners.Runner = getattr(runners, mode.runner)(config, mosaic, test.images)
+        startup_s = time.perf_counter() - t0
+        try:
+            measurement = measure(
+                lambda: outputs.append(runner.classify(progress)),
+                repeats=config.repeats,
+                warmup=0,  # the runner warmed up inside startup_s
+                sync=_cuda_sync if mode.device == "cuda" else None,
+            )
+        finally:
+            runner.close()
     pred, confidence, _ = outputs[0]
     for other_pred, _, _ in outputs[1:]:
         if not np.array_equal(other_pred, pred):  # same kernels, same inputs: must not happen
@@ -77,6 +86,7 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification:
         threads=runner.threads,
         processes=runner.processes,
         malloc=malloc,
+        interference=region.result,
     )
     if config.out is not None:
         write_outputs(result, config.out)

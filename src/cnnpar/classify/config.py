@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnpar.errors import CnnparError
+from cnnpar.measure.interference import DEFAULT_LOCK, Limits
 from cnnpar.mosaic import check_geometry
 from cnnpar.registry import BACKENDS, MODES
 
@@ -28,6 +29,9 @@ class ClassifyConfig:
     backend: str = "auto"
     data_source: str = "bundled"
     tune_malloc: bool = True
+    block: int | None = None  # the study's paired block this run belongs to, if any
+    timing_lock: str | None = str(DEFAULT_LOCK)
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def device(self) -> str:

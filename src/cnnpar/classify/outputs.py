@@ -14,6 +14,7 @@ import numpy as np
 from cnnpar import io
 from cnnpar.classify.config import ClassifyConfig
 from cnnpar.measure.environment import environment
+from cnnpar.measure.interference import Interference
 from cnnpar.measure.timing import Measurement
 from cnnpar.mosaic import Mosaic, render_mask, write_png
 from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
@@ -36,6 +37,7 @@ class Classification:
     threads: dict[str, int | None]  # effective counts inside one classifying process
     processes: int
     malloc: str
+    interference: Interference | None = None
 
     @property
     def accuracy(self) -> float:
@@ -69,6 +71,8 @@ class Classification:
                     "classify_s": classify_s,
                     "total_s": self.startup_s + classify_s,
                     "cells_per_s": self.mosaic.cells / classify_s,
+                    # What one fresh run classifying once would see: start-up included.
+                    "end_to_end_cells_per_s": self.mosaic.cells / (self.startup_s + classify_s),
                     "accuracy": self.accuracy,
                     # CPU time is what co-tenants on a shared machine cannot inflate much.
                     "classify_cpu_s": cpu_s,
@@ -102,13 +106,21 @@ class Classification:
                 "malloc": self.malloc,
                 "mask_shape": list(mask_shape),
             },
+            interference=self.interference,
         )
 
 
-def run_record(config: ClassifyConfig, parallelism: Parallelism, results: dict) -> RunRecord:
+def run_record(
+    config: ClassifyConfig,
+    parallelism: Parallelism,
+    results: dict,
+    interference: Interference | None = None,
+) -> RunRecord:
     """The run record of a classification run with `config`."""
     params = {
-        k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items() if k != "out"
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in asdict(config).items()
+        if k not in ("out", "timing_lock", "limits")  # how it was guarded, not what ran
     }
     params.update(
         grid=config.grid, backend=config.resolved_backend, requested_backend=config.backend
@@ -121,6 +133,7 @@ def run_record(config: ClassifyConfig, parallelism: Parallelism, results: dict) 
         results=results,
         outputs=list(RESULT_FILES),
         environment=environment().as_dict(),
+        interference=interference,
     )
 
 

@@ -56,6 +56,8 @@ class Interference:
     roofline_gflops: float | None  # the higher probe: this run's own upper bound
     roofline_device: str  # "cpu (2 threads)" or the GPU's name
     lock_wait_s: float
+    max_others_share: float  # the limits this run was judged by
+    max_probe_change: float
     flagged: bool
     reasons: list[str] = field(default_factory=list)
 
@@ -317,6 +319,8 @@ def assess(
         roofline_gflops=roofline,
         roofline_device=device,
         lock_wait_s=lock_wait_s,
+        max_others_share=limits.max_others_share,
+        max_probe_change=limits.max_probe_change,
         flagged=bool(reasons),
         reasons=reasons,
     )

@@ -8,6 +8,7 @@ when asked about a GPU mode), so they are unit-tested without starting a workflo
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -90,6 +91,11 @@ def config_error_message(error: jsonschema.ValidationError) -> str:
         return (
             f"config key '{key}': {value!r} is too small; it must be {op} {error.validator_value}"
         )
+    if error.validator in ("maximum", "exclusiveMaximum"):
+        op = "<=" if error.validator == "maximum" else "<"
+        return (
+            f"config key '{key}': {value!r} is too large; it must be {op} {error.validator_value}"
+        )
     if error.validator in ("pattern", "oneOf", "anyOf"):
         hint = _description(error) or f"it must match {error.validator_value!r}"
         return f"config key '{key}': {value!r} is invalid; {hint}"
@@ -108,9 +114,26 @@ def load_schema(schema_path: str | os.PathLike[str]) -> dict[str, Any]:
     return yaml.safe_load(Path(schema_path).read_text())
 
 
+def _non_finite(value: Any, key: str = "") -> str | None:
+    """The key of the first NaN or infinite number in `value` (YAML's .nan, .inf), if any."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key or "<top level>"
+    if isinstance(value, dict | list):
+        children = value.items() if isinstance(value, dict) else enumerate(value)
+        for name, child in children:
+            where = f"{key}[{name}]" if isinstance(name, int) else f"{key}.{name}" if key else name
+            found = _non_finite(child, where)
+            if found:
+                return found
+    return None
+
+
 def validate_config(config: dict[str, Any], schema_path: str | os.PathLike[str]) -> None:
     """Validate `config` in place against the schema, filling in its defaults; raise
     ConfigError with one line "invalid config: ..." naming the first bad key."""
+    bad = _non_finite(config)
+    if bad is not None:  # before the schema: NaN passes every numeric comparison it makes
+        raise ConfigError(f"invalid config: config key '{bad}' must be a finite number")
     schema = load_schema(schema_path)
     error = next(iter(DefaultingValidator(schema).iter_errors(config)), None)
     if error is not None:
@@ -120,6 +143,23 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike[str])
         raise ConfigError(
             "invalid config: config key 'data.dir' must name a directory when data.source is 'dir'"
         )
+
+
+def check_results_dir(path: str | os.PathLike[str]) -> None:
+    """The results directory exists or can be made, and takes files; else one line."""
+    import tempfile
+
+    where = Path(path)
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=where, prefix=".cnnpar-write-check-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ConfigError(
+            f"invalid config: config key 'results': cannot write into {str(where)!r} ({reason}); "
+            "choose a writable directory"
+        ) from None
 
 
 # --- what this machine can run -----------------------------------------------------------

@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter
 
 from cnnpar.io import atomic_path
 from cnnpar.registry import table_figures
-from cnnpar.study.tables import read_table
+from cnnpar.study.tables import TABLE_SCHEMAS, read_table
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,15 @@ def _plain_log(ax: Axes, axis: str) -> None:
     target.set_minor_formatter(minor)
 
 
+def _interval_err(frame: pd.DataFrame, name: str, scale: float = 1.0) -> np.ndarray:
+    """Asymmetric error bars (2, n) from the `name`, `name`_low and `name`_high columns; a
+    missing interval (one block) draws no bar."""
+    mid = scale * frame[name].to_numpy(dtype=float)
+    low = scale * frame[f"{name}_low"].to_numpy(dtype=float)
+    high = scale * frame[f"{name}_high"].to_numpy(dtype=float)
+    return np.nan_to_num(np.clip(np.vstack([mid - low, high - mid]), 0, None))
+
+
 def _varying(frame: pd.DataFrame, keys: list[str]) -> list[str]:
     """The keys that take more than one value (only those are worth a legend entry)."""
     return [k for k in keys if k in frame.columns and frame[k].nunique(dropna=True) > 1]
@@ -120,15 +129,15 @@ def _speedup_panels(
         label = _label(first, [color_key, *varying])
         x = fam["parallelism"].to_numpy(dtype=float)
         speed = fam["speedup"].to_numpy(dtype=float)
-        err = np.vstack(
-            [
-                np.clip(speed - fam["speedup_q1"].to_numpy(dtype=float), 0, None),
-                np.clip(fam["speedup_q3"].to_numpy(dtype=float) - speed, 0, None),
-            ]
-        )
         marker = MARKERS[i % len(MARKERS)]
-        ax_s.errorbar(x, speed, yerr=err, color=color, marker=marker, capsize=3, label=label)
-        ax_e.plot(x, 100 * fam["efficiency"], color=color, marker=marker, label=label)
+        ax_s.errorbar(
+            x, speed, yerr=_interval_err(fam, "speedup"), color=color, marker=marker, capsize=3,
+            label=label,
+        )  # fmt: skip
+        ax_e.errorbar(
+            x, 100 * fam["efficiency"], yerr=_interval_err(fam, "efficiency", 100.0),
+            color=color, marker=marker, capsize=3, label=label,
+        )  # fmt: skip
     xmax = float(data["parallelism"].max())
     ideal = np.array([1.0, max(xmax, 2.0)])
     ax_s.plot(ideal, ideal, "k--", lw=1, label="ideal (linear)")
@@ -146,7 +155,7 @@ def _speedup_panels(
     ax_s.set_ylabel("speedup (×)")
     ax_s.set_ylim(bottom=0)
     ax_e.set_ylabel("parallel efficiency (%)")
-    ax_e.set_ylim(0, max(110, float(100 * data["efficiency"].max()) * 1.1))
+    ax_e.set_ylim(0, max(110, float(100 * data["efficiency_high"].max()) * 1.1))
     ax_s.legend(loc="upper left")
     ax_e.legend(loc="lower left")
     fig.tight_layout()
@@ -176,7 +185,7 @@ def classify_speedup(summary: pd.DataFrame) -> Figure:
 
 
 def train_throughput(summary: pd.DataFrame) -> Figure:
-    """Grouped bars: engines along x, one bar per thread count, IQR error bars."""
+    """Grouped bars: engines along x, one bar per thread count, 95% interval error bars."""
     train = summary[(summary["study"] == "train") & (summary["model"] == "tinycnn")]
     families = list(train.groupby(["filters", "batch_size"], sort=True)) if not train.empty else []
     ncols = min(2, max(1, len(families)))
@@ -190,19 +199,18 @@ def train_throughput(summary: pd.DataFrame) -> Figure:
     for ax in axes.flat[len(families) :]:
         ax.set_visible(False)
     for ax, ((filters, batch), fam) in zip(axes.flat, families, strict=False):
-        engines = list(dict.fromkeys(fam.sort_values("rate_median")["engine"]))
+        engines = list(dict.fromkeys(fam.sort_values("rate")["engine"]))
         threads = sorted(fam["parallelism"].unique())
         width = 0.8 / len(threads)
         for j, t in enumerate(threads):
             rows = fam[fam["parallelism"] == t].set_index("engine").reindex(engines)
             x = np.arange(len(engines)) + (j - (len(threads) - 1) / 2) * width
-            med = rows["rate_median"].to_numpy(dtype=float)
-            err = np.vstack([med - rows["rate_q1"], rows["rate_q3"] - med])
+            med = rows["rate"].to_numpy(dtype=float)
             ax.bar(
                 x,
                 med,
                 width,
-                yerr=np.nan_to_num(np.clip(err, 0, None)),
+                yerr=_interval_err(rows, "rate"),
                 capsize=3,
                 color=[COLORS.get(e, "C0") for e in engines],
                 alpha=0.45 + 0.55 * (j + 1) / len(threads),
@@ -220,7 +228,7 @@ def train_throughput(summary: pd.DataFrame) -> Figure:
         ax.set_xticklabels(engines)
         ax.set_ylabel("training throughput (images/s)")
         ax.set_title(f"F={int(filters)}, B={int(batch)}")
-        rates = fam["rate_median"].dropna()
+        rates = fam["rate"].dropna()
         if len(rates) and rates.max() / max(rates.min(), 1e-9) > 30:
             _plain_log(ax, "y")
         ax.legend(title="shade = threads", loc="upper left")
@@ -233,9 +241,12 @@ def train_throughput(summary: pd.DataFrame) -> Figure:
 
 
 def time_to_accuracy(train: pd.DataFrame) -> Figure:
-    """Test accuracy after each epoch against cumulative training seconds, median over seeds."""
+    """Test accuracy after each epoch of the full-length runs against the seconds a user waits:
+    warm-up (compilation) plus cumulative training time, median over seeds."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     data = train[train["model"] == "tinycnn"] if "model" in train.columns else train
+    if "run" in data.columns and (data["run"] == "full").any():
+        data = data[data["run"] == "full"]
     if data.empty:
         _no_data(ax, "tinycnn training")
         return fig
@@ -244,19 +255,20 @@ def time_to_accuracy(train: pd.DataFrame) -> Figure:
         (data["filters"] == first_family["filters"])
         & (data["batch_size"] == first_family["batch_size"])
     ]
+    x_column = "cum_seconds_with_warmup" if "cum_seconds_with_warmup" in data else "cum_seconds"
     for i, (engine, eng) in enumerate(data.groupby("engine", sort=True)):
         eng = eng[eng["threads"] == eng["threads"].max()]
-        curve = eng.groupby("epoch")[["cum_seconds", "test_acc"]].median().reset_index()
+        curve = eng.groupby("epoch")[[x_column, "test_acc"]].median().reset_index()
         threads = int(eng["threads"].max())
         ax.plot(
-            curve["cum_seconds"],
+            curve[x_column],
             100 * curve["test_acc"],
             marker=MARKERS[i % len(MARKERS)],
             color=COLORS.get(engine, f"C{i}"),
             label=f"{engine} ({threads} thread{'s' if threads > 1 else ''})",
         )
     _plain_log(ax, "x")
-    ax.set_xlabel("cumulative training time (s, log scale)")
+    ax.set_xlabel("warm-up + cumulative training time (s, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(
         f"TinyCNN time to accuracy (F={int(first_family['filters'])}, "
@@ -302,6 +314,42 @@ def classify_cost_per_cell(summary: pd.DataFrame) -> Figure:
     return fig
 
 
+def classify_end_to_end(summary: pd.DataFrame) -> Figure:
+    """Steady-state against end-to-end cells/s (start-up included) over the mosaic size."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    data = summary[summary["study"] == "classify"]
+    if data.empty:
+        _no_data(ax, "classification")
+        return fig
+    varying = _varying(data, ["batch_size"])
+    for i, (_, line) in enumerate(data.groupby(["mode", "parallelism", *varying], sort=True)):
+        line = line.sort_values("cells")
+        first = line.iloc[0]
+        color = COLORS.get(first["mode"], f"C{i}")
+        label = _label(first, ["mode", "parallelism", *varying])
+        ax.errorbar(
+            line["cells"], line["rate"], yerr=_interval_err(line, "rate"), color=color,
+            marker=MARKERS[i % len(MARKERS)], capsize=3, label=f"{label} steady state",
+        )  # fmt: skip
+        ax.errorbar(
+            line["cells"], line["end_to_end_rate"], yerr=_interval_err(line, "end_to_end_rate"),
+            color=color, ls="--", marker=MARKERS[i % len(MARKERS)], mfc="none", capsize=3,
+            label=f"{label} end to end",
+        )  # fmt: skip
+    _plain_log(ax, "x")
+    grids = data.drop_duplicates("cells").sort_values("cells")
+    labels = [f"{g}\n{int(c):,}" for g, c in zip(grids["grid"], grids["cells"], strict=True)]
+    ax.set_xticks(grids["cells"], labels)
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("mosaic grid and cells (log scale)")
+    ax.set_ylabel("cells/s")
+    ax.set_ylim(bottom=0)
+    ax.set_title("What users pay: steady-state against end-to-end throughput")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 # --- roofline -----------------------------------------------------------------------------
 
 
@@ -312,9 +360,11 @@ def _roofline_panel(
     for i, (_, line) in enumerate(data.groupby([color_key, *varying], dropna=False, sort=True)):
         line = line.sort_values("parallelism")
         first = line.iloc[0]
-        ax.plot(
+        ax.errorbar(
             line["parallelism"],
             100 * line["roofline_fraction"],
+            yerr=_interval_err(line, "roofline_fraction", 100.0),
+            capsize=3,
             marker=MARKERS[i % len(MARKERS)],
             color=COLORS.get(first[color_key], f"C{i % 10}"),
             label=_label(first, [color_key, *varying]),
@@ -325,15 +375,15 @@ def _roofline_panel(
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("% of sgemm GFLOP/s at the same threads")
-    ax.set_ylim(0, max(100.0, float(100 * data["roofline_fraction"].max()) * 1.15))
-    ax.axhline(100, color="k", ls="--", lw=1, label="sgemm roofline")
+    ax.set_ylabel("% of the job's own matmul probe")
+    ax.set_ylim(0, max(100.0, float(100 * data["roofline_fraction_high"].max()) * 1.15))
+    ax.axhline(100, color="k", ls="--", lw=1, label="matmul roofline (own probe)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize=7)
 
 
 def roofline(summary: pd.DataFrame) -> Figure:
-    """Achieved GFLOP/s over the sgemm rate measured at the same thread count, against threads:
-    training per engine (MosaicNet training as its own line), classification per mode."""
+    """Achieved GFLOP/s over each job's own matmul probe (its CPU threads, or its GPU), against
+    threads: training per engine, classification per mode."""
     data = summary[summary["roofline_fraction"].notna()].copy()
     fig, (ax_t, ax_c) = plt.subplots(1, 2, figsize=(11, 4.5))
     train = data[data["study"] == "train"].copy()
@@ -351,7 +401,7 @@ def roofline(summary: pd.DataFrame) -> Figure:
     else:
         _roofline_panel(ax_c, classify, "mode", ["grid", "batch_size"], "workers")
         ax_c.set_title("Classification (forward FLOPs)")
-    fig.suptitle("Achieved GFLOP/s as a fraction of the measured sgemm roofline", y=1.02)
+    fig.suptitle("Achieved GFLOP/s as a fraction of the jobs' own matmul probes", y=1.02)
     fig.tight_layout()
     return fig
 
@@ -372,20 +422,17 @@ def save(fig: Figure, out_dir: str | os.PathLike[str], stem: str) -> list[Path]:
 
 
 def draw_all(
-    train_csv: str | os.PathLike[str],
-    classify_csv: str | os.PathLike[str],
-    summary_csv: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
+    tables: dict[str, str | os.PathLike[str]], out_dir: str | os.PathLike[str]
 ) -> list[Path]:
-    """Every figure from the three tables; returns the files written."""
-    frames = {
-        "train": read_table(train_csv),
-        "classify": read_table(classify_csv),
-        "summary": read_table(summary_csv),
-    }
+    """Every figure from the tables ({name: csv path}); returns the files written. Each table is
+    checked as it is read (`read_table`): a damaged one stops here with one line."""
+    frames = {name: read_table(path, name) for name, path in tables.items()}
     written = []
     for figure in table_figures():
         make: Callable[..., Figure] = globals()[figure.id]
         written += save(make(*(frames[name] for name in figure.tables)), out_dir, figure.id)
         log.info("figure %s written", figure.id)
     return written
+
+
+__all__ = ["TABLE_SCHEMAS", "draw_all", "save"]

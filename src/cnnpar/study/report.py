@@ -2,7 +2,7 @@
 
 Figures are embedded as base64 PNGs and the page has no external resources, so the file can
 be mailed or opened offline. The findings are sentences generated from ``summary.csv``
-(ratios of numbers already in the table; nothing is re-measured or re-aggregated here).
+(numbers and intervals already in the tables; nothing is re-measured or re-aggregated here).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from cnnpar.io import write_text
+from cnnpar.record import RunRecord
 from cnnpar.registry import FIGURES
 from cnnpar.study.tables import read_table
 
@@ -31,12 +32,13 @@ log = logging.getLogger(__name__)
 # Columns of the tidy tables shown in the page (the CSVs hold all of them).
 TRAIN_COLUMNS = [
     "model", "engine", "threads_requested", "threads", "filters", "batch_size", "seed",
-    "epoch", "seconds", "cum_seconds", "images_per_s", "train_loss", "train_acc",
-    "test_loss", "test_acc",
+    "run", "block", "epoch", "images", "seconds", "cum_seconds", "warmup_s", "images_per_s",
+    "train_loss", "train_acc", "test_loss", "test_acc", "flagged",
 ]  # fmt: skip
 CLASSIFY_COLUMNS = [
     "mode", "workers_requested", "workers", "grid", "cells", "distinct_digits", "batch_size",
-    "seed", "repeat", "startup_s", "classify_s", "total_s", "cells_per_s", "accuracy",
+    "seed", "block", "repeat", "startup_s", "classify_s", "total_s", "cells_per_s",
+    "end_to_end_cells_per_s", "accuracy", "flagged",
 ]  # fmt: skip
 
 
@@ -58,16 +60,56 @@ def _workers(n: Any) -> str:
     return f"{_n(n)} worker{'s' if float(n) != 1 else ''}"
 
 
-def findings(summary: pd.DataFrame) -> list[str]:
-    """Plain sentences stating what the summary table shows."""
+def _ci(estimate: float, low: float, high: float, fmt: str = "{:.2f}") -> str:
+    """'1.72× [1.61, 1.84]', or the bare estimate when there is no interval (one block)."""
+    text = fmt.format(estimate) + "×"
+    if pd.notna(low) and pd.notna(high):
+        text += f" [{fmt.format(low)}, {fmt.format(high)}]"
+    return text
+
+
+def _flag_note(row: pd.Series) -> str:
+    n = row.get("flagged_blocks")
+    if pd.notna(n) and int(n) > 0:
+        return f" ⚠ rests on {int(n)} block(s) with interference (see the banner)."
+    return ""
+
+
+def _direction(verdict_: str, faster: str, slower: str) -> str | None:
+    return {"higher": faster, "lower": slower}.get(verdict_)
+
+
+def findings(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> list[str]:
+    """Plain sentences stating what the tables show, each ratio with its 95% interval; a
+    ratio whose interval admits both directions is reported as not resolved."""
     if summary.empty:
         return ["No results: the summary table is empty."]
+    comparisons = comparisons if comparisons is not None else pd.DataFrame()
     return [
         *_train_findings(summary[summary["study"] == "train"]),
+        *_comparison_findings(comparisons),
         *_classify_findings(summary[summary["study"] == "classify"]),
         *_roofline_findings(summary[summary["roofline_fraction"].notna()]),
         *_capped_findings(summary),
     ]
+
+
+def _speedup_sentence(row: pd.Series, who: str, over: str) -> str:
+    ratio = _ci(row["speedup"], row["speedup_low"], row["speedup_high"])
+    efficiency = f"{100 * row['efficiency']:.0f}%"
+    if pd.notna(row["efficiency_low"]):
+        efficiency += f" [{100 * row['efficiency_low']:.0f}, {100 * row['efficiency_high']:.0f}]%"
+    base = f"{over} at {row['baseline_rate']:,.0f} {row['rate_unit']}"
+    direction = _direction(row["speedup_verdict"], "faster than", "slower than")
+    if direction is None:
+        return (
+            f"{who}: not resolved on this machine against {base}: {ratio}, an interval that "
+            f"admits both a gain and a loss (efficiency {efficiency}).{_flag_note(row)}"
+        )
+    return (
+        f"{who}: {ratio} {direction} {base} (efficiency {efficiency}, "
+        f"{int(row['blocks'])} paired blocks).{_flag_note(row)}"
+    )
 
 
 def _train_findings(train: pd.DataFrame) -> list[str]:
@@ -75,37 +117,48 @@ def _train_findings(train: pd.DataFrame) -> list[str]:
     tiny = train[train["model"] == "tinycnn"]
     for (filters, batch), fam in tiny.groupby(["filters", "batch_size"], sort=True):
         where = f"F={_n(filters)}, B={_n(batch)}"
-        # Each engine at the largest thread count it ran: its scaling, then engine vs engine.
-        tops = fam.loc[fam.groupby("engine")["parallelism"].idxmax()]
-        tops = tops.sort_values("rate_median", ascending=False)
-        for _, row in tops[(tops["parallelism"] > 1) & tops["speedup"].notna()].iterrows():
+        for _, row in fam[(fam["parallelism_requested"] > 1) & fam["speedup"].notna()].iterrows():
+            who = f"{row['engine']} {_threads(row['parallelism'])} ({where})"
+            out.append(_speedup_sentence(row, who, f"{row['engine']} 1 thread"))
+        warm = fam[fam["warmup_s"].notna()].groupby("engine")["warmup_s"].median()
+        if len(warm):
             out.append(
-                f"{row['engine']} {_threads(row['parallelism'])} ({where}): "
-                f"{row['speedup']:.2f}× over 1 thread ({100 * row['efficiency']:.0f}% efficiency)."
+                f"Warm-up before the clock at {where} (compilation, first steps; median over "
+                "blocks): " + ", ".join(f"{e} {w:.2f} s" for e, w in warm.items()) + "."
             )
-        if len(tops) > 1:
-            best = tops.iloc[0]
-            others = ", ".join(
-                f"{best['rate_median'] / row['rate_median']:.1f}× {row['engine']}"
-                f" ({_threads(row['parallelism'])})"
-                for _, row in tops.iloc[1:].iterrows()
-            )
+        accs = fam.groupby("engine")["accuracy"].median().dropna()
+        if len(accs):
             out.append(
-                f"Fastest training at {where}: {best['engine']} {_threads(best['parallelism'])} "
-                f"at {best['rate_median']:,.0f} images/s, {others}."
+                f"Final test accuracy of the full-length runs at {where}: "
+                + ", ".join(f"{e} {100 * a:.1f}%" for e, a in accs.items())
+                + "."
             )
-        accs = [
-            f"{row['engine']} {100 * row['accuracy']:.1f}%"
-            for _, row in tops.sort_values("engine").iterrows()
-            if pd.notna(row["accuracy"])
-        ]
-        if accs:
-            out.append(f"Final test accuracy at {where} (median over seeds): {', '.join(accs)}.")
     for _, row in train[train["model"] == "mosaicnet"].iterrows():
         out.append(
-            f"MosaicNet training ({row['engine']}): {row['rate_median']:,.0f} images/s, "
+            f"MosaicNet training ({row['engine']}): {row['rate']:,.0f} images/s, "
             f"test accuracy {100 * row['accuracy']:.2f}%."
         )
+    return out
+
+
+def _comparison_findings(comparisons: pd.DataFrame) -> list[str]:
+    out = []
+    for _, row in comparisons.iterrows():
+        ratio = _ci(row["ratio"], row["ratio_low"], row["ratio_high"])
+        where = f"{row['study']} at {row['family']}"
+        direction = _direction(row["verdict"], "faster than", "slower than")
+        note = _flag_note(row)
+        if direction is None:
+            out.append(
+                f"{row['subject']} against {row['reference']} ({where}): not resolved on this "
+                f"machine, {ratio}.{note}"
+            )
+        else:
+            out.append(
+                f"{row['subject']} is {ratio} {direction} {row['reference']} ({where}; "
+                f"{row['subject_rate']:,.0f} against {row['reference_rate']:,.0f} "
+                f"{row['rate_unit']}).{note}"
+            )
     return out
 
 
@@ -113,39 +166,42 @@ def _classify_findings(classify: pd.DataFrame) -> list[str]:
     if classify.empty:
         return []
     out = []
-    # Each parallel mode at its most workers on the largest grid, against sequential.
     largest = classify[classify["cells"] == classify["cells"].max()]
     parallel = largest[(largest["mode"] != "sequential") & largest["speedup"].notna()]
-    if not parallel.empty:
-        tops = parallel.loc[parallel.groupby(["mode", "batch_size"])["parallelism"].idxmax()]
-        for _, row in tops.sort_values("speedup", ascending=False).iterrows():
-            out.append(
-                f"{row['mode']} {_workers(row['parallelism'])} on {row['grid']} "
-                f"(B={_n(row['batch_size'])}): {row['speedup']:.2f}× over sequential "
-                f"({100 * row['efficiency']:.0f}% efficiency)."
-            )
-    best = largest.loc[largest["rate_median"].idxmax()]
-    out.append(
-        f"Fastest classification of the largest mosaic ({best['grid']}, "
-        f"{int(best['cells']):,} cells): {best['mode']} {_workers(best['parallelism'])}, "
-        f"B={_n(best['batch_size'])}, at {best['rate_median']:,.0f} cells/s; "
-        f"accuracy {100 * best['accuracy']:.2f}%."
-    )
-    # How the cost per cell changes with the grid, for one line (sequential if it ran).
-    first_mode = "sequential" if "sequential" in set(classify["mode"]) else classify["mode"].iloc[0]
-    line = classify[classify["mode"] == first_mode]
-    line = line[line["batch_size"] == line["batch_size"].iloc[0]]
-    line = line[line["parallelism"] == line["parallelism"].iloc[0]]
-    if line["cells"].nunique() > 1:
-        small = line.loc[line["cells"].idxmin()]
-        big = line.loc[line["cells"].idxmax()]
-        ratio = big["seconds_per_item"] / small["seconds_per_item"]
-        out.append(
-            f"Cost per cell, {first_mode} {_workers(small['parallelism'])} "
-            f"(B={_n(small['batch_size'])}): {1e6 * small['seconds_per_item']:.1f} µs at "
-            f"{int(small['cells']):,} cells, {1e6 * big['seconds_per_item']:.1f} µs at "
-            f"{int(big['cells']):,} cells ({ratio:.2f}×)."
+    for _, row in parallel.sort_values(["mode", "parallelism"]).iterrows():
+        who = f"{row['mode']} {_workers(row['parallelism'])} on {row['grid']}"
+        who += f" (B={_n(row['batch_size'])})"
+        out.append(_speedup_sentence(row, who, "sequential"))
+    # What users pay: end to end, and the mosaic size from which start-up is paid back.
+    for _, row in classify[classify["mode"] == "processes"].sort_values("cells").iterrows():
+        if pd.isna(row["end_to_end_speedup"]):
+            continue
+        e2e = _ci(
+            row["end_to_end_speedup"], row["end_to_end_speedup_low"], row["end_to_end_speedup_high"]
         )
+        payback = row["payback_cells"]
+        if pd.isna(payback):
+            pays = ""
+        elif payback == float("inf"):
+            pays = "; its start-up is never paid back at this speed"
+        else:
+            pays = (
+                f"; start-up is paid back from about {payback:,.0f} cells (median over blocks, "
+                f"range {row['payback_cells_min']:,.0f}–{row['payback_cells_max']:,.0f})"
+            )
+        out.append(
+            f"End to end (start-up {row['startup_s']:.2f} s included), processes "
+            f"{_workers(row['parallelism'])} on {row['grid']}: {e2e} against sequential"
+            f"{pays}.{_flag_note(row)}"
+        )
+    best = largest.loc[largest["rate"].idxmax()]
+    out.append(
+        f"Fastest steady-state classification of the largest mosaic ({best['grid']}, "
+        f"{int(best['cells']):,} cells): {best['mode']} {_workers(best['parallelism'])}, "
+        f"B={_n(best['batch_size'])}, at {best['rate']:,.0f} cells/s "
+        f"[{best['rate_low']:,.0f}, {best['rate_high']:,.0f}]; accuracy "
+        f"{100 * best['accuracy']:.2f}%."
+    )
     return out
 
 
@@ -156,19 +212,17 @@ def _roofline_findings(roof: pd.DataFrame) -> list[str]:
     train_row = best["study"] == "train"
     who = best["engine"] if train_row else best["mode"]
     par = (_threads if train_row else _workers)(best["parallelism"])
-    out = [
-        f"Highest fraction of the sgemm roofline: {best['study']} {best['model']} {who} "
-        f"with {par}, {best['gflops']:.1f} GFLOP/s = "
-        f"{100 * best['roofline_fraction']:.0f}% of {best['roofline_gflops']:.1f} GFLOP/s."
-    ]
-    above = roof[roof["roofline_fraction"] > 1.0]
-    if not above.empty:
-        out.append(
-            f"Note: {len(above)} configuration(s) exceed the measured sgemm rate, so that "
-            "measurement was probably slowed by other load on the machine; re-measure the "
-            "roofline (`cnnpar info --threads N`) on a quiet machine."
+    share = f"{100 * best['roofline_fraction']:.0f}%"
+    if pd.notna(best["roofline_fraction_low"]):
+        share += (
+            f" [{100 * best['roofline_fraction_low']:.0f}, "
+            f"{100 * best['roofline_fraction_high']:.0f}]%"
         )
-    return out
+    return [
+        f"Highest fraction of the roofline: {best['study']} {best['model']} {who} with {par}, "
+        f"{best['gflops']:.1f} GFLOP/s = {share} of its own matmul probe "
+        f"({best['roofline_gflops']:.1f} GFLOP/s, {best['roofline_device']}).{_flag_note(best)}"
+    ]
 
 
 def _capped_findings(summary: pd.DataFrame) -> list[str]:
@@ -180,6 +234,72 @@ def _capped_findings(summary: pd.DataFrame) -> list[str]:
         "efficiency uses the effective count."
         for _, row in capped.iterrows()
     ]
+
+
+def banner_html(jobs: pd.DataFrame) -> str:
+    """The warning that opens the report when any timed job saw interference."""
+    if jobs.empty or not jobs["flagged"].astype(bool).any():
+        return ""
+    flagged = jobs[jobs["flagged"].astype(bool)]
+    items = "".join(
+        f"<li><b>{html.escape(str(row['label']))}</b>: {html.escape(str(row['flag_reasons']))}</li>"
+        for _, row in flagged.iterrows()
+    )
+    return (
+        '<section id="interference" class="banner"><h2>⚠ Interference detected in '
+        f"{len(flagged)} of {len(jobs)} timed jobs</h2><p>Other processes took CPU time from "
+        "these jobs, or the machine's speed changed under them. Findings that rest on them are "
+        "marked ⚠; re-run the study on a quiet machine before trusting those.</p>"
+        f"<ul>{items}</ul></section>"
+    )
+
+
+# How the study meets Hoefler & Belli's twelve rules (SC'15), as the report states it.
+METHOD = [
+    ("1. Speedups state their base case",
+     "every speedup names its baseline (the same engine at 1 thread, or sequential "
+     "classification) and that baseline's absolute rate."),
+    ("2. Subsets of benchmarks",
+     "every configured engine, mode, grid and batch size is reported; nothing is dropped "
+     "after the fact (engines this machine cannot run are skipped at start-up with a warning)."),
+    ("3. Rates of work done",
+     "rates count images or cells processed in the timed region; GFLOP/s come from the "
+     "network's counted FLOPs per image, not from a guess."),
+    ("4. Summarising ratios",
+     "a ratio is formed inside each paired block and summarised by the geometric mean over "
+     "blocks, which equals the ratio of the geometric mean rates; no ratio of ratios."),
+    ("5. Deterministic or random",
+     "rates vary from block to block, so each is reported with an interval, never as one number."),
+    ("6. Intervals",
+     "95% intervals are Student t intervals on the log of the per-block values "
+     "(exact for log-normal noise; with 3-5 blocks a bootstrap or an order-statistic interval "
+     "would cover far less than 95%). A finding whose interval admits both directions says "
+     "'not resolved on this machine'."),
+    ("7. Significance of differences",
+     "a direction is stated only when the whole 95% interval lies on one side of 1."),
+    ("8. Spread of the population",
+     "classify jobs time several repeats each; train jobs keep one row per epoch; "
+     "tables/jobs.csv has every block's raw rate."),
+    ("9. Experimental set-up",
+     "the environment (CPU, CPUs available to the job, versions, commit, allocator, "
+     "thread counts as they took effect) is recorded with every job and shown below."),
+    ("10. Parallel time and interference",
+     "timed jobs hold a machine-wide lock so they never overlap; each records other processes' "
+     "CPU share, steal time and matmul probes before and after, and is flagged above the "
+     "configured limits. Blocks run in order, so the jobs compared ran minutes apart at most."),
+    ("11. Upper bounds",
+     "each job's roofline is its own float32 matmul probe at its own thread count (GPU jobs: "
+     "on their GPU); the speedup figures draw ideal linear scaling."),
+    ("12. Plots",
+     "figures show intervals, label units and state the base case in their captions."),
+]  # fmt: skip
+
+
+def method_html() -> str:
+    items = "".join(
+        f"<li><b>{html.escape(rule)}</b>: {html.escape(how)}</li>" for rule, how in METHOD
+    )
+    return f'<ul class="method">{items}</ul>'
 
 
 # --- HTML pieces --------------------------------------------------------------------------
@@ -225,10 +345,19 @@ def figures_html(figures: Sequence[str | os.PathLike[str]]) -> str:
 
 
 def _fmt_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary as people read it: units, ×, %, no NaN noise."""
+    """The summary as people read it: units, ×, %, intervals, no NaN noise."""
 
     def fmt(value: Any, pattern: str) -> str:
         return "" if pd.isna(value) else pattern.format(value)
+
+    def interval(r: pd.Series, name: str, pattern: str, scale: float = 1.0) -> str:
+        if pd.isna(r[name]):
+            return ""
+        text = pattern.format(scale * r[name])
+        if pd.notna(r[f"{name}_low"]):
+            text += f" [{pattern.format(scale * r[f'{name}_low'])}, "
+            text += f"{pattern.format(scale * r[f'{name}_high'])}]"
+        return text
 
     rows = []
     for _, r in summary.iterrows():
@@ -247,14 +376,15 @@ def _fmt_summary(summary: pd.DataFrame) -> pd.DataFrame:
                 "engine / mode": who,
                 "config": config,
                 "threads / workers": par,
-                "rate (median)": f"{r['rate_median']:,.0f} {r['rate_unit']}",
-                "IQR": fmt(r["rate_iqr"], "{:,.0f}"),
-                "speedup": fmt(r["speedup"], "{:.2f}×"),
-                "efficiency": fmt(r["efficiency"], "{:.0%}"),
+                "rate [95% CI]": interval(r, "rate", "{:,.0f}") + f" {r['rate_unit']}",
+                "speedup": interval(r, "speedup", "{:.2f}"),
+                "verdict": fmt(r["speedup_verdict"], "{}"),
+                "efficiency %": interval(r, "efficiency", "{:.0f}", 100.0),
+                "end to end": interval(r, "end_to_end_rate", "{:,.0f}"),
                 "accuracy": fmt(r["accuracy"], "{:.2%}"),
-                "GFLOP/s": fmt(r["gflops"], "{:.1f}"),
-                "% roofline": fmt(r["roofline_fraction"], "{:.0%}"),
-                "n": int(r["samples"]),
+                "% roofline": interval(r, "roofline_fraction", "{:.0f}", 100.0),
+                "blocks": int(r["blocks"]),
+                "⚠": "⚠" if r.get("flagged_blocks", 0) else "",
             }
         )
     return pd.DataFrame(rows)
@@ -288,9 +418,7 @@ def _env_value(value: Any) -> str:
 
 def render(
     title: str,
-    train: pd.DataFrame,
-    classify: pd.DataFrame,
-    summary: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
     figures: Sequence[str | os.PathLike[str]],
     env: dict[str, Any],
     config_yaml: str,
@@ -298,23 +426,29 @@ def render(
     template = Template(
         resources.files("cnnpar").joinpath("templates/report.html").read_text(encoding="utf-8")
     )
+    summary = tables["summary"]
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     meta = (
         f"Generated {now} on {env.get('hostname', '?')}: {env.get('cpu_model', '?')}, "
-        f"{env.get('logical_cores', '?')} logical cores, {env.get('ram_gib', '?')} GiB; "
+        f"{env.get('logical_cores', '?')} logical cores ({env.get('cpus_available', '?')} "
+        f"available to the jobs), {env.get('ram_gib', '?')} GiB; "
         f"cnnpar {env.get('cnnpar', '?')} at git {env.get('git_revision', '?')}."
     )
-    items = "\n".join(f"<li>{html.escape(s)}</li>" for s in findings(summary))
+    items = "\n".join(
+        f"<li>{html.escape(s)}</li>" for s in findings(summary, tables.get("comparisons"))
+    )
     return template.substitute(
         title=html.escape(title),
         meta=html.escape(meta),
+        banner=banner_html(tables.get("jobs", pd.DataFrame())),
         findings=items,
+        method=method_html(),
         figures=figures_html(figures),
         summary_table=table_html(_fmt_summary(summary)) if not summary.empty else "",
-        train_rows=len(train),
-        classify_rows=len(classify),
-        train_table=table_html(train, TRAIN_COLUMNS),
-        classify_table=table_html(classify, CLASSIFY_COLUMNS),
+        train_rows=len(tables["train"]),
+        classify_rows=len(tables["classify"]),
+        train_table=table_html(tables["train"], TRAIN_COLUMNS),
+        classify_table=table_html(tables["classify"], CLASSIFY_COLUMNS),
         config=html.escape(config_yaml),
         environment=env_html(env),
     )
@@ -323,24 +457,16 @@ def render(
 def write_report(
     out: str | os.PathLike[str],
     title: str,
-    train_csv: str | os.PathLike[str],
-    classify_csv: str | os.PathLike[str],
-    summary_csv: str | os.PathLike[str],
+    tables: dict[str, str | os.PathLike[str]],
     figures: Sequence[str | os.PathLike[str]],
-    env_json: str | os.PathLike[str],
+    record: str | os.PathLike[str],
     config_yaml: str,
 ) -> Path:
-    """Render the report from files and write it atomically; returns its path."""
-    env = json.loads(Path(env_json).read_text())
-    page = render(
-        title,
-        read_table(train_csv),
-        read_table(classify_csv),
-        read_table(summary_csv),
-        figures,
-        env,
-        config_yaml,
-    )
+    """Render the report from the tables (each checked as it is read), the figures and the
+    environment of a run record; write it atomically and return its path."""
+    env = RunRecord.read(record).environment
+    frames = {name: read_table(path, name) for name, path in tables.items()}
+    page = render(title, frames, figures, env, config_yaml)
     write_text(out, page)
     log.info("report written to %s (%d bytes)", out, len(page))
     return Path(out)

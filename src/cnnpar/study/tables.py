@@ -1,23 +1,28 @@
-"""Tidy tables from the run records of the workflow's jobs, and the speedup/efficiency summary.
+"""Tidy tables from the run records of the workflow's jobs, with paired ratios over blocks.
 
-Each job wrote a typed run record (`run.json`, `cnnpar.record`) naming every parameter, the
-parallelism that took effect and the environment; the tables take parameters from the records
-only, never from where a file lives. Three tables come out:
+Each job wrote a typed run record (`run.json`, `cnnpar.record`) naming every parameter, its
+paired block, the parallelism that took effect, the guard around its timed region (probes,
+other processes' CPU share) and the environment; the tables take everything from the records,
+never from where a file lives. Five tables come out:
 
-- ``train.csv``: one row per training job × epoch (tinycnn and MosaicNet);
+- ``train.csv``: one row per training job × epoch (throughput, full-length and MosaicNet runs);
 - ``classify.csv``: one row per classify job × timed repeat;
-- ``summary.csv``: one row per configuration (seeds and repeats pooled) with the median and
-  IQR of its throughput, its speedup and parallel efficiency over the family's 1-thread
-  (training) or sequential (classification) baseline, and achieved GFLOP/s against the sgemm
-  roofline measured at the same thread count.
+- ``jobs.csv``: one row per timed job (configuration × block × seed): its rate, its own
+  roofline, and whether interference was detected (``flagged``);
+- ``summary.csv``: one row per configuration: rate, speedup over its baseline, efficiency,
+  fraction of its own roofline, and for classification end-to-end rate and start-up payback,
+  each ratio formed inside a block and summarised over blocks with a 95% interval
+  (`cnnpar.measure.intervals`);
+- ``comparisons.csv``: engine against engine and mode against mode, paired the same way.
 
-Nothing here times or runs a model: it only reads files the jobs wrote.
+Nothing here times or runs a model: it only reads files the jobs wrote. `read_table` checks
+every table it reads back (columns, numbers, rows) and fails with one line naming the file.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -28,15 +33,17 @@ import pandas as pd
 
 from cnnpar.errors import CnnparError
 from cnnpar.io import atomic_path
-from cnnpar.measure.timing import quartiles
+from cnnpar.measure.intervals import Interval, log_interval, paired_ratio_interval, verdict
 from cnnpar.record import RunRecord
 
 log = logging.getLogger(__name__)
 
 
 class TableError(CnnparError):
-    """A job's output cannot be read into the tables."""
+    """A job's output or a table cannot be read into the study."""
 
+
+PAIR = ["block", "seed"]  # a pairing unit: the jobs of one block on one seed ran side by side
 
 SUMMARY_COLUMNS = [
     "study",  # train | classify
@@ -48,36 +55,118 @@ SUMMARY_COLUMNS = [
     "cells",
     "batch_size",
     "parallelism_requested",  # threads (train) or workers (classify) the config asked for
-    "parallelism",  # what the job ran with (snakemake caps threads at --cores)
-    "samples",  # epochs × seeds, or repeats × seeds
+    "parallelism",  # what the job ran with, from its run record
+    "cpus_available",  # the job's CPU affinity
+    "blocks",  # pairing units (block × seed) summarised
     "rate_unit",  # images/s or cells/s
-    "rate_median",
-    "rate_q1",
-    "rate_q3",
-    "rate_iqr",
-    "baseline",  # what the speedup is relative to
+    "rate",  # geometric mean over blocks
+    "rate_low",
+    "rate_high",
+    "baseline",  # what the speedup is relative to, e.g. "numba 1 thread"
     "baseline_rate",
-    "speedup",
-    "speedup_q1",
-    "speedup_q3",
+    "speedup",  # per-block rate / baseline rate, summarised over blocks
+    "speedup_low",
+    "speedup_high",
+    "speedup_verdict",  # higher | lower | not resolved (the interval contains 1)
     "efficiency",  # speedup / parallelism
-    "accuracy",  # final-epoch test accuracy, or mosaic accuracy (median over seeds)
-    "seconds_per_item",  # median seconds per image or per cell
-    "gflops",  # achieved: FLOPs per item × median rate
-    "roofline_gflops",  # measured sgemm at the job's thread count
+    "efficiency_low",
+    "efficiency_high",
+    "end_to_end_rate",  # classify: cells / (start-up + one classification)
+    "end_to_end_rate_low",
+    "end_to_end_rate_high",
+    "end_to_end_speedup",
+    "end_to_end_speedup_low",
+    "end_to_end_speedup_high",
+    "startup_s",  # classify start-up (median over blocks)
+    "payback_cells",  # cells from which the start-up over the baseline is paid back (median)
+    "payback_cells_min",
+    "payback_cells_max",
+    "warmup_s",  # training: warm-up and compilation before the clock (median over blocks)
+    "accuracy",  # final test accuracy of the full-length run, or mosaic accuracy
+    "seconds_per_item",
+    "gflops",  # counted FLOPs per item × rate
+    "roofline_gflops",  # the jobs' own matmul probes (geometric mean)
+    "roofline_device",
     "roofline_fraction",
+    "roofline_fraction_low",
+    "roofline_fraction_high",
+    "flagged_blocks",  # pairing units where this job or its baseline was flagged
+    "flagged_jobs",  # those jobs, by label
 ]
+
+COMPARISON_COLUMNS = [
+    "study", "family", "subject", "reference", "quantity", "ratio", "ratio_low", "ratio_high",
+    "verdict", "blocks", "subject_rate", "reference_rate", "rate_unit", "flagged_blocks",
+    "flagged_jobs",
+]  # fmt: skip
+
+# Columns every table must hold when read back, and which of them must be numbers.
+TABLE_SCHEMAS: dict[str, tuple[list[str], list[str]]] = {
+    "train": (
+        ["model", "engine", "threads", "epoch", "seconds", "images_per_s", "test_acc"],
+        ["threads", "epoch", "seconds", "images_per_s", "test_acc"],
+    ),
+    "classify": (
+        ["mode", "workers", "cells", "classify_s", "cells_per_s", "accuracy"],
+        ["workers", "cells", "classify_s", "cells_per_s", "accuracy"],
+    ),
+    "jobs": (
+        ["study", "label", "block", "rate", "flagged"],
+        ["rate"],
+    ),
+    "summary": (
+        ["study", "model", "parallelism", "rate", "speedup", "speedup_low", "speedup_high"],
+        ["parallelism", "rate"],
+    ),
+    "comparisons": (
+        ["study", "subject", "reference", "ratio", "ratio_low", "ratio_high", "verdict"],
+        [],
+    ),
+}
 
 
 # --- reading run records --------------------------------------------------------------------
 
 
-def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """A CSV as a frame; an empty file is an empty frame."""
+def read_table(
+    path: str | os.PathLike[str], name: str | None = None, allow_empty: bool = False
+) -> pd.DataFrame:
+    """A table as a frame, checked against `TABLE_SCHEMAS[name]` (name: the file's stem):
+    every required column present, numeric columns numbers, and rows unless `allow_empty`.
+    A damaged file gives a TableError naming the file and the problem."""
+    path = Path(path)
+    name = name or path.stem
+    fix = "re-run the tables step (snakemake --forcerun tables)"
     try:
-        return pd.read_csv(path)
+        frame = pd.read_csv(path)
     except pd.errors.EmptyDataError:
-        return pd.DataFrame()
+        frame = pd.DataFrame()
+    except pd.errors.ParserError as err:
+        detail = " ".join(str(err).split())
+        raise TableError(f"{path} is damaged ({detail}); {fix}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise TableError(f"cannot read {path} ({err}); {fix}") from None
+    if frame.empty and allow_empty:
+        return frame
+    required, numeric = TABLE_SCHEMAS.get(name, ([], []))
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise TableError(f"{path} lacks column(s) {', '.join(missing)}; {fix}")
+    if frame.empty:
+        raise TableError(f"{path} has no rows; {fix}")
+    for column in numeric:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() & frame[column].notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise TableError(
+                f"{path}: column {column!r} holds {frame[column].iloc[row]!r} in row {row + 2}, "
+                f"not a number; {fix}"
+            )
+        frame[column] = values
+    if frame[required].isna().all(axis=1).any():
+        raise TableError(f"{path} has an empty row (truncated?); {fix}")
+    return frame
 
 
 def read_records(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[RunRecord, Path]]:
@@ -91,78 +180,61 @@ def _output(record: RunRecord, job_dir: Path, name: str) -> Path:
     return job_dir / name
 
 
-def env_record(info: Mapping[str, Any]) -> dict[str, Any]:
-    """Columns from one `cnnpar info --json` record: env.* metadata plus the roofline."""
-    flat = {
-        f"env.{k}": v
-        for k, v in info.items()
-        if not k.startswith("sgemm") and (v is None or isinstance(v, str | int | float | bool))
-    }
-    flat["roofline_gflops"] = info.get("sgemm_gflops")
-    return flat
-
-
-def load_env_infos(paths: Iterable[str | os.PathLike[str]]) -> dict[int, dict[str, Any]]:
-    """{sgemm thread count: env columns} from `cnnpar info --json` outputs."""
-    infos = {}
-    for path in paths:
-        info = json.loads(Path(path).read_text())
-        infos[int(info["sgemm_threads"])] = env_record(info)
-    return infos
-
-
 def _job_columns(record: RunRecord, job_dir: Path, unit: str) -> dict[str, Any]:
     """The record's columns with its parallelism named for the study (threads or workers)."""
     columns = record.columns()
     columns[f"{unit}_requested"] = columns.pop("parallelism_requested")
     columns[unit] = columns.pop("parallelism")
+    columns.setdefault("block", None)
     columns["job_dir"] = str(job_dir)
     return columns
 
 
 def _job_frames(
-    records: Sequence[tuple[RunRecord, Path]],
-    command: str,
-    table: str,
-    unit: str,
-    env_infos: Mapping[int, Mapping[str, Any]] | None,
+    records: Sequence[tuple[RunRecord, Path]], command: str, table: str, unit: str
 ) -> list[pd.DataFrame]:
-    """Each `command` job's `table` with the record's columns and the environment added; the
-    table's own columns are what ran, so they win over the record's, but for the parallelism."""
+    """Each `command` job's `table` with the record's columns added; the table's own columns
+    are what ran, so they win over the record's, but for the parallelism."""
     frames = []
     for record, job_dir in records:
         if record.command != command:
             continue
-        frame = read_table(_output(record, job_dir, table)).reset_index(drop=True)
+        frame = _read_output(_output(record, job_dir, table)).reset_index(drop=True)
         frame.insert(0, "study", command)
-        columns = _job_columns(record, job_dir, unit)
-        env = dict((env_infos or {}).get(record.parallelism.requested, {}))
-        for key, value in {**env, **columns}.items():
+        for key, value in _job_columns(record, job_dir, unit).items():
             if key not in frame.columns or key in (unit, f"{unit}_requested"):
                 frame[key] = value
         frames.append(frame)
     return frames
 
 
-def train_frame(
-    records: Sequence[tuple[RunRecord, Path]],
-    env_infos: Mapping[int, Mapping[str, Any]] | None = None,
-) -> pd.DataFrame:
-    """One row per training job × epoch: metrics.csv, the record's columns, the environment."""
+def _read_output(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        detail = " ".join(str(err).split())
+        raise TableError(f"cannot read {path} ({detail}); re-run its job") from None
+    if frame.empty:
+        raise TableError(f"{path} has no rows; re-run its job")
+    return frame
+
+
+def train_frame(records: Sequence[tuple[RunRecord, Path]]) -> pd.DataFrame:
+    """One row per training job × epoch: metrics.csv and the record's columns. Time to accuracy
+    reads `cum_seconds` (training only) and `cum_seconds_with_warmup` (what a user waits)."""
     frames = []
-    for frame in _job_frames(records, "train", "metrics.csv", "threads", env_infos):
+    for frame in _job_frames(records, "train", "metrics.csv", "threads"):
         frame = frame.sort_values("epoch").reset_index(drop=True)
         frame["cum_seconds"] = frame["seconds"].cumsum()
+        frame["cum_seconds_with_warmup"] = frame["cum_seconds"] + frame.get("warmup_s", 0.0)
+        frame["run"] = "paired" if pd.notna(frame["block"].iloc[0]) else "full"
         frames.append(frame)
     return _concat(frames)
 
 
-def classify_frame(
-    records: Sequence[tuple[RunRecord, Path]],
-    env_infos: Mapping[int, Mapping[str, Any]] | None = None,
-) -> pd.DataFrame:
-    """One row per classify job × repeat: result.csv, the record's columns, the environment."""
-    return _concat(_job_frames(records, "classify", "result.csv", "workers", env_infos))
+def classify_frame(records: Sequence[tuple[RunRecord, Path]]) -> pd.DataFrame:
+    """One row per classify job × repeat: result.csv and the record's columns."""
+    return _concat(_job_frames(records, "classify", "result.csv", "workers"))
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -171,128 +243,326 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True, sort=False)
 
 
-# --- the summary --------------------------------------------------------------------------
+# --- one row per timed job ----------------------------------------------------------------
+
+GUARD_COLUMNS = [
+    "roofline_gflops", "roofline_device", "others_cpu_share", "steal_share", "probe_change",
+    "lock_wait_s", "flagged", "flag_reasons",
+]  # fmt: skip
 
 
-def summarize_train(train: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, engine, filters, batch, threads): images/s median/IQR, speedup over 1 thread."""
-    if train.empty:
-        return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    train = train.copy()
-    if "filters" not in train.columns:
-        train["filters"] = np.nan
-    family = ["model", "engine", "filters", "batch_size"]
-    config = [*family, "threads_requested", "threads"]
-    rows = []
-    for key, group in train.groupby(config, dropna=False, sort=True):
-        values = dict(zip(config, key, strict=True))
-        median, q1, q3 = quartiles(group["images_per_s"])
-        final = group.sort_values("epoch").groupby("seed", dropna=False).tail(1)
-        flops = _first(group, "flops_per_image")
-        rows.append(
-            {
-                "study": "train",
-                "model": values["model"],
-                "engine": values["engine"],
-                "filters": values["filters"],
-                "batch_size": values["batch_size"],
-                "parallelism_requested": values["threads_requested"],
-                "parallelism": values["threads"],
-                "samples": len(group),
-                "rate_unit": "images/s",
-                "rate_median": median,
-                "rate_q1": q1,
-                "rate_q3": q3,
-                "rate_iqr": q3 - q1,
-                "accuracy": float(final["test_acc"].median()),
-                "seconds_per_item": float((1.0 / group["images_per_s"]).median()),
-                "gflops": median * flops / 1e9,
-                "roofline_gflops": _first(group, "roofline_gflops"),
-            }
+def _label(row: Mapping[str, Any]) -> str:
+    par = int(row["parallelism_requested"])
+    if row["study"] == "train":
+        what = f"{row['engine']} {par} thread{'s' * (par > 1)}"
+        if row["model"] == "tinycnn":
+            what += f" F={_n(row['filters'])}"
+        what += f" B={_n(row['batch_size'])}"
+    else:
+        what = (
+            f"{row['mode']} {par} worker{'s' * (par > 1)} {row['grid']} B={_n(row['batch_size'])}"
         )
+    return f"{row['study']} {what} seed {_n(row['seed'])} block {_n(row['block'])}"
+
+
+def _n(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def jobs_frame(train: pd.DataFrame, classify: pd.DataFrame) -> pd.DataFrame:
+    """One row per paired timed job from the per-epoch and per-repeat tables."""
+    rows = []
+    if not train.empty:
+        paired = train[train["block"].notna()]
+        for _, group in paired.groupby("job_dir", sort=False):
+            first = group.iloc[0]
+            images, seconds = group["images"].sum(), group["seconds"].sum()
+            rows.append(
+                {
+                    **_common(first, "train", "threads"),
+                    "engine": first["engine"],
+                    "filters": first.get("filters"),
+                    "rate_unit": "images/s",
+                    "rate": images / seconds,
+                    "warmup_s": first.get("warmup_s"),
+                    "accuracy": float(group.sort_values("epoch")["test_acc"].iloc[-1]),
+                }
+            )
+    if not classify.empty:
+        paired = classify[classify["block"].notna()]
+        for _, group in paired.groupby("job_dir", sort=False):
+            first = group.iloc[0]
+            median_s = float(group["classify_s"].median())
+            rows.append(
+                {
+                    **_common(first, "classify", "workers"),
+                    "mode": first["mode"],
+                    "grid": first["grid"],
+                    "cells": int(first["cells"]),
+                    "rate_unit": "cells/s",
+                    "rate": first["cells"] / median_s,
+                    "end_to_end_rate": first["cells"] / (first["startup_s"] + median_s),
+                    "startup_s": float(first["startup_s"]),
+                    "accuracy": float(first["accuracy"]),
+                }
+            )
+    if not rows:
+        return pd.DataFrame()
+    jobs = pd.DataFrame(rows)
+    jobs["label"] = [_label(row) for row in jobs.to_dict("records")]
+    jobs["gflops"] = jobs["rate"] * jobs["flops_per_item"] / 1e9
+    jobs["roofline_fraction"] = jobs["gflops"] / jobs["roofline_gflops"]
+    _flag_out_of_order(jobs)
+    return jobs
+
+
+def _common(first: pd.Series, study: str, unit: str) -> dict[str, Any]:
+    out = {
+        "study": study,
+        "model": first["model"],
+        "batch_size": int(first["batch_size"]),
+        "seed": int(first["seed"]),
+        "block": int(first["block"]),
+        "parallelism_requested": int(first[f"{unit}_requested"]),
+        "parallelism": int(first[unit]),
+        "cpus_available": first.get("env.cpus_available"),
+        "flops_per_item": float(first["flops_per_image"]),
+        "finished_utc": first.get("env.utc_time"),
+        "job_dir": first["job_dir"],
+    }
+    for column in GUARD_COLUMNS:
+        out[column] = first.get(column)
+    out["flagged"] = bool(out["flagged"]) if pd.notna(out["flagged"]) else False
+    if pd.isna(out["flag_reasons"]):
+        out["flag_reasons"] = ""
+    return out
+
+
+def _flag_out_of_order(jobs: pd.DataFrame) -> None:
+    """A job that finished after a later block's first job (re-run alone, say) was not measured
+    beside its block: flag it, since its ratios pair two different moments."""
+    if jobs["finished_utc"].isna().all():
+        return
+    finished = pd.to_datetime(jobs["finished_utc"], utc=True, errors="coerce")
+    for block in sorted(jobs["block"].unique()):
+        later = finished[jobs["block"] > block]
+        if later.dropna().empty:
+            continue
+        late = (jobs["block"] == block) & (finished > later.min())
+        for index in jobs.index[late]:
+            jobs.loc[index, "flagged"] = True
+            reason = "ran after a later block had started: not measured beside its block"
+            jobs.loc[index, "flag_reasons"] = "; ".join(
+                r for r in (jobs.loc[index, "flag_reasons"], reason) if r
+            )
+
+
+# --- the summary: ratios inside a block, summarised over blocks ------------------------------
+
+FAMILIES = {
+    # study: (family keys, configuration keys, what the baseline is, its label)
+    "train": (["model", "engine", "filters", "batch_size"], ["parallelism_requested"]),
+    "classify": (["grid", "cells", "batch_size"], ["mode", "parallelism_requested"]),
+}
+
+
+def _is_baseline(row: Mapping[str, Any]) -> bool:
+    if row["study"] == "train":
+        return row["parallelism_requested"] == 1
+    return row["mode"] == "sequential"
+
+
+def _baseline_name(row: Mapping[str, Any]) -> str:
+    if row["study"] == "train":
+        return f"{row['engine']} 1 thread"
+    return "sequential"
+
+
+def _units(group: pd.DataFrame) -> pd.DataFrame:
+    return group.set_index(PAIR).sort_index()
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame, column: str) -> tuple[Interval, pd.Index]:
+    """The paired ratio a/b of `column` over the pairing units both have."""
+    common = a.index.intersection(b.index)
+    return paired_ratio_interval(a.loc[common, column], b.loc[common, column]), common
+
+
+def _flags(units: Iterable[pd.DataFrame], common: pd.Index) -> tuple[int, str]:
+    flagged_units, labels = set(), []
+    for frame in units:
+        hit = frame.loc[common]
+        hit = hit[hit["flagged"]]
+        flagged_units |= set(hit.index)
+        labels += list(hit["label"])
+    return len(flagged_units), "; ".join(sorted(set(labels)))
+
+
+def _with_interval(out: dict[str, Any], name: str, interval: Interval) -> None:
+    out[name] = interval.estimate
+    out[f"{name}_low"] = interval.low
+    out[f"{name}_high"] = interval.high
+
+
+def summarize(jobs: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration (seeds and blocks pooled as pairing units)."""
+    if jobs.empty:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    rows = []
+    for study, (family, config) in FAMILIES.items():
+        part = jobs[jobs["study"] == study]
+        for _, fam in part.groupby(family, dropna=False, sort=True):
+            base = fam[[_is_baseline(r) for r in fam.to_dict("records")]]
+            base_units = (
+                _units(base) if not base.empty and base[config].nunique().max() == 1 else None
+            )
+            for _, group in fam.groupby(config, dropna=False, sort=True):
+                rows.append(_summary_row(group, base_units, train))
     summary = pd.DataFrame(rows)
-    return _add_speedup(
-        summary,
-        family=family,
-        is_baseline=summary["parallelism"] == 1,
-        baseline_name="1 thread",
+    summary = summary.sort_values(
+        ["study", "model", "engine", "mode", "filters", "cells", "batch_size", "parallelism"],
+        na_position="first",
     )
+    return summary.reindex(columns=SUMMARY_COLUMNS).reset_index(drop=True)
 
 
-def summarize_classify(classify: pd.DataFrame) -> pd.DataFrame:
-    """Per (mode, grid, batch, workers): cells/s median/IQR, speedup over sequential."""
-    if classify.empty:
-        return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    family = ["grid", "cells", "batch_size"]
-    config = ["mode", *family, "workers_requested", "workers"]
-    rows = []
-    for key, group in classify.groupby(config, dropna=False, sort=True):
-        values = dict(zip(config, key, strict=True))
-        median, q1, q3 = quartiles(group["cells_per_s"])
-        rows.append(
-            {
-                "study": "classify",
-                "model": "mosaicnet",
-                "mode": values["mode"],
-                "grid": values["grid"],
-                "cells": values["cells"],
-                "batch_size": values["batch_size"],
-                "parallelism_requested": values["workers_requested"],
-                "parallelism": values["workers"],
-                "samples": len(group),
-                "rate_unit": "cells/s",
-                "rate_median": median,
-                "rate_q1": q1,
-                "rate_q3": q3,
-                "rate_iqr": q3 - q1,
-                "accuracy": float(group["accuracy"].median()),
-                "seconds_per_item": float((group["classify_s"] / group["cells"]).median()),
-                "gflops": median * _first(group, "flops_per_image") / 1e9,
-                "roofline_gflops": _first(group, "roofline_gflops"),
-            }
+def _summary_row(
+    group: pd.DataFrame, base: pd.DataFrame | None, train: pd.DataFrame
+) -> dict[str, Any]:
+    first = group.iloc[0]
+    units = _units(group)
+    out: dict[str, Any] = {
+        key: first.get(key)
+        for key in (
+            "study", "model", "engine", "mode", "filters", "grid", "cells", "batch_size",
+            "parallelism_requested", "rate_unit", "roofline_device",
         )
-    summary = pd.DataFrame(rows).sort_values(["mode", "cells", "batch_size", "parallelism"])
-    summary = summary.reset_index(drop=True)
-    return _add_speedup(
-        summary,
-        family=family,
-        is_baseline=(summary["mode"] == "sequential") & (summary["parallelism"] == 1),
-        baseline_name="sequential",
-    )
+    }  # fmt: skip
+    out["parallelism"] = int(group["parallelism"].median())
+    out["cpus_available"] = group["cpus_available"].min()
+    out["blocks"] = len(units)
+    _with_interval(out, "rate", log_interval(units["rate"]))
+    out["seconds_per_item"] = 1.0 / out["rate"]
+    out["gflops"] = out["rate"] * first["flops_per_item"] / 1e9
+    out["roofline_gflops"] = log_interval(units["roofline_gflops"]).estimate
+    _with_interval(out, "roofline_fraction", log_interval(units["roofline_fraction"]))
+    out["accuracy"] = float(units["accuracy"].median())
+    if first["study"] == "train":
+        out["warmup_s"] = float(units["warmup_s"].median())
+        full = _full_accuracy(train, first)
+        out["accuracy"] = full if full is not None else math.nan
+    else:
+        out["startup_s"] = float(units["startup_s"].median())
+        _with_interval(out, "end_to_end_rate", log_interval(units["end_to_end_rate"]))
+    flagged, labels = _flags([units], units.index)
+    if base is not None:
+        out["baseline"] = _baseline_name(first)
+        out["baseline_rate"] = log_interval(base["rate"]).estimate
+        speedup, common = _paired(units, base, "rate")
+        _with_interval(out, "speedup", speedup)
+        out["speedup_verdict"] = "baseline" if _is_baseline(first) else verdict(speedup)
+        _with_interval(out, "efficiency", speedup.scaled(1.0 / out["parallelism"]))
+        if first["study"] == "classify":
+            e2e, _ = _paired(units, base, "end_to_end_rate")
+            _with_interval(out, "end_to_end_speedup", e2e)
+            payback = _payback(units.loc[common], base.loc[common])
+            if payback.size:
+                out["payback_cells"] = float(np.median(payback))
+                out["payback_cells_min"] = float(payback.min())
+                out["payback_cells_max"] = float(payback.max())
+        flagged, labels = _flags([units, base], common)
+    out["flagged_blocks"] = flagged
+    out["flagged_jobs"] = labels
+    return out
 
 
-def _first(group: pd.DataFrame, column: str) -> float:
-    if column not in group.columns or group[column].isna().all():
-        return float("nan")
-    return float(group[column].dropna().iloc[0])
+def _full_accuracy(train: pd.DataFrame, first: pd.Series) -> float | None:
+    """Final test accuracy of the configuration's full-length runs (median over seeds)."""
+    if train.empty or "run" not in train.columns:
+        return None
+    full = train[
+        (train["run"] == "full")
+        & (train["model"] == first["model"])
+        & (train["engine"] == first["engine"])
+        & (train["filters"] == first["filters"])
+        & (train["batch_size"] == first["batch_size"])
+    ]
+    if full.empty:
+        return None
+    finals = full.sort_values("epoch").groupby("job_dir").tail(1)
+    return float(finals["test_acc"].median())
 
 
-def _add_speedup(
-    summary: pd.DataFrame, family: list[str], is_baseline: pd.Series, baseline_name: str
-) -> pd.DataFrame:
-    """Speedup = rate / the family baseline's median rate; efficiency = speedup / parallelism."""
-    baselines = (
-        summary[is_baseline]
-        .groupby(family, dropna=False)["rate_median"]
-        .first()
-        .rename("baseline_rate")
-        .reset_index()
-    )
-    summary = summary.merge(baselines, on=family, how="left")
-    summary["baseline"] = np.where(summary["baseline_rate"].notna(), baseline_name, "")
-    summary["speedup"] = summary["rate_median"] / summary["baseline_rate"]
-    summary["speedup_q1"] = summary["rate_q1"] / summary["baseline_rate"]
-    summary["speedup_q3"] = summary["rate_q3"] / summary["baseline_rate"]
-    summary["efficiency"] = summary["speedup"] / summary["parallelism"]
-    summary["roofline_fraction"] = summary["gflops"] / summary["roofline_gflops"]
-    return summary.reindex(columns=SUMMARY_COLUMNS)
+def _payback(subject: pd.DataFrame, base: pd.DataFrame) -> np.ndarray:
+    """Per unit, the mosaic size N where start-up + N / rate equals the baseline's: 0 when the
+    subject starts no slower, inf when it never catches up."""
+    extra = (subject["startup_s"] - base["startup_s"]).to_numpy()
+    saved = (1.0 / base["rate"] - 1.0 / subject["rate"]).to_numpy()  # seconds saved per cell
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cells = np.where(extra <= 0, 0.0, np.where(saved > 0, extra / saved, np.inf))
+    return cells
 
 
-def summarize(train: pd.DataFrame, classify: pd.DataFrame) -> pd.DataFrame:
-    parts = [p for p in (summarize_train(train), summarize_classify(classify)) if not p.empty]
-    if not parts:
-        return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    return pd.concat(parts, ignore_index=True)
+# --- engine against engine, mode against mode ----------------------------------------------
+
+
+def compare(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Each engine (mode) at its largest parallelism against every other, paired by block."""
+    rows = []
+    specs = {
+        "train": (["model", "filters", "batch_size"], "engine"),
+        "classify": (["grid", "cells", "batch_size"], "mode"),
+    }
+    for study, (family, who) in specs.items():
+        part = jobs[(jobs["study"] == study)]
+        for key, fam in part.groupby(family, dropna=False, sort=True):
+            tops = {
+                name: _units(g[g["parallelism_requested"] == g["parallelism_requested"].max()])
+                for name, g in fam.groupby(who, sort=True)
+            }
+            names = sorted(tops, key=lambda n: -log_interval(tops[n]["rate"]).estimate)
+            where = _family_text(study, dict(zip(family, key, strict=True)))
+            for i, subject in enumerate(names):
+                for reference in names[i + 1 :]:
+                    a, b = tops[subject], tops[reference]
+                    ratio, common = _paired(a, b, "rate")
+                    flagged, labels = _flags([a, b], common)
+                    rows.append(
+                        {
+                            "study": study,
+                            "family": where,
+                            "subject": _top_text(study, subject, a),
+                            "reference": _top_text(study, reference, b),
+                            "quantity": "rate",
+                            "ratio": ratio.estimate,
+                            "ratio_low": ratio.low,
+                            "ratio_high": ratio.high,
+                            "verdict": verdict(ratio),
+                            "blocks": ratio.n,
+                            "subject_rate": log_interval(a.loc[common, "rate"]).estimate,
+                            "reference_rate": log_interval(b.loc[common, "rate"]).estimate,
+                            "rate_unit": a["rate_unit"].iloc[0],
+                            "flagged_blocks": flagged,
+                            "flagged_jobs": labels,
+                        }
+                    )
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def _family_text(study: str, values: Mapping[str, Any]) -> str:
+    if study == "train":
+        if values["model"] == "tinycnn":
+            return f"F={_n(values['filters'])}, B={_n(values['batch_size'])}"
+        return f"{values['model']} B={_n(values['batch_size'])}"
+    return f"{values['grid']}, B={_n(values['batch_size'])}"
+
+
+def _top_text(study: str, name: str, units: pd.DataFrame) -> str:
+    par = int(units["parallelism_requested"].iloc[0])
+    unit = "thread" if study == "train" else "worker"
+    return f"{name} {par} {unit}{'s' * (par > 1)}"
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -305,25 +575,30 @@ def write_frame(target: str | os.PathLike[str], frame: pd.DataFrame) -> None:
 
 
 def build_tables(
-    records: Sequence[str | os.PathLike[str]],
-    env_infos: Sequence[str | os.PathLike[str]],
-    train_out: str | os.PathLike[str],
-    classify_out: str | os.PathLike[str],
-    summary_out: str | os.PathLike[str],
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Read every job's run record and outputs and write the three tables; returns them too."""
+    records: Sequence[str | os.PathLike[str]], out: Mapping[str, str | os.PathLike[str]]
+) -> dict[str, pd.DataFrame]:
+    """Read every job's run record and outputs and write the tables named in `out`
+    (train, classify, jobs, summary, comparisons); returns them too."""
     runs = read_records(records)
-    envs = load_env_infos(env_infos)
-    train = train_frame(runs, envs)
-    classify = classify_frame(runs, envs)
-    summary = summarize(train, classify)
-    write_frame(train_out, train)
-    write_frame(classify_out, classify)
-    write_frame(summary_out, summary)
+    train = train_frame(runs)
+    classify = classify_frame(runs)
+    jobs = jobs_frame(train, classify)
+    tables = {
+        "train": train,
+        "classify": classify,
+        "jobs": jobs,
+        "summary": summarize(jobs, train),
+        "comparisons": compare(jobs)
+        if not jobs.empty
+        else pd.DataFrame(columns=COMPARISON_COLUMNS),
+    }
+    for name, target in out.items():
+        write_frame(target, tables[name])
+    flagged = int(jobs["flagged"].sum()) if not jobs.empty else 0
     log.info(
-        "tables: %d train rows, %d classify rows, %d summary rows",
-        len(train),
-        len(classify),
-        len(summary),
+        "tables: %s; %d of %d timed jobs flagged",
+        ", ".join(f"{len(frame)} {name} rows" for name, frame in tables.items()),
+        flagged,
+        len(jobs),
     )
-    return train, classify, summary
+    return tables
