@@ -19,6 +19,7 @@ from PIL import Image
 from cnnpar import registry, train
 from cnnpar.classify import outputs as classify_outputs
 from cnnpar.classify.config import ClassifyConfig
+from cnnpar.measure.interference import Interference
 from cnnpar.nets import mosaicnet
 from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
 from cnnpar.nets.tinycnn.spec import flops_per_image
@@ -26,15 +27,30 @@ from cnnpar.record import Parallelism, RecordError, RunRecord
 from cnnpar.study import figures, report, tables
 from cnnpar.train import TrainConfig
 
-ENV = {"cpu_model": "Test CPU", "logical_cores": 2, "hostname": "testhost", "cnnpar": "0.1.0"}
-# images/s per (engine, threads): numba scales 1.9× (95% efficiency), torch 1.5×.
+ENV = {"cpu_model": "Test CPU", "logical_cores": 2, "cpus_available": 2, "hostname": "testhost",
+       "cnnpar": "0.1.0"}  # fmt: skip
+# images/s per (engine, threads) on a machine at speed 1: numba scales 1.9× (95% efficiency).
 TRAIN_RATES = {("numpy", 1): 1000.0, ("numba", 1): 4000.0, ("numba", 2): 7600.0,
                ("torch", 1): 2000.0, ("torch", 2): 3000.0}  # fmt: skip
 # cells/s per (mode, workers) on every grid.
 CLASSIFY_RATES = {("sequential", 1): 5000.0, ("threads", 2): 8000.0, ("processes", 2): 9000.0}
 SGEMM = {1: 100.0, 2: 190.0}
-EPOCHS, REPEATS = 3, 2
+# The machine's speed in each block: every job of a block sees it, so ratios inside a block are
+# exact while rates spread over blocks.
+DRIFT = {1: 1.0, 2: 0.7, 3: 1.2}
+EPOCHS, REPEATS = 2, 2
 GRIDS = ["10x10", "20x30"]
+STARTUP = {"sequential": 0.5, "threads": 0.5, "processes": 3.0}
+
+
+def guard(threads: int, flagged: bool = False) -> Interference:
+    return Interference(
+        seconds=2.0, cpus=2, others_cpu_share=0.5 if flagged else 0.01, steal_share=0.0,
+        probe_before_gflops=SGEMM[threads], probe_after_gflops=SGEMM[threads], probe_change=0.0,
+        roofline_gflops=SGEMM[threads], roofline_device=f"cpu ({threads} threads)",
+        lock_wait_s=0.0, max_others_share=0.1, max_probe_change=0.15, flagged=flagged,
+        reasons=["other processes took 50% of its 2 CPU(s) (limit 10%)"] if flagged else [],
+    )  # fmt: skip
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -42,7 +58,9 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
-def train_job(job: Path, cfg: TrainConfig, effective: int, metrics: list[dict]) -> Path:
+def train_job(
+    job: Path, cfg: TrainConfig, effective: int, metrics: list[dict], flagged: bool = False
+) -> Path:
     """A training run directory written through the code `cnnpar train` writes with."""
     cfg = cfg.resolved()
     _write_csv(job / "metrics.csv", metrics)
@@ -58,8 +76,13 @@ def train_job(job: Path, cfg: TrainConfig, effective: int, metrics: list[dict]) 
             effective=effective,
             threads={"numba_threads": effective, "torch_threads": effective},
         ),
-        results={"flops_per_image": flops, "final_test_acc": metrics[-1]["test_acc"]},
+        results={
+            "flops_per_image": flops,
+            "final_test_acc": metrics[-1]["test_acc"],
+            "warmup_s": 0.25,
+        },
         outputs=["metrics.csv"],
+        interference=guard(effective, flagged),
     )
     return _with_env(record).write(job)
 
@@ -68,90 +91,103 @@ def _with_env(record: RunRecord) -> RunRecord:
     return dataclasses.replace(record, environment={**record.environment, **ENV})
 
 
-def fake_results(root: Path, seeds: tuple[int, ...] = (0,)) -> dict[str, list[Path]]:
-    """A results/ tree of run records as the train, classify and info commands write it."""
-    out: dict[str, list[Path]] = {"records": [], "env": []}
-    for (engine, threads), rate in TRAIN_RATES.items():
-        for seed in seeds:
-            rows = [
-                {"epoch": e, "seconds": 20000 / rate, "images_per_s": rate,
-                 "train_loss": 1.0 / e, "train_acc": 0.9 + 0.02 * e,
-                 "test_loss": 1.1 / e, "test_acc": 0.9 + 0.02 * e}
-                for e in range(1, EPOCHS + 1)
-            ]  # fmt: skip
-            cfg = TrainConfig(
-                out="", engine=engine, threads=threads, filters=8, batch_size=32, seed=seed
-            )
-            out["records"].append(train_job(root / f"tinycnn-{engine}-{threads}-{seed}", cfg,
-                                            threads, rows))  # fmt: skip
+def _epochs(rate: float, images: int = 20000) -> list[dict]:
+    return [
+        {"epoch": e, "images": images, "seconds": images / rate, "images_per_s": rate,
+         "train_loss": 1.0 / e, "train_acc": 0.9 + 0.02 * e, "test_loss": 1.1 / e,
+         "test_acc": 0.9 + 0.02 * e}
+        for e in range(1, EPOCHS + 1)
+    ]  # fmt: skip
+
+
+def fake_results(
+    root: Path, seeds: tuple[int, ...] = (0,), flag: tuple[str, int] | None = None
+) -> list[Path]:
+    """A results/ tree of run records as the train and classify commands write them: every
+    configuration once per block, plus full-length runs and MosaicNet. `flag` = (job name,
+    block) marks that job as disturbed."""
+    records = []
+    for block, speed in DRIFT.items():
+        for (engine, threads), rate in TRAIN_RATES.items():
+            for seed in seeds:
+                name = f"tinycnn-{engine}-{threads}-{seed}"
+                cfg = TrainConfig(
+                    out="", engine=engine, threads=threads, filters=8, batch_size=32,
+                    seed=seed, block=block, time_budget=2.0,
+                )  # fmt: skip
+                records.append(train_job(root / f"{name}-b{block}", cfg, threads,
+                                         _epochs(rate * speed), flag == (name, block)))  # fmt: skip
+        for grid in GRIDS:
+            rows_, cols = (int(v) for v in grid.split("x"))
+            cells = rows_ * cols
+            for (mode, workers), rate in CLASSIFY_RATES.items():
+                for seed in seeds:
+                    name = f"classify-{mode}-{workers}-{grid}-{seed}"
+                    job = root / f"{name}-b{block}"
+                    seconds = cells / (rate * speed)
+                    rows = [
+                        {"mode": mode, "workers": workers, "batch_size": 64, "rows": rows_,
+                         "cols": cols, "cells": cells, "distinct_digits": cells,
+                         "startup_s": STARTUP[mode], "classify_s": seconds,
+                         "total_s": STARTUP[mode] + seconds, "cells_per_s": cells / seconds,
+                         "end_to_end_cells_per_s": cells / (STARTUP[mode] + seconds),
+                         "accuracy": 0.99, "torch_threads": 1, "repeat": repeat}
+                        for repeat in range(1, REPEATS + 1)
+                    ]  # fmt: skip
+                    _write_csv(job / "result.csv", rows)
+                    config = ClassifyConfig(
+                        weights=Path("model.pt"), rows=rows_, cols=cols, mode=mode,
+                        workers=workers, batch_size=64, seed=seed, repeats=REPEATS, block=block,
+                    )  # fmt: skip
+                    processes = workers if mode == "processes" else 1
+                    parallelism = Parallelism(
+                        requested=workers, effective=workers, processes=processes,
+                        threads={"torch_threads": workers // processes},
+                    )  # fmt: skip
+                    results = {"cells": cells, "accuracy": 0.99, "flops_per_image": FLOPS_PER_IMAGE}
+                    record = classify_outputs.run_record(
+                        config, parallelism, results, guard(workers, flag == (name, block))
+                    )
+                    records.append(_with_env(record).write(job))
+    for engine, threads in (("numpy", 1), ("numba", 2), ("torch", 2)):
+        cfg = TrainConfig(out="", engine=engine, threads=threads, filters=8, batch_size=32)
+        records.append(train_job(root / f"full-{engine}", cfg, threads,
+                                 _epochs(TRAIN_RATES[engine, threads], 60000)))  # fmt: skip
     for seed in seeds:
         cfg = TrainConfig(
             out="", model="mosaicnet", engine="torch", threads=2, batch_size=128, seed=seed
         )
-        rows = [{"epoch": 1, "seconds": 30.0, "images_per_s": 2000.0, "train_loss": 0.2,
-                 "train_acc": 0.95, "test_loss": 0.05, "test_acc": 0.985}]  # fmt: skip
-        out["records"].append(train_job(root / f"mosaicnet-{seed}", cfg, 2, rows))
-    for grid in GRIDS:
-        rows_, cols = (int(v) for v in grid.split("x"))
-        cells = rows_ * cols
-        for (mode, workers), rate in CLASSIFY_RATES.items():
-            for seed in seeds:
-                job = root / f"classify-{mode}-{workers}-{grid}-{seed}"
-                rows = [
-                    {"mode": mode, "workers": workers, "batch_size": 64, "rows": rows_,
-                     "cols": cols, "cells": cells, "distinct_digits": cells, "startup_s": 0.5,
-                     "classify_s": cells / rate, "total_s": 0.5 + cells / rate,
-                     "cells_per_s": rate, "accuracy": 0.99, "torch_threads": 1,
-                     "repeat": repeat}
-                    for repeat in range(1, REPEATS + 1)
-                ]  # fmt: skip
-                _write_csv(job / "result.csv", rows)
-                config = ClassifyConfig(
-                    weights=Path("model.pt"), rows=rows_, cols=cols, mode=mode,
-                    workers=workers, batch_size=64, seed=seed, repeats=REPEATS,
-                )  # fmt: skip
-                processes = workers if mode == "processes" else 1
-                parallelism = Parallelism(
-                    requested=workers, effective=workers, processes=processes,
-                    threads={"torch_threads": workers // processes},
-                )  # fmt: skip
-                results = {"cells": cells, "accuracy": 0.99, "flops_per_image": FLOPS_PER_IMAGE}
-                record = classify_outputs.run_record(config, parallelism, results)
-                out["records"].append(_with_env(record).write(job))
-    for threads, gflops in SGEMM.items():
-        path = root / f"env/threads~{threads}/info.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**ENV, "sgemm_gflops": gflops, "sgemm_threads": threads}))
-        out["env"].append(path)
-    return out
+        rows = [
+            {"epoch": 1, "images": 60000, "seconds": 30.0, "images_per_s": 2000.0,
+             "train_loss": 0.2, "train_acc": 0.95, "test_loss": 0.05, "test_acc": 0.985}
+        ]  # fmt: skip
+        records.append(train_job(root / f"mosaicnet-{seed}", cfg, 2, rows))
+    return records
+
+
+def build(root: Path, **kwargs) -> dict[str, pd.DataFrame]:
+    records = fake_results(root / "results", **kwargs)
+    out = {name: root / f"results/tables/{name}.csv" for name in tables.TABLE_SCHEMAS}
+    return tables.build_tables(records=records, out=out)
 
 
 @pytest.fixture
 def built(tmp_path: Path):
-    files = fake_results(tmp_path / "results")
-    out = tmp_path / "results/tables"
-    train, classify, summary = tables.build_tables(
-        records=files["records"],
-        env_infos=files["env"],
-        train_out=out / "train.csv",
-        classify_out=out / "classify.csv",
-        summary_out=out / "summary.csv",
-    )
-    return tmp_path, train, classify, summary
+    return tmp_path, build(tmp_path)
 
 
 def test_tables_read_parameters_from_records_not_paths(tmp_path: Path):
     """Job directories named without any parameter give the same tables."""
-    files = fake_results(tmp_path / "results")
-    assert not any("~" in str(path) for path in files["records"])
-    train = tables.train_frame(tables.read_records(files["records"]))
+    records = fake_results(tmp_path / "results")
+    assert not any("~" in str(path) for path in records)
+    train = tables.train_frame(tables.read_records(records))
     numba2 = train[(train["engine"] == "numba") & (train["threads"] == 2)]
     assert set(numba2["filters"]) == {8} and set(numba2["batch_size"]) == {32}
+    assert set(numba2["block"].dropna()) == set(DRIFT)
 
 
 def test_a_record_of_another_schema_version_is_refused(tmp_path: Path):
-    files = fake_results(tmp_path / "results")
-    path = files["records"][0]
+    path = fake_results(tmp_path / "results")[0]
     data = json.loads(path.read_text())
     data["schema_version"] = 0
     path.write_text(json.dumps(data))
@@ -159,65 +195,131 @@ def test_a_record_of_another_schema_version_is_refused(tmp_path: Path):
         tables.read_records([path])
 
 
-def test_tidy_tables_have_one_row_per_job_epoch_and_repeat(built):
-    tmp_path, train, classify, _ = built
-    assert len(train) == len(TRAIN_RATES) * EPOCHS + 1  # + one MosaicNet epoch
-    assert len(classify) == len(GRIDS) * len(CLASSIFY_RATES) * REPEATS
-    on_disk = pd.read_csv(tmp_path / "results/tables/train.csv")
-    assert len(on_disk) == len(train)
+def test_tidy_tables_have_one_row_per_job_epoch_repeat_and_block(built):
+    tmp_path, t = built
+    blocks = len(DRIFT)
+    # paired jobs × epochs, 3 full-length runs × epochs, one MosaicNet epoch
+    assert len(t["train"]) == len(TRAIN_RATES) * blocks * EPOCHS + 3 * EPOCHS + 1
+    assert len(t["classify"]) == len(GRIDS) * len(CLASSIFY_RATES) * REPEATS * blocks
+    assert len(t["jobs"]) == (len(TRAIN_RATES) + len(GRIDS) * len(CLASSIFY_RATES)) * blocks
+    for name, frame in t.items():
+        on_disk = tables.read_table(tmp_path / f"results/tables/{name}.csv")
+        assert len(on_disk) == len(frame), name
     for column in ["engine", "threads_requested", "threads", "filters", "batch_size", "seed",
-                   "epoch", "cum_seconds", "env.cpu_model", "roofline_gflops",
-                   "numba_threads", "env.hostname", "flops_per_image"]:  # fmt: skip
-        assert column in train.columns, column
-    numba2 = train[(train["engine"] == "numba") & (train["threads"] == 2)]
-    assert numba2["cum_seconds"].tolist() == pytest.approx([20000 / 7600 * e for e in (1, 2, 3)])
-    assert set(train.loc[train["model"] == "mosaicnet", "engine"]) == {"torch"}
-    for column in ["mode", "workers_requested", "workers", "grid", "repeat", "env.hostname"]:
-        assert column in classify.columns, column
-    assert sorted(classify["repeat"].unique()) == list(range(1, REPEATS + 1))
+                   "block", "run", "epoch", "images", "cum_seconds", "cum_seconds_with_warmup",
+                   "env.cpu_model", "roofline_gflops", "others_cpu_share", "flagged",
+                   "numba_threads", "flops_per_image", "warmup_s"]:  # fmt: skip
+        assert column in t["train"].columns, column
+    full = t["train"][(t["train"]["run"] == "full") & (t["train"]["engine"] == "numba")]
+    assert full["cum_seconds_with_warmup"].tolist() == pytest.approx(
+        [0.25 + 60000 / 7600 * e for e in (1, 2)]
+    )
+    for column in ["mode", "workers_requested", "workers", "grid", "repeat", "block",
+                   "end_to_end_cells_per_s", "env.hostname"]:  # fmt: skip
+        assert column in t["classify"].columns, column
 
 
-def test_summary_speedup_efficiency_and_roofline(built):
-    _, _, _, summary = built
+def test_ratios_are_paired_inside_blocks(built):
+    """Rates drift ±30% between blocks, every ratio is exact: the interval collapses on it."""
+    _, t = built
+    summary = t["summary"]
     train = summary[(summary["study"] == "train") & (summary["model"] == "tinycnn")]
     numba2 = train[(train["engine"] == "numba") & (train["parallelism"] == 2)].iloc[0]
+    assert numba2["blocks"] == len(DRIFT)
     assert numba2["speedup"] == pytest.approx(1.9)
+    assert numba2["speedup_low"] == pytest.approx(1.9)
+    assert numba2["speedup_high"] == pytest.approx(1.9)
+    assert numba2["speedup_verdict"] == "higher"
     assert numba2["efficiency"] == pytest.approx(0.95)
-    assert numba2["rate_iqr"] == pytest.approx(0.0)
-    assert numba2["samples"] == EPOCHS
-    gflops = 7600.0 * flops_per_image(8, training=True) / 1e9
+    assert numba2["baseline"] == "numba 1 thread"
+    # the rate itself is summarised over blocks: geometric mean, with the drift's spread
+    geo = 7600.0 * np.prod(list(DRIFT.values())) ** (1 / len(DRIFT))
+    assert numba2["rate"] == pytest.approx(geo)
+    assert numba2["rate_low"] < geo < numba2["rate_high"]
+    gflops = geo * flops_per_image(8, training=True) / 1e9
     assert numba2["gflops"] == pytest.approx(gflops)
-    assert numba2["roofline_fraction"] == pytest.approx(gflops / SGEMM[2])
-    numpy1 = train[train["engine"] == "numpy"].iloc[0]
-    assert numpy1["speedup"] == pytest.approx(1.0)
+    assert numba2["roofline_gflops"] == pytest.approx(SGEMM[2])  # the jobs' own probes
+    assert numba2["warmup_s"] == pytest.approx(0.25)
+    assert numba2["accuracy"] == pytest.approx(0.94)  # the full-length run's last epoch
+    assert train[train["engine"] == "numpy"].iloc[0]["speedup_verdict"] == "baseline"
 
     classify = summary[summary["study"] == "classify"]
     assert len(classify) == len(GRIDS) * len(CLASSIFY_RATES)
     proc = classify[(classify["mode"] == "processes") & (classify["grid"] == "20x30")].iloc[0]
     assert proc["speedup"] == pytest.approx(9000 / 5000)
     assert proc["efficiency"] == pytest.approx(0.9)
-    assert proc["seconds_per_item"] == pytest.approx(1 / 9000)
-    assert proc["gflops"] == pytest.approx(9000 * FLOPS_PER_IMAGE / 1e9)
     assert proc["baseline"] == "sequential"
+    # payback: 2.5 s more start-up over (1/5000 - 1/9000) s saved per cell, at each block's speed
+    paybacks = [2.5 / ((1 / 5000 - 1 / 9000) / speed) for speed in DRIFT.values()]
+    assert proc["payback_cells"] == pytest.approx(np.median(paybacks))
+    assert proc["payback_cells_min"] == pytest.approx(min(paybacks))
+    assert proc["end_to_end_speedup"] < 1  # 600 cells cannot pay 2.5 s of start-up back
+
+    comparisons = t["comparisons"]
+    row = comparisons[
+        (comparisons["subject"] == "numba 2 threads")
+        & (comparisons["reference"] == "numpy 1 thread")
+    ].iloc[0]
+    assert row["ratio"] == pytest.approx(7.6) and row["verdict"] == "higher"
 
 
-def test_findings_state_the_ratios(built):
-    _, _, _, summary = built
-    text = "\n".join(report.findings(summary))
-    assert "numba 2 threads (F=8, B=32): 1.90× over 1 thread (95% efficiency)." in text
-    assert "processes 2 workers on 20x30 (B=64): 1.80× over sequential (90% efficiency)." in text
-    # numba at 2 threads is the fastest: 7600 / 3000 (torch at 2) and 7600 / 1000 (numpy).
-    assert (
-        "numba 2 threads at 7,600 images/s, 2.5× torch (2 threads), 7.6× numpy (1 thread)" in text
-    )
+def test_findings_state_intervals_and_base_cases(built):
+    _, t = built
+    text = "\n".join(report.findings(t["summary"], t["comparisons"]))
+    assert "numba 2 threads (F=8, B=32): 1.90× [1.90, 1.90] faster than numba 1 thread at" in text
+    assert "numba 2 threads is 7.60× [7.60, 7.60] faster than numpy 1 thread" in text
+    assert "start-up is paid back from about" in text
+    assert "⚠" not in text
+
+
+def test_noisy_blocks_give_not_resolved_and_flags_mark_findings(tmp_path: Path):
+    """A speedup whose interval contains 1 is reported as not resolved, never as a direction;
+    a flagged job marks the findings that rest on it and opens the report with a banner."""
+    records = fake_results(tmp_path / "results", flag=("tinycnn-numba-2-0", 2))
+    # Make numba at 2 threads faster in one block and slower in the others.
+    for path in records:
+        record = RunRecord.read(path)
+        params = record.params
+        if params.get("engine") == "numba" and params["threads"] == 2 and params["block"]:
+            block = record.params["block"]
+            metrics = pd.read_csv(path.parent / "metrics.csv")
+            factor = {1: 0.4, 2: 1.6, 3: 0.5}[block]  # ratios 0.76, 3.04, 0.95
+            metrics["seconds"] /= factor
+            metrics["images_per_s"] *= factor
+            metrics.to_csv(path.parent / "metrics.csv", index=False)
+    out = {name: tmp_path / f"t/{name}.csv" for name in tables.TABLE_SCHEMAS}
+    t = tables.build_tables(records=records, out=out)
+    numba2 = t["summary"][(t["summary"]["engine"] == "numba") & (t["summary"]["parallelism"] == 2)]
+    row = numba2.iloc[0]
+    assert row["speedup_low"] < 1 < row["speedup_high"]
+    assert row["speedup_verdict"] == "not resolved"
+    assert row["flagged_blocks"] == 1
+    assert "numba 2 threads F=8 B=32 seed 0 block 2" in row["flagged_jobs"]
+    lines = [s for s in report.findings(t["summary"], t["comparisons"]) if "numba 2 threads (" in s]
+    assert lines and "not resolved on this machine" in lines[0] and "faster" not in lines[0]
+    assert "⚠" in lines[0]
+    banner = report.banner_html(t["jobs"])
+    assert "Interference detected in 1 of" in banner and "block 2" in banner
+
+
+def test_a_job_rerun_after_its_block_is_flagged(tmp_path: Path):
+    records = fake_results(tmp_path / "results")
+    runs = tables.read_records(records)
+    train = tables.train_frame(runs)
+    classify = tables.classify_frame(runs)
+    late = train["block"] == 1
+    train.loc[late & (train["engine"] == "numpy"), "env.utc_time"] = "2099-01-01T00:00:00+00:00"
+    jobs = tables.jobs_frame(train, classify)
+    flagged = jobs[jobs["flagged"]]
+    assert list(flagged["label"]) == ["train numpy 1 thread F=8 B=32 seed 0 block 1"]
+    assert "not measured beside its block" in flagged["flag_reasons"].iloc[0]
 
 
 def test_figures_and_report_are_written_and_self_contained(built):
-    tmp_path, _, _, _ = built
+    tmp_path, _ = built
     tdir, fdir = tmp_path / "results/tables", tmp_path / "results/figures"
-    written = figures.draw_all(
-        tdir / "train.csv", tdir / "classify.csv", tdir / "summary.csv", fdir
-    )
+    paths = {name: tdir / f"{name}.csv" for name in tables.TABLE_SCHEMAS}
+    written = figures.draw_all(paths, fdir)
     stems = {p.stem for p in written}
     assert stems == {f.id for f in registry.table_figures()}
     for path in written:
@@ -228,14 +330,13 @@ def test_figures_and_report_are_written_and_self_contained(built):
     noise = np.random.default_rng(0).integers(0, 255, (2000, 3000, 3), dtype=np.uint8)
     Image.fromarray(noise).save(fdir / "mask.png")
     pngs = sorted(fdir.glob("*.png"))
+    record = next(tmp_path.glob("results/mosaicnet-0/run.json"))
     out = report.write_report(
         out=tmp_path / "results/report.html",
         title="synthetic <study>",
-        train_csv=tdir / "train.csv",
-        classify_csv=tdir / "classify.csv",
-        summary_csv=tdir / "summary.csv",
+        tables=paths,
         figures=pngs,
-        env_json=tmp_path / "results/env/threads~2/info.json",
+        record=record,
         config_yaml="train:\n  tinycnn:\n    engines: [numpy]\n",
     )
     page = out.read_text()
@@ -247,29 +348,53 @@ def test_figures_and_report_are_written_and_self_contained(built):
     assert not re.search(r'(src|href)="(https?:)?//', page)
     assert "<link" not in page
     assert "engines: [numpy]" in page and "Test CPU" in page
-    assert "1.90× over 1 thread" in page
+    assert "1.90× [1.90, 1.90] faster than numba 1 thread" in page
+    assert 'id="method"' in page and "Hoefler" in page and "12. Plots" in page
+    assert 'id="interference"' not in page  # nothing flagged
 
 
-def test_empty_tables_still_give_every_figure(tmp_path: Path):
-    tdir = tmp_path / "tables"
-    tables.write_frame(tdir / "train.csv", pd.DataFrame())
-    tables.write_frame(tdir / "classify.csv", pd.DataFrame())
-    tables.write_frame(tdir / "summary.csv", tables.summarize(pd.DataFrame(), pd.DataFrame()))
-    written = figures.draw_all(
-        tdir / "train.csv", tdir / "classify.csv", tdir / "summary.csv", tmp_path / "fig"
-    )
-    assert len(written) == 2 * len(registry.table_figures())
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda text: text[: len(text) // 2] + '"unterminated\n', "damaged"),
+        (lambda text: text.replace(",7600", ",fast", 1) if ",7600" in text else "x", None),
+        (lambda text: text.splitlines()[0] + "\n", "has no rows"),
+        (lambda text: text.replace("speedup_low", "speedup_lo", 1), "lacks column"),
+    ],
+)
+def test_damaged_tables_are_refused_with_one_line(built, damage, message):
+    tmp_path, _ = built
+    path = tmp_path / "results/tables/summary.csv"
+    path.write_text(damage(path.read_text()))
+    with pytest.raises(tables.TableError) as err:
+        tables.read_table(path)
+    text = str(err.value)
+    assert str(path) in text and "\n" not in text and "re-run the tables step" in text
+    if message:
+        assert message in text
+
+
+def test_a_non_number_in_a_numeric_column_is_named(built):
+    tmp_path, _ = built
+    path = tmp_path / "results/tables/jobs.csv"
+    frame = pd.read_csv(path)
+    frame["rate"] = frame["rate"].astype(object)
+    frame.loc[3, "rate"] = "fast"
+    frame.to_csv(path, index=False)
+    with pytest.raises(tables.TableError, match=r"column 'rate' holds 'fast' in row 5"):
+        tables.read_table(path)
 
 
 def test_effective_threads_below_requested_are_recorded(tmp_path: Path):
-    row = {"epoch": 1, "seconds": 1.0, "images_per_s": 100.0, "train_loss": 1.0,
+    row = {"epoch": 1, "images": 100, "seconds": 1.0, "images_per_s": 100.0, "train_loss": 1.0,
            "train_acc": 0.5, "test_loss": 1.0, "test_acc": 0.5}  # fmt: skip
-    cfg = TrainConfig(out="", engine="numba", threads=4, filters=8, batch_size=32)
+    cfg = TrainConfig(out="", engine="numba", threads=4, filters=8, batch_size=32, block=1)
     path = train_job(tmp_path / "job", cfg, effective=2, metrics=[row])
-    frame = tables.train_frame(tables.read_records([path]))
+    runs = tables.read_records([path])
+    frame = tables.train_frame(runs)
     assert frame.loc[0, "threads_requested"] == 4
     assert frame.loc[0, "threads"] == 2
-    summary = tables.summarize_train(frame)
+    summary = tables.summarize(tables.jobs_frame(frame, pd.DataFrame()), frame)
     assert summary.loc[0, "parallelism"] == 2 and summary.loc[0, "parallelism_requested"] == 4
     assert np.isnan(summary.loc[0, "speedup"])  # no 1-thread baseline in this family
     assert any("asked for 4" in s for s in report.findings(summary))

@@ -21,6 +21,7 @@ every table it reads back (columns, numbers, rows) and fails with one line namin
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import os
@@ -137,6 +138,7 @@ def read_table(
     path = Path(path)
     name = name or path.stem
     fix = "re-run the tables step (snakemake --forcerun tables)"
+    _check_csv_shape(path, fix)
     try:
         frame = pd.read_csv(path)
     except pd.errors.EmptyDataError:
@@ -167,6 +169,25 @@ def read_table(
     if frame[required].isna().all(axis=1).any():
         raise TableError(f"{path} has an empty row (truncated?); {fix}")
     return frame
+
+
+def _check_csv_shape(path: Path, fix: str) -> None:
+    """Every row as wide as the header, no open quote: pandas would pad a truncated last row
+    with NaN and carry on."""
+    try:
+        with path.open(newline="") as fh:
+            rows = csv.reader(fh, strict=True)
+            header = next(rows, None)
+            for number, row in enumerate(rows, start=2):
+                if header is not None and len(row) != len(header):
+                    raise TableError(
+                        f"{path} is damaged: line {number} has {len(row)} fields, the header "
+                        f"{len(header)} (truncated?); {fix}"
+                    )
+    except csv.Error as err:
+        raise TableError(f"{path} is damaged ({err}); {fix}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise TableError(f"cannot read {path} ({err}); {fix}") from None
 
 
 def read_records(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[RunRecord, Path]]:
@@ -413,6 +434,8 @@ def summarize(jobs: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for study, (family, config) in FAMILIES.items():
         part = jobs[jobs["study"] == study]
+        if part.empty:
+            continue
         for _, fam in part.groupby(family, dropna=False, sort=True):
             base = fam[[_is_baseline(r) for r in fam.to_dict("records")]]
             base_units = (
@@ -517,6 +540,8 @@ def compare(jobs: pd.DataFrame) -> pd.DataFrame:
     }
     for study, (family, who) in specs.items():
         part = jobs[(jobs["study"] == study)]
+        if part.empty:
+            continue
         for key, fam in part.groupby(family, dropna=False, sort=True):
             tops = {
                 name: _units(g[g["parallelism_requested"] == g["parallelism_requested"].max()])
