@@ -191,7 +191,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     start = time.monotonic()
 
     proc = _start(workdir)
-    _wait_for(lambda: any(results.glob("train/tinycnn/*/*/*/*/*/metrics.csv")), 150, proc)
+    _wait_for(lambda: any(results.glob("train/tinycnn/*/*/*/*/*/*/metrics.csv")), 150, proc)
     time.sleep(1.0)  # let the next job start, so the kill lands mid-job
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -207,8 +207,29 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
 
-    final = snakemake(workdir, "--cores", "2", "--configfile", str(TINY), timeout=400)
+    # The last run shares the machine with a busy loop on one of its CPUs for a while: the jobs
+    # that overlap it must be flagged, and the report must say so.
+    cpu = min(os.sched_getaffinity(0))
+    busy_s = 25.0
+    final_proc = subprocess.Popen(
+        snakemake_cmd(workdir, "--cores", "2", "--configfile", str(TINY)),
+        cwd=workdir, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(8.0)  # into the first timed jobs of this run
+    busy_start = time.time()
+    hog = subprocess.Popen(
+        [sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"]
+    )
+    try:
+        time.sleep(busy_s)
+    finally:
+        hog.kill()
+        hog.wait()
+    busy_stop = time.time()
+    stdout, stderr = final_proc.communicate(timeout=500)
+    final = subprocess.CompletedProcess(final_proc.args, final_proc.returncode, stdout, stderr)
     return {
+        "busy": (busy_start, busy_stop),
         "workdir": workdir,
         "results": results,
         "after_kill": after_kill,
@@ -242,12 +263,20 @@ def test_tiny_run_tables_have_exactly_the_expected_rows(tiny_run: dict):
     train = pd.read_csv(tables / "train.csv")
     tiny_epochs = config["train"]["tinycnn"]["epochs"]
     mosaic_epochs = config["train"]["mosaicnet"]["epochs"]
-    assert (
-        len(train) == jobs["train_tinycnn"] * tiny_epochs + jobs["train_mosaicnet"] * mosaic_epochs
-    )
+    per_job = train.groupby("job_dir")["epoch"].count()
+    assert len(per_job) == sum(jobs[r] for r in ("train_tinycnn", "train_tinycnn_full",
+                                                  "train_mosaicnet"))  # fmt: skip
+    full = train[train["run"] == "full"]
+    assert len(full) == jobs["train_tinycnn_full"] * tiny_epochs
+    assert len(train[train["model"] == "mosaicnet"]) == jobs["train_mosaicnet"] * mosaic_epochs
+    # Throughput jobs stop on their time budget, at most after every epoch.
+    paired = train[train["run"] == "paired"].groupby("job_dir")["epoch"].count()
+    assert len(paired) == jobs["train_tinycnn"] and paired.max() <= tiny_epochs
     classify = pd.read_csv(tables / "classify.csv")
     assert len(classify) == jobs["classify"] * config["classify"]["repeats"]
+    assert set(classify["block"]) == set(range(1, config["blocks"] + 1))
     summary = pd.read_csv(tables / "summary.csv")
+    assert (summary["blocks"] == config["blocks"]).all()
     # Requested and effective thread counts are both recorded.
     assert {"threads_requested", "threads"} <= set(train.columns)
     assert {"workers_requested", "workers"} <= set(classify.columns)
@@ -263,7 +292,36 @@ def test_tiny_run_writes_every_figure_and_the_report(tiny_run: dict):
     assert (results / "figures/mask.png").read_bytes()[:4] == b"\x89PNG"
     page = (results / "report.html").read_text()
     assert page.count('<img src="data:image/') == len(FIGURE_STEMS) + 1
-    assert "over 1 thread" in page
+    assert "numba 1 thread at" in page and 'id="method"' in page
+
+
+def test_jobs_overlapping_a_busy_loop_are_flagged_and_the_report_says_so(tiny_run: dict):
+    results = tiny_run["results"]
+    jobs = pd.read_csv(results / "tables/jobs.csv")
+    finished = pd.to_datetime(jobs["finished_utc"], utc=True).map(lambda t: t.timestamp())
+    start, stop = tiny_run["busy"]
+    # Jobs that ended well inside the busy window had their whole timed region beside it.
+    inside = jobs[(finished > start + 6) & (finished < stop - 1)]
+    assert len(inside) >= 1, (start, stop, list(finished))
+    assert inside["flagged"].all(), inside[["label", "others_cpu_share", "flag_reasons"]]
+    page = (results / "report.html").read_text()
+    assert 'id="interference"' in page and "Interference detected in" in page
+    for label in inside["label"]:
+        assert html.escape(label) in page
+    # No finding states a direction its interval does not support.
+    summary = pd.read_csv(results / "tables/summary.csv")
+    for _, row in summary.iterrows():
+        if row["speedup_verdict"] == "higher":
+            assert row["speedup_low"] > 1
+        elif row["speedup_verdict"] == "lower":
+            assert row["speedup_high"] < 1
+        elif row["speedup_verdict"] == "not resolved" and pd.notna(row["speedup_low"]):
+            assert row["speedup_low"] <= 1 <= row["speedup_high"]
+    findings = re.findall(r"<li>(.*?)</li>", page[page.index('id="findings"') :])
+    for text in map(html.unescape, findings):
+        for match in re.finditer(r"([\d.]+)× \[([\d.]+), ([\d.]+)\] (faster|slower)", text):
+            low, high = float(match[2]), float(match[3])
+            assert (low > 1) if match[4] == "faster" else (high < 1), text
 
 
 def test_snakemake_report_renders(tiny_run: dict):

@@ -41,11 +41,9 @@ def expected_jobs(config: dict) -> dict[str, int]:
     tiny, cls = config["train"]["tinycnn"], config["classify"]
     engines = [e for e in tiny["engines"] if unavailable_reason(e, "train engine") is None]
     modes = [m for m in cls["modes"] if unavailable_reason(m, "classify mode") is None]
-    train_threads, classify_workers = set(), set()
     n_train = 0
     for engine in engines:
         threads = tiny["threads"] if registry.ENGINES[engine].parallel else [1]
-        train_threads |= set(threads)
         n_train += (
             len(threads) * len(tiny["filters"]) * len(tiny["batch_sizes"]) * len(tiny["seeds"])
         )
@@ -53,14 +51,18 @@ def expected_jobs(config: dict) -> dict[str, int]:
     grids = {g if isinstance(g, str) else f"{g['rows']}x{g['cols']}" for g in cls["grids"]}
     for mode in modes:
         workers = cls["workers"] if registry.MODES[mode].parallel else [1]
-        classify_workers |= set(workers)
         n_classify += len(workers) * len(grids) * len(cls["batch_sizes"]) * len(cls["seeds"])
+    blocks = config["blocks"]
+    n_full = sum(
+        len(tiny["filters"]) * len(tiny["batch_sizes"]) * len(tiny["seeds"]) for _ in engines
+    )
     return {
-        "env_info": len(train_threads | classify_workers | {1}),
         "verify_data": 1,
         "train_mosaicnet": len(cls["seeds"]),
-        "train_tinycnn": n_train,
-        "classify": n_classify,
+        "block_done": blocks + 1,
+        "train_tinycnn": n_train * blocks,
+        "train_tinycnn_full": n_full,
+        "classify": n_classify * blocks,
         "mask_figure": 1,
         "tables": 1,
         "figures": 1,
