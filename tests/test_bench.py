@@ -1,11 +1,13 @@
-"""`cnnpar bench train` end to end on a tiny configuration: rows, ratios, CSV, run record and
-targets, each number checked against its own recomputation from the row's raw fields."""
+"""`cnnpar bench train` end to end on a tiny configuration: rows, paired ratios, the CSVs, run
+record and targets, each number checked against its own recomputation from the row's raw fields
+or the per-round samples."""
 
 from __future__ import annotations
 
 import csv
 import math
 
+import numpy as np
 import pytest
 
 from cnnpar.bench import train as bench
@@ -47,9 +49,13 @@ def test_train_bench_measures_every_engine_and_pairs_thread_counts(
         if row.parallelism_requested == 1:
             assert row.speedup is None and row.speedup_over is None
         else:
-            assert row.speedup_q1 <= row.speedup <= row.speedup_q3
+            assert row.speedup_low <= row.speedup <= row.speedup_high
             assert row.speedup > 0
             assert row.speedup_over == f"{row.engine} 1 thread"
+            # The geometric mean of the per-round speed-ups over the same engine's 1 thread.
+            one = next(r for r in rows if (r.engine, r.parallelism_requested) == (row.engine, 1))
+            per_round = np.array(one.samples_s) / np.array(row.samples_s)
+            assert row.speedup == pytest.approx(math.exp(np.log(per_round).mean()), rel=1e-9)
 
     with out.open() as f:
         written = list(csv.DictReader(f))
@@ -66,9 +72,16 @@ def test_train_bench_measures_every_engine_and_pairs_thread_counts(
             float(line["q3_s"]) - float(line["q1_s"]), abs=1e-12
         )
 
+    with (tmp_path / "bench_rounds.csv").open() as f:
+        rounds = list(csv.DictReader(f))
+    assert len(rounds) == 3 * len(rows), "one row per case and round"
+    for line in rounds:
+        row = next(r for r in rows if r.variant == line["variant"])
+        assert float(line["seconds"]) == row.samples_s[int(line["round"]) - 1]
+
     record = RunRecord.read(tmp_path / "run.json")
     assert record.command == "bench-train" and record.model == "tinycnn"
-    assert record.outputs == ["bench.csv"]
+    assert record.outputs == ["bench.csv", "bench_rounds.csv"]
     assert record.params == {"quick": True, "cuda": False, "repeats": 5, "seconds": 0.02}
     assert record.results["rows"] == len(rows)
     best = max(rows, key=lambda r: r.rate)
@@ -76,7 +89,7 @@ def test_train_bench_measures_every_engine_and_pairs_thread_counts(
     assert record.results["best_rate"] == pytest.approx(best.rate)
     assert record.parallelism.requested == 2
     copies = record.results["copies_scaling"]
-    assert 0 < copies["q1"] <= copies["median"] <= copies["q3"]
+    assert 0 < copies["low"] <= copies["estimate"] <= copies["high"] and copies["n"] == 3
     targets = record.results["targets"]
     texts = [t["target"] for t in targets]
     assert len(texts) == 3, texts
@@ -84,25 +97,34 @@ def test_train_bench_measures_every_engine_and_pairs_thread_counts(
     assert any("x 1 thread at F=2 B=8" in text for text in texts)
     assert any("of the sgemm roofline" in text for text in texts)
     for t in targets:
-        assert t["met"] == (t["value"] >= t["goal"])
+        assert t["low"] <= t["value"] <= t["high"]
+        assert t["met"] == (t["low"] >= t["goal"])
+        expected = "met" if t["met"] else "missed" if t["high"] < t["goal"] else "not resolved"
+        assert t["verdict"] == expected
 
     printed = capsys.readouterr().out
     assert "glibc malloc" in printed or "LD_PRELOAD=" in printed, "the allocator is stated"
     assert "two independent 1-thread numba trainings at once (processes, F=2 B=8)" in printed
-    assert "2 threads / 1 thread (paired rounds)" in printed
+    assert "2 threads / 1 thread: numba " in printed
     # The summary follows the measured configuration, not a fixed one.
     assert "F=2   B=8    threads=2  numba/torch" in printed
     assert "at F=2 B=8 2 threads" in printed and "F=8 B=32" not in printed
     numba2 = next(r for r in rows if (r.engine, r.parallelism_requested) == ("numba", 2))
     torch2 = next(r for r in rows if (r.engine, r.parallelism_requested) == ("torch", 2))
-    ratio = next(t["value"] for t in targets if "torch" in t["target"])
-    assert math.isclose(ratio, numba2.rate / torch2.rate)
-    assert f"{ratio:.2f}x -> " in printed
+    # numba over torch, paired: the same round's rates (their step counts may differ).
+    per_round = [
+        (numba2.items / a) / (torch2.items / b)
+        for a, b in zip(numba2.samples_s, torch2.samples_s, strict=True)
+    ]
+    target = next(t for t in targets if "torch" in t["target"])
+    assert math.isclose(target["value"], math.exp(np.mean(np.log(per_round))))
+    assert f"{target['value']:.2f}× [{target['low']:.2f}, {target['high']:.2f}] -> " in printed
 
 
 def test_copies_scaling_is_a_positive_ratio() -> None:
-    median, q1, q3 = bench.copies_scaling(2, 8, repeats=3, seconds=0.02)
-    assert 0 < q1 <= median <= q3 < 4
+    copies = bench.copies_scaling(2, 8, repeats=3, seconds=0.02)
+    assert copies.n == 3 and 0 < copies.low <= copies.estimate <= copies.high
+    assert copies.estimate < 4
 
 
 def test_csv_path_is_checked_before_measuring(tmp_path, capsys) -> None:

@@ -1,12 +1,18 @@
-"""What both benches share: one row type, the `--csv` check, and writing the CSV and run record.
+"""What both benches share: one row type, paired ratios with their intervals, the `--csv`
+check, and writing the CSVs and run record.
 
-`bench train` times engines in one process (thread counts interleaved, paired ratios);
-`bench classify` runs each variant as a fresh `cnnpar classify` process. Both end in the same
-`BenchRow`s, so one CSV reader and one run-record reader serve both.
+Both benches time their variants in interleaved rounds (every variant once per round, the order
+reversed every other round), so sample i of every variant in one interleaved set comes from the
+same stretch of machine time. Every ratio is formed round by round from those paired samples and
+summarised by `cnnpar.measure.intervals.paired_ratio_interval`: the geometric mean over rounds
+with a Student-t 95% interval. `bench train` runs the engines of one configuration in one
+process; `bench classify` runs each variant as a fresh `cnnpar classify` process. Both end in the
+same `BenchRow`s, so one CSV reader and one run-record reader serve both.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -15,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cnnpar.errors import CnnparError
+from cnnpar.measure.intervals import Interval, paired_ratio_interval
 from cnnpar.record import Parallelism, RunRecord
 
 BenchName = Literal["train", "classify"]
@@ -28,7 +35,8 @@ class BenchError(CnnparError):
 class BenchRow:
     """One measured variant. Rates come from `items` (images or cells per timed repeat) over the
     repeat times: rate = items / median_s, and the rate quartiles from the time quartiles
-    (rate_q1 = items / q3_s, the slower side)."""
+    (rate_q1 = items / q3_s, the slower side). Ratios between variants (`speedup`) come from
+    the per-round samples in `rounds`, paired by round."""
 
     bench: BenchName
     variant: str  # the label printed for it
@@ -50,13 +58,25 @@ class BenchRow:
     rate_q3: float
     rate_unit: str  # "images/s" or "cells/s"
     gflops: float  # achieved: rate x the model's FLOPs per item
-    roofline_gflops: float | None  # sgemm at parallelism_effective cores (None on a GPU)
+    # sgemm at parallelism_effective cores (None on a GPU); bench classify probes it every
+    # round and gives the geometric mean here, its fraction the geometric mean of per-round ones
+    roofline_gflops: float | None
     roofline_fraction: float | None
-    speedup: float | None  # rate over the `speedup_over` reference (None on the reference)
-    speedup_q1: float | None  # only where rounds were paired (bench train)
-    speedup_q3: float | None
+    # Rate over the `speedup_over` reference from paired rounds: the geometric mean of the
+    # per-round ratios and its 95% interval (None on the reference; low/high None below 2 rounds)
+    speedup: float | None
+    speedup_low: float | None
+    speedup_high: float | None
     speedup_over: str | None
     extra: dict[str, Any] = field(default_factory=dict)  # bench-specific; CSV columns at the end
+    # One dict per timed round, in round order: "seconds" (the sample), optionally
+    # "roofline_gflops" (the roofline that round) and bench-specific values. Written to the
+    # rounds CSV (one row per variant x round), not to the per-variant CSV.
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def samples_s(self) -> list[float]:
+        return [r["seconds"] for r in self.rounds]
 
     @property
     def iqr_s(self) -> float:
@@ -64,8 +84,114 @@ class BenchRow:
 
     def csv_row(self) -> dict[str, Any]:
         row = asdict(self)
+        row.pop("rounds")
         extra = row.pop("extra")
         return {**row, "iqr_s": self.iqr_s, **extra}
+
+    def round_rows(self) -> list[dict[str, Any]]:
+        """Tidy rows, one per timed round: the sample, its rate, GFLOP/s and roofline fraction.
+        Rows of the same `round` in one interleaved set are the pairs every ratio is built from."""
+        gflop_per_item = self.gflops / self.rate
+        out = []
+        for index, r in enumerate(self.rounds, start=1):
+            roof = r.get("roofline_gflops", self.roofline_gflops)
+            gflops = gflop_per_item * self.items / r["seconds"]
+            out.append(
+                {
+                    "bench": self.bench,
+                    "variant": self.variant,
+                    "engine": self.engine,
+                    "filters": self.filters,
+                    "grid": self.grid,
+                    "batch_size": self.batch_size,
+                    "parallelism_effective": self.parallelism_effective,
+                    "round": index,
+                    "items": self.items,
+                    "rate_unit": self.rate_unit,
+                    **r,
+                    "rate": self.items / r["seconds"],
+                    "gflops": gflops,
+                    "roofline_gflops": roof,
+                    "roofline_fraction": gflops / roof if roof else None,
+                }
+            )
+        return out
+
+
+def paired_rate_ratio(num: BenchRow, den: BenchRow) -> Interval:
+    """`num`'s rate over `den`'s, round by round; both rows must come from the same rounds."""
+    return paired_ratio_interval(
+        [num.items / s for s in num.samples_s], [den.items / s for s in den.samples_s]
+    )
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def speedup_fields(interval: Interval | None, over: str | None) -> dict[str, Any]:
+    """BenchRow's speedup, speedup_low, speedup_high and speedup_over from a paired ratio."""
+    if interval is None:
+        return {"speedup": None, "speedup_low": None, "speedup_high": None, "speedup_over": None}
+    return {
+        "speedup": _finite(interval.estimate),
+        "speedup_low": _finite(interval.low),
+        "speedup_high": _finite(interval.high),
+        "speedup_over": over,
+    }
+
+
+def interval_dict(interval: Interval) -> dict[str, Any]:
+    """An interval for JSON: NaN (fewer than 2 rounds) becomes null."""
+    return {
+        "estimate": _finite(interval.estimate),
+        "low": _finite(interval.low),
+        "high": _finite(interval.high),
+        "n": interval.n,
+    }
+
+
+def interval_text(interval: Interval, unit: str = "×", digits: int = 2) -> str:
+    """`1.72× [1.61, 1.84]`: the estimate and its 95% interval."""
+    estimate = f"{interval.estimate:.{digits}f}{unit}"
+    if not interval.resolved:
+        return f"{estimate} [no interval: {interval.n} round{'s' * (interval.n != 1)}]"
+    return f"{estimate} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+
+
+def direction(interval: Interval, above: str = "faster", below: str = "slower") -> str:
+    """Which side of 1 the whole interval lies on; 'not resolved' when it contains 1."""
+    if interval.excludes(1.0):
+        return above if interval.low > 1.0 else below
+    return "not resolved"
+
+
+def target_verdict(interval: Interval, goal: float) -> str:
+    """'met' when the interval's low end reaches `goal`, 'missed' when its high end is below it,
+    else 'not resolved' (the interval straddles the goal, or there is none)."""
+    if not interval.resolved:
+        return "not resolved"
+    if interval.low >= goal:
+        return "met"
+    if interval.high < goal:
+        return "missed"
+    return "not resolved"
+
+
+def target_check(text: str, interval: Interval, goal: float, unit: str) -> dict[str, Any]:
+    """One target for the run record: `value` is the estimate, `met` true only on 'met'."""
+    verdict = target_verdict(interval, goal)
+    return {
+        "target": text,
+        "value": _finite(interval.estimate),
+        "low": _finite(interval.low),
+        "high": _finite(interval.high),
+        "rounds": interval.n,
+        "goal": goal,
+        "unit": unit,
+        "verdict": verdict,
+        "met": verdict == "met",
+    }
 
 
 def rate_fields(items: int, median_s: float, q1_s: float, q3_s: float) -> dict[str, float]:
@@ -100,13 +226,20 @@ def check_csv_path(csv_path: str | os.PathLike[str] | None) -> Path | None:
     return path
 
 
+def rounds_csv_path(csv_path: str | os.PathLike[str]) -> Path:
+    """Where the per-round samples of `--csv F` go: F's name with `_rounds` before the suffix."""
+    path = Path(csv_path)
+    return path.with_name(f"{path.stem}_rounds{path.suffix or '.csv'}")
+
+
 def write_results(
     rows: Sequence[BenchRow],
     csv_path: str | os.PathLike[str],
     params: Mapping[str, Any],
     results: Mapping[str, Any] | None = None,
 ) -> RunRecord:
-    """Write the rows to `csv_path` and a run record (`run.json`) beside it, the record last.
+    """Write the rows to `csv_path`, their per-round samples to `rounds_csv_path(csv_path)`
+    (one row per variant x round) and a run record (`run.json`) beside them, the record last.
 
     `params` are the bench's arguments; `results` bench-specific summaries added to the common
     ones (row count, best variant). The record's parallelism is the most any row asked for and
@@ -119,6 +252,12 @@ def write_results(
         raise BenchError("no rows measured; nothing to write")
     path = Path(csv_path)
     io.write_csv(path, [r.csv_row() for r in rows])
+    outputs = [path.name]
+    rounds = [line for r in rows for line in r.round_rows()]
+    if rounds:
+        rounds_path = rounds_csv_path(path)
+        io.write_csv(rounds_path, rounds)
+        outputs.append(rounds_path.name)
     best = max(rows, key=lambda r: r.rate)
     record = RunRecord(
         command=f"bench-{rows[0].bench}",  # type: ignore[arg-type]
@@ -141,7 +280,7 @@ def write_results(
             ),
             **(results or {}),
         },
-        outputs=[path.name],
+        outputs=outputs,
         environment=environment().as_dict(),
     )
     record.write(path.absolute().parent)

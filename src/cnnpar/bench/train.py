@@ -2,16 +2,20 @@
 
 Each engine trains from the same initial weights on the same first 8,192 training digits
 (batches cycled), in one process, with the thread pools pinned by `set_threads`. One timed
-repeat is a fixed number of SGD steps (calibrated to about `seconds`), followed by reading the
-step statistics back, which waits for a GPU (and runs the steps the numba engine queues). The
-engine's thread counts are timed round by round, alternating (`measure_interleaved`,
-warm-up outside the clock), so a shared host's drift in speed, which on the reference VM swings
-throughput by ±30% within seconds, does not decide a thread-scaling ratio; that ratio is the
-median of the round-by-round ratios. We report the median and the interquartile range as images/s.
+repeat is a fixed number of SGD steps (calibrated per engine to about `seconds`), followed by
+reading the step statistics back, which waits for a GPU (and runs the steps the numba engine
+queues). All engines and thread counts of one configuration are timed round by round, the order
+reversed every other round (`measure_interleaved`, warm-up outside the clock), so a shared
+host's drift in speed, which on the reference VM swings throughput by ±30% within seconds, falls
+on every case alike. Every ratio (thread scaling, one engine over another) is formed round by
+round and summarised by `paired_ratio_interval`: the geometric mean over rounds with a Student-t
+95% interval; a target is met only when the interval's low end reaches it. We report the median
+and the interquartile range as images/s.
 
 The roofline is the float32 GEMM rate at the same thread count (`roofline`: the measured
-n-thread rate, or n × the 1-thread rate where a busy host makes that higher):
-fraction = (training FLOPs per image, spec.flops_per_image) × images/s ÷ sgemm FLOP/s.
+n-thread rate, or n × the 1-thread rate where a busy host makes that higher), measured once at
+the start: fraction = (training FLOPs per image, spec.flops_per_image) × images/s ÷ sgemm FLOP/s;
+its interval covers the round-to-round spread of the training side only.
 """
 
 from __future__ import annotations
@@ -19,16 +23,31 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from cnnpar.bench.common import BenchRow, check_csv_path, rate_fields, write_results
+from cnnpar.bench.common import (
+    BenchRow,
+    check_csv_path,
+    direction,
+    interval_dict,
+    interval_text,
+    paired_rate_ratio,
+    rate_fields,
+    rounds_csv_path,
+    speedup_fields,
+    target_check,
+    target_verdict,
+    write_results,
+)
 from cnnpar.data import load_mnist
 from cnnpar.measure.environment import allocator, environment
+from cnnpar.measure.intervals import METHOD, Interval, log_interval
 from cnnpar.measure.roofline import roofline
 from cnnpar.measure.threads import numba_threading_layer, set_threads
-from cnnpar.measure.timing import measure_interleaved, paired_ratio, quartiles
+from cnnpar.measure.timing import measure_interleaved
 from cnnpar.nets import tinycnn
 from cnnpar.nets.tinycnn import spec
 
@@ -42,7 +61,7 @@ BENCH_LR = 0.01
 # Targets on the 2-core reference machine, checked at every measured CPU configuration at the
 # highest thread count: numba over torch, numba's thread scaling, and numba's best roofline.
 TARGET_NUMBA_VS_TORCH = 3.0
-TARGET_NUMBA_SCALING = 1.8  # numba at THREADS[-1] over 1 thread, median of paired rounds
+TARGET_NUMBA_SCALING = 1.8  # numba at THREADS[-1] over 1 thread, from paired rounds
 TARGET_ROOFLINE = 0.20
 
 
@@ -63,94 +82,104 @@ def _run_steps(engine: tinycnn.Engine, bounds: list[tuple[int, int]], n_steps: i
     engine.epoch_stats()
 
 
-def measure_engine(
-    name: str,
+Case = tuple[str, int]  # (engine, threads)
+
+
+def measure_config(
     filters: int,
     batch_size: int,
-    thread_counts: tuple[int, ...],
+    cases: Sequence[Case],
     images: np.ndarray,
     labels: np.ndarray,
     repeats: int,
     seconds: float,
     peaks: dict[int, float] | None,
 ) -> list[BenchRow]:
-    """Images/s of `name` training TinyCNN(filters) at batch_size, one row per thread count.
+    """Images/s of every (engine, threads) case training TinyCNN(filters) at batch_size.
 
-    One engine per thread count, all from the same initial weights; their timed repeats are
-    interleaved round by round (`measure_interleaved`), and each row past the first
-    carries its speedup over the first thread count from the paired rounds.
+    One engine per case, all from the same initial weights; their timed repeats are interleaved
+    round by round (`measure_interleaved`), so any two rows can be compared round by round
+    (`paired_rate_ratio`). Each row past an engine's first thread count carries its speed-up
+    over that one.
     """
-    engines: dict[int, tinycnn.Engine] = {}
-    for threads in thread_counts:
+    engines: dict[Case, tinycnn.Engine] = {}
+    for name, threads in cases:
         set_threads(threads)
-        engines[threads] = _new_engine(name, filters, threads)
+        engines[name, threads] = _new_engine(name, filters, threads)
     bounds = list(spec.batch_bounds(len(labels) - len(labels) % batch_size, batch_size))
 
-    def setup(threads: int) -> None:  # untimed: pins the pools, hands over data, resets stats
-        set_threads(threads)
-        engines[threads].load_epoch(images, labels)
+    def setup(case: Case) -> None:  # untimed: pins the pools, hands over data, resets stats
+        set_threads(case[1])
+        engines[case].load_epoch(images, labels)
 
-    def steps_fn(threads: int, n_steps: int):
-        return lambda: _run_steps(engines[threads], bounds, n_steps)
+    # Calibrate each engine's repeat length at its first (slowest) thread count; this also
+    # warms caches.
+    n_steps: dict[str, int] = {}
+    for case in cases:
+        if case[0] in n_steps:
+            continue
+        setup(case)
+        probe = min(16, len(bounds))
+        start = time.perf_counter()
+        _run_steps(engines[case], bounds, probe)
+        per_step = (time.perf_counter() - start) / probe
+        n_steps[case[0]] = max(probe, math.ceil(seconds / max(per_step, 1e-7)))
 
-    # Calibrate the repeat length at the first (slowest) thread count; this also warms caches.
-    setup(thread_counts[0])
-    probe = min(16, len(bounds))
-    start = time.perf_counter()
-    steps_fn(thread_counts[0], probe)()
-    per_step = (time.perf_counter() - start) / probe
-    n_steps = max(probe, math.ceil(seconds / max(per_step, 1e-7)))
+    def steps_fn(case: Case) -> Callable[[], None]:
+        return lambda: _run_steps(engines[case], bounds, n_steps[case[0]])
 
     measured = measure_interleaved(
-        {threads: steps_fn(threads, n_steps) for threads in thread_counts},
-        repeats=repeats,
-        warmup=1,
-        setup=setup,
+        {case: steps_fn(case) for case in cases}, repeats=repeats, warmup=1, setup=setup
     )
-    images_per_repeat = n_steps * batch_size
     flops = spec.flops_per_image(filters)
     rows = []
-    for threads, m in measured.items():
+    first: dict[str, BenchRow] = {}  # each engine's first thread count
+    for (name, threads), m in measured.items():
+        images_per_repeat = n_steps[name] * batch_size
         rates = rate_fields(images_per_repeat, m.median, m.q1, m.q3)
         gflops = rates["rate"] * flops / 1e9
         peak = peaks.get(threads) if peaks else None
-        speedup = (None, None, None)
-        if threads != thread_counts[0]:
-            speedup = paired_ratio(measured[thread_counts[0]], m)
-        rows.append(
-            BenchRow(
-                bench="train",
-                variant=f"{name} F={filters} B={batch_size} threads={threads}",
-                engine=name,
-                model="tinycnn",
-                filters=filters,
-                grid=None,
-                batch_size=batch_size,
-                parallelism_requested=threads,
-                parallelism_effective=int(engines[threads].threads),
-                processes=1,
-                repeats=repeats,
-                median_s=m.median,
-                q1_s=m.q1,
-                q3_s=m.q3,
-                items=images_per_repeat,
-                **rates,
-                rate_unit="images/s",
-                gflops=gflops,
-                roofline_gflops=peak,
-                roofline_fraction=gflops / peak if peak else None,
-                speedup=speedup[0],
-                speedup_q1=speedup[1],
-                speedup_q3=speedup[2],
-                speedup_over=None if speedup[0] is None else f"{name} {thread_counts[0]} thread",
-                extra={"steps": n_steps, "flops_per_image": flops},
-            )
+        row = BenchRow(
+            bench="train",
+            variant=f"{name} F={filters} B={batch_size} threads={threads}",
+            engine=name,
+            model="tinycnn",
+            filters=filters,
+            grid=None,
+            batch_size=batch_size,
+            parallelism_requested=threads,
+            parallelism_effective=int(engines[name, threads].threads),
+            processes=1,
+            repeats=repeats,
+            median_s=m.median,
+            q1_s=m.q1,
+            q3_s=m.q3,
+            items=images_per_repeat,
+            **rates,
+            rate_unit="images/s",
+            gflops=gflops,
+            roofline_gflops=peak,
+            roofline_fraction=gflops / peak if peak else None,
+            **speedup_fields(None, None),
+            extra={"steps": n_steps[name], "flops_per_image": flops},
+            rounds=[{"seconds": s} for s in m.samples],
         )
+        if name in first:
+            ref = first[name]
+            over = f"{name} {ref.parallelism_requested} thread"
+            for key, value in speedup_fields(paired_rate_ratio(row, ref), over).items():
+                setattr(row, key, value)
+        else:
+            first[name] = row
+        rows.append(row)
     return rows
 
 
-def _speedup_text(row: BenchRow) -> str:
-    return f"{row.speedup:.2f}x [IQR {row.speedup_q1:.2f}, {row.speedup_q3:.2f}]"
+def _speedup(row: BenchRow) -> Interval:
+    """The row's speed-up interval back from its fields (n: its rounds)."""
+    fields = (row.speedup, row.speedup_low, row.speedup_high)
+    estimate, low, high = (math.nan if v is None else v for v in fields)
+    return Interval(estimate, low, high, len(row.rounds))
 
 
 def _print_row(row: BenchRow) -> None:
@@ -160,7 +189,7 @@ def _print_row(row: BenchRow) -> None:
         f"{row.engine:<10s} {row.rate:>11,.0f} {row.rate_unit}  "
         f"IQR [{row.rate_q1:,.0f}, {row.rate_q3:,.0f}]  "
         f"{row.gflops:6.2f} GFLOP/s  roofline {roof}"
-        + (f"  {_speedup_text(row)} vs 1 thread" if row.speedup is not None else ""),
+        + (f"  {interval_text(_speedup(row))} vs 1 thread" if row.speedup is not None else ""),
         flush=True,
     )
 
@@ -186,7 +215,12 @@ def train_bench(
     malloc = allocator()
     print(f"cnnpar bench train: {env.cpu_model}, {env.logical_cores} logical cores")
     print(f"allocator: {'glibc malloc' if malloc == 'glibc' else malloc}")
-    print(f"timing: {repeats} repeats of ~{seconds:g} s after 1 untimed warm-up; median, IQR")
+    print(
+        f"timing: {repeats} rounds of ~{seconds:g} s per case after 1 untimed warm-up round, "
+        "every engine and thread count of a configuration once per round, order reversed "
+        "every other round; median, IQR"
+    )
+    print("ratios: per round, geometric mean over rounds [Student-t 95% interval on the logs]")
     print("FLOPs/image (training, dense): " + ", ".join(
         f"F={f}: {spec.flops_per_image(f):,}" for f in sorted({f for f, _ in CPU_CONFIGS})
     ))  # fmt: skip
@@ -198,15 +232,12 @@ def train_bench(
     for threads in THREADS:
         effective = set_threads(threads)
         print(f"threads={threads}: effective {effective}")
+    # numpy is the sequential reference: measured at 1 thread only.
+    cases = [(name, t) for name in CPU_ENGINES for t in ((1,) if name == "numpy" else THREADS)]
     for filters, batch in CPU_CONFIGS:
-        for name in CPU_ENGINES:
-            # numpy is the sequential reference: measured once, at 1 thread.
-            thread_counts = (1,) if name == "numpy" else THREADS
-            for row in measure_engine(
-                name, filters, batch, thread_counts, images, labels, repeats, seconds, peaks
-            ):
-                rows.append(row)
-                _print_row(row)
+        for row in measure_config(filters, batch, cases, images, labels, repeats, seconds, peaks):
+            rows.append(row)
+            _print_row(row)
     # The smallest configuration has the shortest steps, where splitting one over threads
     # gains least; the copies show what the machine itself allows there.
     copies_config = CPU_CONFIGS[0]
@@ -214,7 +245,7 @@ def train_bench(
     print(
         "two independent 1-thread numba trainings at once "
         f"(processes, F={copies_config[0]} B={copies_config[1]}): "
-        f"{copies[0]:.2f}x [IQR {copies[1]:.2f}, {copies[2]:.2f}] the throughput of one alone"
+        f"{interval_text(copies)} the throughput of one alone (paired rounds)"
     )
     if numba_layer := numba_threading_layer():
         print(f"numba threading layer: {numba_layer}")
@@ -233,11 +264,12 @@ def train_bench(
                 "numba_threading_layer": numba_layer,
                 "sgemm_gflops": {str(t): g for t, g in peaks.items()},
                 "copies_config": {"filters": copies_config[0], "batch_size": copies_config[1]},
-                "copies_scaling": dict(zip(("median", "q1", "q3"), copies, strict=True)),
+                "copies_scaling": interval_dict(copies),
+                "interval": METHOD,
                 "targets": checks,
             },
         )
-        print(f"wrote {csv_path} and run.json beside it")
+        print(f"wrote {csv_path}, {rounds_csv_path(csv_path)} (one row per round) and run.json")
     return rows
 
 
@@ -256,15 +288,13 @@ def _copy_worker(filters: int, batch_size: int, conn) -> None:
         conn.send(time.perf_counter() - start)
 
 
-def copies_scaling(
-    filters: int, batch_size: int, repeats: int, seconds: float
-) -> tuple[float, float, float]:
+def copies_scaling(filters: int, batch_size: int, repeats: int, seconds: float) -> Interval:
     """How much two cores give two *independent* 1-thread numba trainings, over one alone.
 
     Nothing is shared between the copies but the machine, so this is the most any split of one
     training over two threads could reach here; on a shared VM it is well under 2. Rounds
-    alternate one copy alone and both at once; returns the median and quartiles of
-    2 × t_alone / t_both over the rounds.
+    alternate one copy alone and both at once; returns the geometric mean of
+    2 × t_alone / t_both over the rounds with its 95% interval.
     """
     import multiprocessing as mp
 
@@ -297,7 +327,7 @@ def copies_scaling(
                 conn.send(None)
         for worker in workers:
             worker.join(timeout=10)
-    return quartiles(ratios)
+    return log_interval(ratios)
 
 
 def _gpu_bench(images, labels, repeats: int, seconds: float) -> list[BenchRow]:
@@ -310,10 +340,10 @@ def _gpu_bench(images, labels, repeats: int, seconds: float) -> list[BenchRow]:
     set_threads(1)
     rows = []
     for filters, batch in GPU_CONFIGS:
-        for name in GPU_ENGINES:
-            (row,) = measure_engine(
-                name, filters, batch, (1,), images, labels, repeats, seconds, peaks=None
-            )
+        cases = [(name, 1) for name in GPU_ENGINES]
+        for row in measure_config(
+            filters, batch, cases, images, labels, repeats, seconds, peaks=None
+        ):
             rows.append(row)
             _print_row(row)
     return rows
@@ -328,12 +358,12 @@ def _lookup(rows, engine: str, filters: int, batch: int, threads: int) -> BenchR
 
 
 def _print_summary(
-    rows: list[BenchRow], copies: tuple[float, float, float], copies_config: tuple[int, int]
+    rows: list[BenchRow], copies: Interval, copies_config: tuple[int, int]
 ) -> list[dict[str, Any]]:
-    """Print the ratios between engines and the targets at every measured configuration;
-    return the target checks (for the run record)."""
+    """Print the ratios between engines, each from the paired rounds of one configuration, and
+    the targets at every measured configuration; return the target checks (for the run record)."""
     top = THREADS[-1]
-    print("\nratios (medians)")
+    print("\nratios (paired rounds; geometric mean [95% interval])")
     for filters, batch in CPU_CONFIGS:
         numpy_row = _lookup(rows, "numpy", filters, batch, 1)
         for threads in THREADS:
@@ -341,66 +371,81 @@ def _print_summary(
             torch_row = _lookup(rows, "torch", filters, batch, threads)
             if numba_row is None or torch_row is None or numpy_row is None:
                 continue
+            vs_torch = paired_rate_ratio(numba_row, torch_row)
+            vs_numpy = paired_rate_ratio(numba_row, numpy_row)
             print(
                 f"F={filters:<3d} B={batch:<4d} threads={threads}  "
-                f"numba/torch {numba_row.rate / torch_row.rate:6.2f}x  "
-                f"numba/numpy {numba_row.rate / numpy_row.rate:7.1f}x  "
+                f"numba/torch {interval_text(vs_torch)} ({direction(vs_torch)})  "
+                f"numba/numpy {interval_text(vs_numpy, digits=1)} ({direction(vs_numpy)})  "
                 f"numba roofline {100 * numba_row.roofline_fraction:5.1f}%"
             )
         scaled = [_lookup(rows, e, filters, batch, top) for e in ("numba", "torch")]
         if all(scaled) and top != 1:
             nb, t = scaled
             print(
-                f"F={filters:<3d} B={batch:<4d} {top} threads / 1 thread "
-                f"(paired rounds): numba {_speedup_text(nb)}  torch {_speedup_text(t)}"
+                f"F={filters:<3d} B={batch:<4d} {top} threads / 1 thread: "
+                f"numba {interval_text(_speedup(nb))} ({direction(_speedup(nb))})  "
+                f"torch {interval_text(_speedup(t))} ({direction(_speedup(t))})"
             )
     for filters, batch in GPU_CONFIGS:
         gpu, ref = (_lookup(rows, e, filters, batch, 1) for e in GPU_ENGINES)
         if gpu and ref:
-            print(f"F={filters:<3d} B={batch:<4d} GPU  cuda/torch-cuda {gpu.rate / ref.rate:.2f}x")
+            ratio = paired_rate_ratio(gpu, ref)
+            print(
+                f"F={filters:<3d} B={batch:<4d} GPU  cuda/torch-cuda {interval_text(ratio)} "
+                f"({direction(ratio)})"
+            )
 
     nb_copies = _lookup(rows, "numba", *copies_config, top)
     if nb_copies is not None and nb_copies.speedup is not None:
+        # Two estimates from separate rounds: a point comparison, no interval.
         print(
             f"numba {top} threads at F={copies_config[0]} B={copies_config[1]} reach "
-            f"{100 * nb_copies.speedup / copies[0]:.0f}% of what two independent copies get "
-            "from this machine's cores"
+            f"{100 * nb_copies.speedup / copies.estimate:.0f}% of what two independent copies "
+            "get from this machine's cores (ratio of the two estimates)"
         )
 
-    checks: list[dict[str, Any]] = []
-
-    def check(text: str, value: float, target: float, unit: str) -> None:
-        checks.append({"target": text, "value": value, "goal": target, "unit": unit})
-
+    checks: list[tuple[str, Interval, float, str]] = []  # text, interval, goal, unit
     for filters, batch in CPU_CONFIGS:
         nb, t = (_lookup(rows, e, filters, batch, top) for e in ("numba", "torch"))
         where = f"at F={filters} B={batch} {top} threads"
         if nb is not None and t is not None:
-            check(
-                f"numba >= {TARGET_NUMBA_VS_TORCH:g}x torch {where}",
-                nb.rate / t.rate,
-                TARGET_NUMBA_VS_TORCH,
-                "x",
+            checks.append(
+                (
+                    f"numba >= {TARGET_NUMBA_VS_TORCH:g}x torch {where}",
+                    paired_rate_ratio(nb, t),
+                    TARGET_NUMBA_VS_TORCH,
+                    "x",
+                )
             )
         if nb is not None and nb.speedup is not None:
-            check(
-                f"numba {top} threads >= {TARGET_NUMBA_SCALING:g}x 1 thread at F={filters} "
-                f"B={batch} (median of paired rounds)",
-                nb.speedup,
-                TARGET_NUMBA_SCALING,
-                "x",
+            checks.append(
+                (
+                    f"numba {top} threads >= {TARGET_NUMBA_SCALING:g}x 1 thread at F={filters} "
+                    f"B={batch} (paired rounds)",
+                    _speedup(nb),
+                    TARGET_NUMBA_SCALING,
+                    "x",
+                )
             )
-    roofs = [r.roofline_fraction for r in rows if r.engine == "numba" and r.roofline_fraction]
+    roofs = {
+        r.variant: log_interval(100 * line["roofline_fraction"] for line in r.round_rows())
+        for r in rows
+        if r.engine == "numba" and r.roofline_fraction
+    }
     if roofs:
-        check(
-            f"numba >= {100 * TARGET_ROOFLINE:g}% of the sgemm roofline (best configuration)",
-            100 * max(roofs),
-            100 * TARGET_ROOFLINE,
-            "%",
+        best = max(roofs.values(), key=lambda iv: iv.estimate)
+        checks.append(
+            (
+                f"numba >= {100 * TARGET_ROOFLINE:g}% of the sgemm roofline (best configuration)",
+                best,
+                100 * TARGET_ROOFLINE,
+                "%",
+            )
         )
     if checks:
-        print("\ntargets")
-    for c in checks:
-        c["met"] = bool(c["value"] >= c["goal"])
-        print(f"  {c['target']}: {c['value']:.2f}{c['unit']} -> {'met' if c['met'] else 'NOT met'}")
-    return checks
+        print("\ntargets (met: the interval's low end reaches it; missed: its high end is below)")
+    for text, interval, goal, unit in checks:
+        shown = interval_text(interval, unit="×" if unit == "x" else unit)
+        print(f"  {text}: {shown} -> {target_verdict(interval, goal)}")
+    return [target_check(*check) for check in checks]
