@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from cnnpar import limits
 from cnnpar.classify import runners
 from cnnpar.classify.config import ClassifyConfig, ClassifyError, validate
 from cnnpar.classify.outputs import Classification, summary_lines, write_outputs
@@ -40,6 +41,9 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification:
     """Load, start the mode's runner, classify `config.repeats` times; write `config.out` if set."""
     validate(config)
     mode = MODES[config.mode]
+    load = limits.oversubscription(
+        processes=max(1, config.processes), threads_per_process=mode.host_threads(config.workers)
+    )
     t0 = time.perf_counter()
     # Thread counts first: torch sizes its OpenMP pool at the first parallel op.
     set_threads(mode.host_threads(config.workers))
@@ -77,6 +81,7 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification:
         threads=runner.threads,
         processes=runner.processes,
         malloc=malloc,
+        load=load,
     )
     if config.out is not None:
         write_outputs(result, config.out)
