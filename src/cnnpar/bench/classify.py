@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from cnnpar import io
 from cnnpar.bench.common import BenchError, BenchRow, check_csv_path, rate_fields, write_results
+from cnnpar.limits import check_parallelism
 from cnnpar.measure.roofline import roofline
 from cnnpar.measure.timing import quartiles
 from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
@@ -73,8 +75,9 @@ def random_weights(path: Path, seed: int = 0) -> Path:
     from cnnpar.nets.mosaicnet import MosaicNet
 
     torch.manual_seed(seed)
-    with io.atomic_path(path) as tmp:
-        torch.save(MosaicNet().state_dict(), tmp)
+    buffer = BytesIO()  # see train._torch_bytes: a full disk then fails with ENOSPC
+    torch.save(MosaicNet().state_dict(), buffer)
+    io.write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -187,6 +190,7 @@ def classify_bench(
             )
         chosen = [chosen[i - 1] for i in only]
     check_csv_path(csv_path)
+    check_parallelism(workers, "--workers")
     if weights is not None and not Path(weights).is_file():
         raise BenchError(f"--weights {weights} is not a file")
     grid = f"{rows}x{cols}"
