@@ -1,7 +1,7 @@
 """The `cnnpar` command: argument parsing, exit codes and error messages only.
 
 Every subcommand validates its arguments here and hands a typed config to the module that
-does the work. User errors (`CnnparError`, bad arguments) print one line and exit 2.
+does the work. Every failure prints one line; the exit codes are in `EPILOG`.
 """
 
 from __future__ import annotations
@@ -9,15 +9,34 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import NoReturn
 
 from cnnpar import __version__
-from cnnpar.errors import CnnparError
+from cnnpar.errors import CnnparError, Terminated, WriteError
+from cnnpar.limits import PARALLELISM_PER_CPU, check_parallelism
 from cnnpar.registry import BACKENDS, ENGINES, MODELS, MODES
 
+EXIT_OK = 0
+EXIT_IO = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+EPILOG = (
+    f"exit status: {EXIT_OK} done; {EXIT_IO} writing or memory failed (disk full, read-only or "
+    "unwritable file system, out of memory; the message names the file and the cause); "
+    f"{EXIT_USAGE} bad arguments or input, refused before any work (thread or worker counts "
+    f"above {PARALLELISM_PER_CPU} x the CPU count, sizes whose memory estimate exceeds the "
+    "available memory), or a run that failed (a worker process died, the training loss became "
+    f"NaN or infinite); {EXIT_INTERRUPTED} interrupted (Ctrl-C); {EXIT_TERMINATED} terminated "
+    "(SIGTERM). A run that fails or is stopped leaves no run directory and no temporary files "
+    "behind: each is written as a hidden sibling (.NAME.tmp-PID-*) and renamed into place at "
+    "the end."
+)
 
 
 class UsageError(Exception):
@@ -148,6 +167,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from cnnpar.measure.roofline import sgemm_peak
     from cnnpar.measure.threads import set_threads
 
+    check_parallelism(args.threads, "--threads")
     record = environment().as_dict()
     record["threads"] = set_threads(args.threads)
     if not args.no_sgemm:
@@ -524,12 +544,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="cnnpar",
         description="CNN training and inference scaling on MNIST across engines and parallelism",
+        epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"cnnpar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in REGISTRARS:
         register(sub)
     return parser
+
+
+def _os_error_text(err: OSError) -> str:
+    if isinstance(err, WriteError) or err.strerror is None:
+        return " ".join(str(err).split())
+    return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:
+    raise Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -539,14 +570,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"{err.prog}: error: {err} (see {err.prog} --help)", file=sys.stderr)
         return EXIT_USAGE
+    # SIGTERM (a scheduler cancelling the job, `timeout`) unwinds like Ctrl-C, so temporary run
+    # directories and worker processes are cleaned up on the way out.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    prefix = f"cnnpar {args.command}: error:"
     try:
         return int(args.func(args) or 0)
     except CnnparError as err:
-        print(f"cnnpar {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prefix} {err}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as err:  # writing failed, or the OS refused something else
+        print(f"{prefix} {_os_error_text(err)}", file=sys.stderr)
+        return EXIT_IO
+    except MemoryError:
+        print(f"{prefix} out of memory; use smaller sizes or fewer workers", file=sys.stderr)
+        return EXIT_IO
     except KeyboardInterrupt:
         print("cnnpar: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("cnnpar: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnpar import io
+from cnnpar import io, limits
 from cnnpar.data import COUNTS, Mnist, load_mnist
 from cnnpar.errors import CnnparError
 from cnnpar.measure.environment import environment
@@ -48,6 +48,10 @@ EVAL_CHUNK = 1000  # test images per predict call: bounds the numpy engine's im2
 
 class TrainConfigError(CnnparError):
     """An argument of `cnnpar train` is out of range or does not fit the model."""
+
+
+class TrainDivergedError(CnnparError):
+    """The training loss became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     """Check every argument and the output directory; return the resolved config.
 
     Runs before any data is loaded or any file is written, so a bad argument costs nothing and
-    leaves nothing behind.
+    leaves nothing behind. That includes counts and sizes this machine cannot run (`limits`).
     """
     cfg = cfg.resolved()
     checks = [
@@ -122,8 +126,45 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             f"use --engine {' or '.join(engines_for(cfg.model))}"
         )
     tinycnn.get_engine(cfg.engine)  # unknown or unavailable engine: a one-line error
-    io.ensure_writable_dir(cfg.out)
+    limits.check_parallelism(cfg.threads, "--threads")
+    what = f"--model {cfg.model}" + (f" --filters {cfg.filters}" if cfg.model == "tinycnn" else "")
+    limits.check_memory(
+        memory_estimate(cfg),
+        f"training {what} --batch-size {cfg.batch_size} --threads {cfg.threads}",
+        "use a smaller --filters or --batch-size"
+        if cfg.model == "tinycnn"
+        else "use a smaller --batch-size",
+    )
+    io.check_run_directory(cfg.out, OUTPUTS[cfg.model])
     return cfg
+
+
+# Everything a run directory of each model holds besides run.json, in the record's order.
+OUTPUTS = {
+    "tinycnn": ("weights_init.npz", "weights_final.npz", "metrics.csv"),
+    "mosaicnet": ("model.pt", "metrics.csv"),
+}
+
+
+def memory_estimate(cfg: TrainConfig) -> int:
+    """Bytes a training run with the resolved `cfg` needs at least: the digits (and the epoch's
+    shuffled copy), the weights with their gradients and optimizer state, and one batch's
+    activations; an order-of-magnitude check, not a budget."""
+    batch = min(cfg.batch_size, cfg.train_size)
+    pixels = spec.IMAGE * spec.IMAGE
+    data = (2 * cfg.train_size + cfg.test_size) * pixels
+    if cfg.model == "tinycnn":
+        params = spec.n_parameters(cfg.filters)
+        per_image = cfg.filters * (spec.CONV * spec.CONV + 3 * spec.CELLS)  # conv, pool, grads
+        # weights, gradients, the initial copy, and a gradient accumulator per thread (numba)
+        weights = params * (3 + cfg.threads)
+        activations = (batch + EVAL_CHUNK) * per_image
+    else:
+        from cnnpar.nets import mosaicnet
+
+        weights = 4 * mosaicnet.N_PARAMETERS  # weights, gradients, Adam's two moments
+        activations = 2 * batch * mosaicnet.ACTIVATION_FLOATS  # forward kept + gradients
+    return data + 4 * (weights + activations)
 
 
 # --- the loop -----------------------------------------------------------------------------
@@ -183,19 +224,29 @@ def train_epochs(
         )
         deadline = math.inf if time_budget is None else time_budget - spent
         start_time = time.perf_counter()
-        engine.load_epoch(images, labels)
-        steps = 0
-        for start, stop in bounds:
-            engine.train_step(start, stop)
-            steps += 1
-            bar.update()
-            if time.perf_counter() - start_time >= deadline:
-                break
-        losses, correct = engine.epoch_stats()
+        # Overflow shows as a NaN or infinite loss, checked below; NumPy's warnings would only
+        # print source lines first.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            engine.load_epoch(images, labels)
+            steps = 0
+            for start, stop in bounds:
+                engine.train_step(start, stop)
+                steps += 1
+                bar.update()
+                if time.perf_counter() - start_time >= deadline:
+                    break
+            losses, correct = engine.epoch_stats()
         seconds = time.perf_counter() - start_time
         bar.close()
         sizes = np.array([stop - start for start, stop in bounds[:steps]], np.float64)
         trained = int(sizes.sum())
+        train_loss = float((losses * sizes).sum() / trained)  # mean over images
+        # Once per epoch, from the statistics read back anyway: no extra sync per step.
+        if not math.isfinite(train_loss):
+            raise TrainDivergedError(
+                f"training diverged: the training loss is {train_loss} in epoch {epoch + 1}; "
+                "use a smaller --lr"
+            )
         test_loss, test_acc = evaluate(engine.predict, test)
         rows.append(
             {
@@ -203,7 +254,7 @@ def train_epochs(
                 "images": trained,
                 "seconds": seconds,
                 "images_per_s": trained / seconds,
-                "train_loss": float((losses * sizes).sum() / trained),  # mean over images
+                "train_loss": train_loss,
                 "train_acc": float(correct.sum() / trained),
                 "test_loss": test_loss,
                 "test_acc": test_acc,
@@ -282,6 +333,7 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     cfg = validate(cfg)
     # The numpy reference and the GPU engines use one host thread; the others get --threads.
     host_threads = cfg.threads if ENGINES[cfg.engine].parallel else 1
+    load = limits.oversubscription(processes=1, threads_per_process=host_threads)
     threads = set_threads(host_threads)
     source = cfg.data_source
     train = _first(load_mnist("train", source), cfg.train_size)
@@ -313,17 +365,7 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
         )
 
     out = Path(cfg.out)
-    if cfg.model == "tinycnn":
-        io.write_npz(out / "weights_init.npz", **init)
-        io.write_npz(out / "weights_final.npz", **engine.params())
-        outputs = ["weights_init.npz", "weights_final.npz"]
-    else:
-        import torch
-
-        with io.atomic_path(out / "model.pt") as tmp:
-            torch.save(engine.model.state_dict(), tmp)
-        outputs = ["model.pt"]
-    io.write_csv(out / "metrics.csv", rows, fieldnames=METRIC_FIELDS)
+    outputs = list(OUTPUTS[cfg.model])
     record = run_record(
         cfg,
         Parallelism(
@@ -338,12 +380,32 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
             "train_images": sum(r["images"] for r in rows),
             "final_test_acc": rows[-1]["test_acc"],
             "final_test_loss": rows[-1]["test_loss"],
+            **load,
         },
-        outputs=[*outputs, "metrics.csv"],
+        outputs=outputs,
         interference=region.result,
     )
-    record.write(out)  # last: its presence means the directory is complete
+    with io.run_directory(out) as tmp:
+        if cfg.model == "tinycnn":
+            io.write_npz(tmp / "weights_init.npz", **init)
+            io.write_npz(tmp / "weights_final.npz", **engine.params())
+        else:
+            io.write_bytes(tmp / "model.pt", _torch_bytes(engine.model.state_dict()))
+        io.write_csv(tmp / "metrics.csv", rows, fieldnames=METRIC_FIELDS)
+        record.write(tmp)  # last: its presence means the directory is complete
     return TrainResult(out=out, rows=rows, record=record)
+
+
+def _torch_bytes(obj: object) -> bytes:
+    """torch.save into memory: written to a full disk, torch.save fails with a RuntimeError
+    about zip positions; a plain write fails with ENOSPC, which names the real cause."""
+    import io as bytes_io
+
+    import torch
+
+    buffer = bytes_io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def _first(data: Mnist, n: int) -> Mnist:

@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from cnnpar.bench.common import (
     target_verdict,
     write_results,
 )
+from cnnpar.limits import check_parallelism
 from cnnpar.measure.intervals import METHOD, Interval, log_interval
 from cnnpar.measure.roofline import roofline
 from cnnpar.measure.timing import quartiles
@@ -107,8 +109,9 @@ def random_weights(path: Path, seed: int = 0) -> Path:
     from cnnpar.nets.mosaicnet import MosaicNet
 
     torch.manual_seed(seed)
-    with io.atomic_path(path) as tmp:
-        torch.save(MosaicNet().state_dict(), tmp)
+    buffer = BytesIO()  # see train._torch_bytes: a full disk then fails with ENOSPC
+    torch.save(MosaicNet().state_dict(), buffer)
+    io.write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -334,6 +337,7 @@ def classify_bench(
             )
         chosen = [chosen[i - 1] for i in dict.fromkeys(only)]
     check_csv_path(csv_path)
+    check_parallelism(workers, "--workers")
     if weights is not None and not Path(weights).is_file():
         raise BenchError(f"--weights {weights} is not a file")
     # The roofline probes pin thread counts through environment variables (OMP_NUM_THREADS,

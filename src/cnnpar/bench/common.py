@@ -200,29 +200,26 @@ def rate_fields(items: int, median_s: float, q1_s: float, q3_s: float) -> dict[s
 
 
 def check_csv_path(csv_path: str | os.PathLike[str] | None) -> Path | None:
-    """Make sure `--csv` can be written (its directory created if missing) before any measuring,
-    so a typo does not cost a whole bench run."""
+    """Make sure `--csv` can be written before any measuring, so a typo does not cost a whole
+    bench run. Nothing is created: a missing directory is made when the rows are written."""
     if csv_path is None:
         return None
     path = Path(csv_path)
     if path.is_dir():
         raise BenchError(f"--csv {path} is a directory; give a file name such as {path}/bench.csv")
-    parent = path.absolute().parent
-    if parent.exists() and not parent.is_dir():
-        raise BenchError(f"--csv {path}: {parent} is not a directory")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        reason = err.strerror or err
-        raise BenchError(f"--csv {path}: cannot create directory {parent}: {reason}") from None
-    if not parent.is_dir():
-        raise BenchError(f"--csv {path}: {parent} is not a directory")
+    parent = Path(os.path.abspath(path)).parent
+    base = parent
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise BenchError(f"--csv {path}: {base} is not a directory")
     try:  # a real write: permission bits alone pass read-only mounts and /proc
-        with tempfile.TemporaryFile(dir=parent):
-            pass
+        os.rmdir(tempfile.mkdtemp(dir=base, prefix=".cnnpar-probe-"))
     except OSError as err:
         reason = err.strerror or err
-        raise BenchError(f"--csv {path}: cannot write in {parent}: {reason}") from None
+        if base == parent:
+            raise BenchError(f"--csv {path}: cannot write in {parent}: {reason}") from None
+        raise BenchError(f"--csv {path}: cannot create directory {parent}: {reason}") from None
     return path
 
 
@@ -239,7 +236,8 @@ def write_results(
     results: Mapping[str, Any] | None = None,
 ) -> RunRecord:
     """Write the rows to `csv_path`, their per-round samples to `rounds_csv_path(csv_path)`
-    (one row per variant x round) and a run record (`run.json`) beside them, the record last.
+    (one row per variant x round) and a run record (`run.json`) beside them, the record last,
+    all or none (`io.run_directory`: other files in that directory are left alone).
 
     `params` are the bench's arguments; `results` bench-specific summaries added to the common
     ones (row count, best variant). The record's parallelism is the most any row asked for and
@@ -251,13 +249,10 @@ def write_results(
     if not rows:
         raise BenchError("no rows measured; nothing to write")
     path = Path(csv_path)
-    io.write_csv(path, [r.csv_row() for r in rows])
     outputs = [path.name]
     rounds = [line for r in rows for line in r.round_rows()]
     if rounds:
-        rounds_path = rounds_csv_path(path)
-        io.write_csv(rounds_path, rounds)
-        outputs.append(rounds_path.name)
+        outputs.append(rounds_csv_path(path).name)
     best = max(rows, key=lambda r: r.rate)
     record = RunRecord(
         command=f"bench-{rows[0].bench}",  # type: ignore[arg-type]
@@ -283,5 +278,9 @@ def write_results(
         outputs=outputs,
         environment=environment().as_dict(),
     )
-    record.write(path.absolute().parent)
+    with io.run_directory(path.absolute().parent, replace=False) as tmp:
+        io.write_csv(tmp / path.name, [r.csv_row() for r in rows])
+        if rounds:
+            io.write_csv(tmp / rounds_csv_path(path).name, rounds)
+        record.write(tmp)
     return record

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from cnnpar import limits
 from cnnpar.classify import runners
 from cnnpar.classify.config import ClassifyConfig, ClassifyError, validate
 from cnnpar.classify.outputs import Classification, summary_lines, write_outputs
@@ -41,6 +42,9 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification:
     """Load, start the mode's runner, classify `config.repeats` times; write `config.out` if set."""
     validate(config)
     mode = MODES[config.mode]
+    load = limits.oversubscription(
+        processes=max(1, config.processes), threads_per_process=mode.host_threads(config.workers)
+    )
     # Start-up and every repeat run inside the guarded region (lock, probes at the run's own
     # parallelism, other processes' CPU share): start-up is part of what a user pays.
     region = TimedRegion(
@@ -87,6 +91,7 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification:
         processes=runner.processes,
         malloc=malloc,
         interference=region.result,
+        load=load,
     )
     if config.out is not None:
         write_outputs(result, config.out)

@@ -5,10 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cnnpar import limits
 from cnnpar.errors import CnnparError
 from cnnpar.measure.interference import DEFAULT_LOCK, Limits
 from cnnpar.mosaic import check_geometry
 from cnnpar.registry import BACKENDS, MODES
+
+RESULT_FILES = ("predictions.npz", "result.csv", "mask.png")  # a run directory, besides run.json
+# Bytes per mosaic cell held by the classifying command: the index (int64), true label,
+# prediction, confidence (float32), and the mask's per-cell temporaries (correct, alpha).
+PARENT_BYTES_PER_CELL = 8 + 1 + 1 + 4 + 1 + 4
+# ... and by each worker process: its own copy of the index, its chunk's predictions.
+WORKER_BYTES_PER_CELL = 8 + 1 + 4
 
 
 class ClassifyError(CnnparError):
@@ -40,6 +48,11 @@ class ClassifyConfig:
     @property
     def grid(self) -> str:
         return f"{self.rows}x{self.cols}"
+
+    @property
+    def processes(self) -> int:
+        """Classifying processes besides this one (workers in processes mode)."""
+        return self.workers if MODES[self.mode].runner == "ProcessRunner" else 0
 
     @property
     def resolved_backend(self) -> str:
@@ -83,7 +96,29 @@ def validate(config: ClassifyConfig) -> None:
                 f"{config.mode} mode needs a CUDA GPU, and torch sees none "
                 f"(torch.cuda.is_available() is False); use --mode {cpu}"
             )
+    limits.check_parallelism(config.workers, "--workers")
+    limits.check_memory(
+        memory_estimate(config),
+        f"classifying a {config.grid} mosaic with --batch-size {config.batch_size} and "
+        f"--workers {config.workers} ({config.mode})",
+        "use fewer --rows/--cols, a smaller --batch-size or fewer --workers",
+    )
     if config.out is not None:
-        from cnnpar.io import ensure_writable_dir
+        from cnnpar.io import check_run_directory
 
-        ensure_writable_dir(config.out)
+        check_run_directory(config.out, RESULT_FILES)
+
+
+def memory_estimate(config: ClassifyConfig) -> int:
+    """Bytes a run needs at least in host memory: the per-cell arrays of this process and of
+    each worker, and one batch's activations (the warm-up batch is no larger than the mosaic)
+    in each process that runs the net; an order-of-magnitude check, not a budget."""
+    from cnnpar.nets.mosaicnet import ACTIVATION_FLOATS
+
+    cells = config.rows * config.cols
+    batch = min(config.batch_size, cells)
+    net_processes = 0 if config.device == "cuda" else max(1, config.processes)
+    return (
+        cells * (PARENT_BYTES_PER_CELL + config.processes * WORKER_BYTES_PER_CELL)
+        + net_processes * 4 * batch * ACTIVATION_FLOATS
+    )

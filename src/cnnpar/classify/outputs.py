@@ -12,15 +12,13 @@ from typing import Any
 import numpy as np
 
 from cnnpar import io
-from cnnpar.classify.config import ClassifyConfig
+from cnnpar.classify.config import RESULT_FILES, ClassifyConfig
 from cnnpar.measure.environment import environment
 from cnnpar.measure.interference import Interference
 from cnnpar.measure.timing import Measurement
 from cnnpar.mosaic import Mosaic, render_mask, write_png
 from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
 from cnnpar.record import Parallelism, RunRecord
-
-RESULT_FILES = ("predictions.npz", "result.csv", "mask.png")
 
 
 @dataclass
@@ -37,6 +35,7 @@ class Classification:
     threads: dict[str, int | None]  # effective counts inside one classifying process
     processes: int
     malloc: str
+    load: dict[str, bool | int]  # oversubscribed, cpus_available (limits.oversubscription)
     interference: Interference | None = None
 
     @property
@@ -105,6 +104,7 @@ class Classification:
                 "flops_per_image": FLOPS_PER_IMAGE,
                 "malloc": self.malloc,
                 "mask_shape": list(mask_shape),
+                **self.load,
             },
             interference=self.interference,
         )
@@ -138,8 +138,13 @@ def run_record(
 
 
 def write_outputs(result: Classification, out: str | os.PathLike[str]) -> RunRecord:
-    """predictions.npz, result.csv, mask.png, then run.json, each written atomically."""
-    out = Path(out)
+    """The run directory `out`, whole or not at all (io.run_directory): predictions.npz,
+    result.csv, mask.png, then run.json."""
+    with io.run_directory(out) as tmp:
+        return _write_files(result, tmp)
+
+
+def _write_files(result: Classification, out: Path) -> RunRecord:
     io.write_npz(
         out / "predictions.npz",
         index=result.mosaic.index,

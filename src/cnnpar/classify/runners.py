@@ -9,21 +9,29 @@ and backend the modes run identical kernels on identical inputs.
 - `ProcessRunner` (processes): N spawned workers with one torch thread each. A worker pins its
   thread count before any torch op, then loads the weights and the test digits once and rebuilds
   the mosaic from its rows, cols and seed: only the small config crosses the start-up pipe.
-  Work is N×4 contiguous chunks of whole batches, and each chunk comes back as two compact
-  arrays (pred uint8, confidence float32).
+  Work is N×4 contiguous chunks of whole batches, handed out one at a time over each worker's
+  own pipe, and each chunk comes back as two compact arrays (pred uint8, confidence float32).
+  A pipe per worker is what makes a dead worker visible at once, whenever it dies: its pipe
+  reads as end-of-file, even in the middle of a message (a shared result queue, as in
+  concurrent.futures, can hang forever on a message its writer died halfway through).
 - `CudaRunner` (cuda): batches gathered on the GPU, with digits and index uploaded once.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import contextlib
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from multiprocessing import resource_tracker
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -39,6 +47,7 @@ from cnnpar.nets.torch_step import to_input
 
 CHUNKS_PER_WORKER = 4  # a few chunks each so a slow worker does not hold up the end
 WORKER_READY_TIMEOUT_S = 600.0
+WORKER_STOP_TIMEOUT_S = 10.0  # for idle workers to exit after being told to; then they are killed
 
 Output = tuple[np.ndarray, np.ndarray, float]  # pred, confidence, CPU seconds
 
@@ -108,7 +117,7 @@ class InProcessRunner:
     def __init__(self, config: ClassifyConfig, mosaic: Mosaic, images: np.ndarray) -> None:
         self.net = prepare(load_mosaicnet(config.weights, "cpu"), config.resolved_backend)
         self.images, self.mosaic, self.batch_size = images, mosaic, config.batch_size
-        warm_up(self.net, self.batch_size, "cpu")
+        warm_up(self.net, warm_up_batch(config), "cpu")
         self.threads = effective_threads()
         self.processes = 1
 
@@ -124,22 +133,24 @@ class InProcessRunner:
         pass
 
 
+def warm_up_batch(config: ClassifyConfig) -> int:
+    """Cells in a warm-up batch: never more than the whole mosaic holds."""
+    return min(config.batch_size, config.rows * config.cols)
+
+
 @dataclass
 class _WorkerState:
     net: Net
     images: np.ndarray
     mosaic: Mosaic
     batch_size: int
-    barrier: threading.Barrier
 
 
-# Set once in each pool process by _init_worker: a pool's tasks can reach only module state.
+# Set once in each worker process by _init_worker.
 _worker: _WorkerState | None = None
 
 
-def _init_worker(
-    config: ClassifyConfig, barrier: threading.Barrier
-) -> None:  # pragma: no cover - runs in the spawned workers
+def _init_worker(config: ClassifyConfig) -> None:  # pragma: no cover - runs in the workers
     global _worker
     # One torch thread BEFORE any torch op: N processes × 1 thread fill N cores without
     # oversubscription, and OpenMP's pool is created at that size.
@@ -147,16 +158,13 @@ def _init_worker(
     if config.tune_malloc:
         tune_malloc()
     net = prepare(load_mosaicnet(config.weights, "cpu"), config.resolved_backend)
-    warm_up(net, config.batch_size, "cpu")
+    warm_up(net, warm_up_batch(config), "cpu")
     images = load_mnist("test", config.data_source).images
     mosaic = make_mosaic(config.rows, config.cols, config.seed)  # the parent's, by its seed
-    _worker = _WorkerState(net, images, mosaic, config.batch_size, barrier)
+    _worker = _WorkerState(net, images, mosaic, config.batch_size)
 
 
-def _worker_ready(_: int) -> dict[str, Any]:  # pragma: no cover - runs in the workers
-    """Blocks until every worker holds one of these tasks, so each worker runs exactly one."""
-    assert _worker is not None
-    _worker.barrier.wait(timeout=WORKER_READY_TIMEOUT_S)
+def _worker_ready() -> dict[str, Any]:  # pragma: no cover - runs in the workers
     return {"pid": os.getpid(), **effective_threads()}
 
 
@@ -168,6 +176,71 @@ def _worker_chunk(start: int, stop: int) -> tuple[int, np.ndarray, np.ndarray, f
     return start, pred, confidence, time.process_time() - cpu0
 
 
+def _attempt(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:  # pragma: no cover
+    try:
+        return "ok", fn(*args)
+    except Exception as err:  # reported by the parent as one line
+        return "error", " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def _worker_main(config: ClassifyConfig, conn: Connection) -> None:  # pragma: no cover
+    """A worker process: start up and say so, then answer each (start, stop) chunk received
+    until told to stop (None). A failure is sent back as one line instead of a traceback."""
+    # The pipe closes when the parent goes away: then there is no one left to answer.
+    with contextlib.suppress(EOFError, OSError):
+
+        def start() -> dict[str, Any]:
+            _init_worker(config)
+            return _worker_ready()
+
+        reply = _attempt(start)
+        conn.send(reply)
+        while reply[0] == "ok" and (task := conn.recv()) is not None:
+            reply = _attempt(_worker_chunk, *task)
+            conn.send(reply)
+
+
+@contextlib.contextmanager
+def _children_without_sigint() -> Iterator[None]:
+    """Processes spawned in this block start with SIGINT blocked, and keep it blocked.
+
+    A terminal's Ctrl-C goes to the whole process group. Workers that took it would each print
+    a KeyboardInterrupt traceback (while importing torch, or from inside a chunk); instead the
+    parent alone takes it and kills them. The signal mask survives fork and exec, and it covers
+    the worker from its first instruction, before Python could install any handler of its own
+    (multiprocessing protects its resource tracker the same way). Ignoring SIGINT instead would
+    be inherited too, but would drop a Ctrl-C meant for the parent meanwhile.
+
+    The parent defers its own SIGINT and SIGTERM (the CLI raises SIGTERM as an exception) to
+    the end of the block, so no interrupt lands between a worker's start and its bookkeeping,
+    where it would orphan the worker.
+    """
+    # Started lazily by the first spawn, the tracker unblocks SIGINT on its way: start it first.
+    resource_tracker.ensure_running()
+    deferred: list[int] = []
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def defer(signum: int, frame: FrameType | None) -> None:
+            deferred.append(signum)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, defer)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for signum in dict.fromkeys(deferred):
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signum)
+
+
 def chunk_bounds(cells: int, batch_size: int, chunks: int) -> list[tuple[int, int]]:
     """Split [0, cells) into at most `chunks` contiguous ranges of whole batches."""
     n_batches = -(-cells // batch_size)
@@ -176,54 +249,134 @@ def chunk_bounds(cells: int, batch_size: int, chunks: int) -> list[tuple[int, in
 
 
 class ProcessRunner:
-    """processes mode: a spawned pool, started and warmed before the clock starts."""
+    """processes mode: spawned workers, started and warmed before the clock starts.
+
+    Whatever ends a run early (a worker that dies or fails, Ctrl-C, SIGTERM, any exception) kills
+    every worker before the error goes on, so nothing is left running and nothing hangs.
+    """
 
     def __init__(self, config: ClassifyConfig, mosaic: Mosaic, images: np.ndarray) -> None:
-        # spawn, not fork: a forked child of a process that already ran torch ops can deadlock
-        # in OpenMP, and spawn gives every worker a clean interpreter on every platform.
-        ctx = mp.get_context("spawn")
-        barrier = ctx.Barrier(config.workers)
-        self.pool = cf.ProcessPoolExecutor(
-            max_workers=config.workers,
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(config, barrier),
-        )
-        try:
-            ready = list(self.pool.map(_worker_ready, range(config.workers)))
-        except (cf.process.BrokenProcessPool, threading.BrokenBarrierError) as err:
-            self.pool.shutdown(cancel_futures=True)
-            raise ClassifyError(f"worker processes failed to start: {err}") from None
-        self.processes = len({r["pid"] for r in ready})
-        self.threads = {k: v for k, v in ready[0].items() if k != "pid"}
+        self.workers: list[tuple[BaseProcess, Connection]] = []
         self.mosaic = mosaic
         self.bounds = chunk_bounds(
             mosaic.cells, config.batch_size, config.workers * CHUNKS_PER_WORKER
         )
+        # spawn, not fork: a forked child of a process that already ran torch ops can deadlock
+        # in OpenMP, and spawn gives every worker a clean interpreter on every platform.
+        ctx = mp.get_context("spawn")
+        try:
+            with _children_without_sigint():
+                for _ in range(config.workers):
+                    ours, theirs = ctx.Pipe()
+                    process = ctx.Process(target=_worker_main, args=(config, theirs), daemon=True)
+                    self.workers.append((process, ours))
+                    process.start()
+                    theirs.close()  # the worker's end is the worker's alone: EOF when it dies
+            ready = self._gather_ready()
+        except OSError as err:  # fork or pipe failed: out of processes or memory
+            self._kill()
+            raise ClassifyError(
+                f"cannot start {config.workers} worker processes: {err.strerror or err}; "
+                "use fewer --workers"
+            ) from None
+        except BaseException:
+            self._kill()
+            raise
+        self.processes = len({r["pid"] for r in ready})
+        self.threads = {k: v for k, v in ready[0].items() if k != "pid"}
+
+    def _gather_ready(self) -> list[dict[str, Any]]:
+        """Each worker's start-up report, failing as soon as any worker dies or fails."""
+        ready: dict[Connection, dict[str, Any]] = {}
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+        while len(ready) < len(self.workers):
+            waiting = [conn for _, conn in self.workers if conn not in ready]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not (done := _wait(waiting, timeout=remaining)):
+                raise ClassifyError(
+                    f"worker processes did not start within {WORKER_READY_TIMEOUT_S:.0f} s"
+                )
+            for conn in done:
+                ready[conn] = _receive(conn, "starting up")
+        return [ready[conn] for _, conn in self.workers]
 
     def classify(self, progress: bool) -> Output:
         pred = np.empty(self.mosaic.cells, dtype=np.uint8)
         confidence = np.empty(self.mosaic.cells, dtype=np.float32)
         cpu_s = 0.0  # summed over the workers' chunks
-        futures = [self.pool.submit(_worker_chunk, lo, hi) for lo, hi in self.bounds]
-        with _Progress(progress, self.mosaic.cells) as on_batch:
-            for future in cf.as_completed(futures):
-                try:
-                    start, chunk_pred, chunk_conf, chunk_cpu_s = future.result()
-                except cf.process.BrokenProcessPool:
-                    self.pool.shutdown(cancel_futures=True)
-                    raise ClassifyError(
-                        "a worker process died while classifying (killed, or out of memory?)"
-                    ) from None
-                cpu_s += chunk_cpu_s
-                pred[start : start + len(chunk_pred)] = chunk_pred
-                confidence[start : start + len(chunk_conf)] = chunk_conf
-                if on_batch is not None:
-                    on_batch(len(chunk_pred))
+        todo = self.bounds[::-1]  # popped from the end: chunk 0 first
+        busy: list[Connection] = []
+        try:
+            for _, conn in self.workers:
+                if todo:
+                    _send(conn, todo.pop())
+                    busy.append(conn)
+            with _Progress(progress, self.mosaic.cells) as on_batch:
+                while busy:
+                    for conn in _wait(busy):
+                        start, chunk_pred, chunk_conf, chunk_cpu_s = _receive(conn, "classifying")
+                        cpu_s += chunk_cpu_s
+                        pred[start : start + len(chunk_pred)] = chunk_pred
+                        confidence[start : start + len(chunk_conf)] = chunk_conf
+                        if on_batch is not None:
+                            on_batch(len(chunk_pred))
+                        if todo:
+                            _send(conn, todo.pop())
+                        else:
+                            busy.remove(conn)
+        except BaseException:
+            self._kill()
+            raise
         return pred, confidence, cpu_s
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        """Tell idle workers to exit and wait for them; kill any that do not."""
+        for _, conn in self.workers:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
+        for process, _ in self.workers:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._kill()
+
+    def _kill(self) -> None:
+        """SIGKILL every worker still running and reap it: a worker stopped in the middle of
+        anything can hold nothing that matters, since each has its own pipe."""
+        for process, _ in self.workers:
+            if process.pid is not None and process.exitcode is None:
+                process.kill()
+        for process, conn in self.workers:
+            if process.pid is not None:
+                process.join()
+            conn.close()
+        self.workers = []
+
+
+def _wait(conns: list[Connection], timeout: float | None = None) -> list[Connection]:
+    """The connections among `conns` with a reply, or with their worker gone (end-of-file)."""
+    return cast(list[Connection], wait(conns, timeout=timeout))
+
+
+def _send(conn: Connection, task: tuple[int, int]) -> None:
+    try:
+        conn.send(task)
+    except OSError:  # its end is closed: it died
+        raise ClassifyError(
+            "a worker process died while classifying (killed, or out of memory?)"
+        ) from None
+
+
+def _receive(conn: Connection, doing: str) -> Any:
+    """A worker's next reply; a ClassifyError if it died (its pipe ended) or failed."""
+    try:
+        status, value = conn.recv()
+    except (EOFError, OSError):  # OSError: it died in the middle of a message
+        raise ClassifyError(
+            f"a worker process died while {doing} (killed, or out of memory?)"
+        ) from None
+    if status == "error":
+        raise ClassifyError(f"a worker process failed while {doing}: {value}")
+    return value
 
 
 class CudaRunner:
@@ -236,7 +389,7 @@ class CudaRunner:
         self.batch_size, self.cells = config.batch_size, mosaic.cells
         self.images = torch.from_numpy(images).to("cuda")  # (10000, 28, 28) uint8, 7.8 MB
         self.index = torch.from_numpy(mosaic.index).to("cuda")  # (cells,) int64
-        warm_up(self.net, self.batch_size, "cuda")
+        warm_up(self.net, warm_up_batch(config), "cuda")
         torch.cuda.synchronize()
         self.threads = effective_threads()
         self.processes = 1

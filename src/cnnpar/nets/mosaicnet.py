@@ -23,6 +23,19 @@ CONV1_FLOPS = 2 * 28 * 28 * 16 * (1 * 5 * 5)
 CONV2_FLOPS = 2 * 14 * 14 * 32 * (16 * 5 * 5)
 FC_FLOPS = 2 * (1568 * 512 + 512 * 256 + 256 * 10)
 FORWARD_FLOPS = CONV1_FLOPS + CONV2_FLOPS + FC_FLOPS  # ≈ 7.5 MFLOP
+# Floats one image's tensors take in a forward pass, layer by layer (input; conv1, ReLU, pool;
+# conv2, ReLU, pool; FC 512, ReLU, FC 256, ReLU, FC 10): what memory estimates scale with the
+# batch. A training step keeps them all for the backward pass and adds as many gradients.
+ACTIVATION_FLOATS = (
+    28 * 28
+    + 2 * 16 * 28 * 28
+    + 16 * 14 * 14
+    + 2 * 32 * 14 * 14
+    + 32 * 7 * 7
+    + 2 * 512
+    + 2 * 256
+    + 10
+)
 
 
 def flops_per_image(training: bool) -> int:
