@@ -1,7 +1,9 @@
 """The timed-region guard: the lock, /proc/stat accounting and the flagging rule."""
 
+import contextlib
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -90,20 +92,29 @@ def _region(**kwargs) -> TimedRegion:
     return TimedRegion(threads=1, lock=None, probe=lambda: (100.0, "fake"), **kwargs)
 
 
+def _detached_hog(cpu: int, seconds: float) -> int:
+    """A busy loop on `cpu` that is not our descendant (its shell parent exits at once), as a
+    neighbour's process would be; returns its pid."""
+    code = f"import os,time\nos.sched_setaffinity(0,{{{cpu}}})\nt=time.time()+{seconds}\n"
+    code += "while time.time()<t: pass"
+    shell = subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" -c "$0" >/dev/null 2>&1 & echo $!', code],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return int(shell.stdout.strip())
+
+
 def test_a_busy_neighbour_is_flagged():
     cpu = min(os.sched_getaffinity(0))
-    hog = subprocess.Popen(
-        [sys.executable, "-c", f"import os,time\nos.sched_setaffinity(0,{{{cpu}}})\n"
-         "t=time.time()+2.5\nwhile time.time()<t: pass"]
-    )  # fmt: skip
+    pid = _detached_hog(cpu, 3.0)
     try:
         time.sleep(0.3)
         messages = []
         with _region(warn=messages.append) as region:
             time.sleep(1.5)  # idle ourselves: the neighbour takes one CPU of ours
     finally:
-        hog.kill()
-        hog.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     share = region.result.others_cpu_share
     assert share >= 0.8 / len(os.sched_getaffinity(0)), region.result
     assert region.result.flagged
