@@ -103,7 +103,7 @@ def test_unavailable_engines_are_skipped_with_a_warning_or_fail_when_strict(tmp_
     result = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(cfg))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipping train engine 'torch-cuda'" in result.stdout + result.stderr
-    assert job_stats(result.stdout + result.stderr)["train_tinycnn"] == 1
+    assert job_stats(result.stdout + result.stderr)["train_tinycnn"] == 1 * 3  # numpy × 3 blocks
 
     cfg.write_text(
         yaml.safe_dump({"strict": True, "train": {"tinycnn": {"engines": ["numpy", "torch-cuda"]}}})
@@ -266,7 +266,7 @@ def test_tiny_run_tables_have_exactly_the_expected_rows(tiny_run: dict):
     per_job = train.groupby("job_dir")["epoch"].count()
     assert len(per_job) == sum(jobs[r] for r in ("train_tinycnn", "train_tinycnn_full",
                                                   "train_mosaicnet"))  # fmt: skip
-    full = train[train["run"] == "full"]
+    full = train[(train["run"] == "full") & (train["model"] == "tinycnn")]
     assert len(full) == jobs["train_tinycnn_full"] * tiny_epochs
     assert len(train[train["model"] == "mosaicnet"]) == jobs["train_mosaicnet"] * mosaic_epochs
     # Throughput jobs stop on their time budget, at most after every epoch.
@@ -388,7 +388,9 @@ def test_fail_once_shim_fails_one_training_job_once(tmp_path: Path):
     marker = tmp_path / "failed-once"
     env = venv_env()
     env["PATH"] = fail_once_shim(tmp_path / "shim", marker, env["PATH"])
-    target = "results/train/tinycnn/engine~numpy/threads~1/filters~4/batch~32/seed~0/metrics.csv"
+    target = (
+        "results/train/tinycnn/engine~numpy/threads~1/filters~4/batch~32/seed~0/block~1/metrics.csv"
+    )
     args = [target, "--cores", "1", "--configfile", str(TINY)]  # --configfile takes nargs
     first = subprocess.run(
         snakemake_cmd(tmp_path, *args), cwd=tmp_path, env=env, capture_output=True, text=True,

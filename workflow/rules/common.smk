@@ -201,7 +201,9 @@ def last_block(wildcards) -> str:
 
 
 def all_records(wildcards) -> list[str]:
-    block_dirs = [d for b in BLOCKS for d in (*tinycnn_block_dirs(b), *classify_block_dirs(b))]
+    block_dirs = [
+        d for b in BLOCKS for d in (*tinycnn_block_dirs(b), *classify_block_dirs(b))
+    ]
     return files([*block_dirs, *tinycnn_full_dirs(), *mosaicnet_dirs()], [RECORD])
 
 

@@ -24,5 +24,7 @@ rule block_done:
         BLOCK_DONE,
     log:
         f"{LOGS}/blocks/block~{{block}}.log",
+    conda:
+        "../../envs/cnnpar.yaml"
     shell:
         "printf '%s\\n' {input:q} > {output:q} 2> {log:q}"

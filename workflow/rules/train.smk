@@ -49,12 +49,12 @@ rule train_tinycnn:
     resources:
         bench=1,
     params:
+        **TINYCNN_PARAMS,
         out=lambda wildcards, output: Path(output.run).parent,
         budget=TINYCNN["time_budget"],
-        **TINYCNN_PARAMS,
     shell:
-        TINYCNN_SHELL
-        + " --block {wildcards.block} --time-budget {params.budget} > {log:q} 2>&1"
+        f"{TINYCNN_SHELL} --block {{wildcards.block}} --time-budget {{params.budget}}"
+        " > {log:q} 2>&1"
 
 
 rule train_tinycnn_full:
@@ -75,10 +75,10 @@ rule train_tinycnn_full:
     resources:
         bench=1,
     params:
-        out=lambda wildcards, output: Path(output.run).parent,
         **TINYCNN_PARAMS,
+        out=lambda wildcards, output: Path(output.run).parent,
     shell:
-        TINYCNN_SHELL + " > {log:q} 2>&1"
+        f"{TINYCNN_SHELL} > {{log:q}} 2>&1"
 
 
 rule train_mosaicnet:
