@@ -50,7 +50,7 @@ def check_run_directory(
     """Check, before any work and creating nothing, that `run_directory(out)` can write `out`.
 
     `out` may be missing (it is created at the end), or a directory that is empty or holds an
-    earlier run (its `run.json`, or only files named in `outputs`): `run_directory` replaces it
+    earlier run (files named in `outputs`, or in its `run.json`): `run_directory` replaces it
     whole, so a directory holding anything else is refused rather than wiped.
     """
     shown = Path(out)
@@ -66,8 +66,8 @@ def check_run_directory(
                 f"{option} {shown} is the current directory or holds it; name a new directory"
             )
         names = set(os.listdir(target))
-        others = sorted(names - set(outputs))
-        if others and RECORD_NAME not in names:
+        others = sorted(names - {RECORD_NAME, *outputs, *_recorded_outputs(target)})
+        if others:
             listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
             raise OutputDirError(
                 f"{option} {shown} holds files that are not from a cnnpar run ({listed}); "
@@ -91,6 +91,15 @@ def check_run_directory(
             f"choose a writable {option}"
         ) from None
     return shown
+
+
+def _recorded_outputs(directory: Path) -> list[str]:
+    """The outputs an earlier run's record in `directory` lists, or none."""
+    try:
+        outputs = json.loads((directory / RECORD_NAME).read_text())["outputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [name for name in outputs if isinstance(name, str)] if isinstance(outputs, list) else []
 
 
 def _make_dirs(path: Path) -> list[Path]:
@@ -117,12 +126,16 @@ def _remove_empty(directories: list[Path]) -> None:
             return
 
 
+def _merge(tmp: Path, out: Path) -> None:
+    for name in sorted(os.listdir(tmp), key=lambda n: n == RECORD_NAME):  # run.json last
+        os.replace(tmp / name, out / name)
+    tmp.rmdir()
+
+
 def _publish(tmp: Path, out: Path, replace: bool) -> None:
     """Move the finished temporary directory `tmp` into place as `out` (see run_directory)."""
     if not replace and out.is_dir():
-        for name in sorted(os.listdir(tmp), key=lambda n: n == RECORD_NAME):  # run.json last
-            os.replace(tmp / name, out / name)
-        tmp.rmdir()
+        _merge(tmp, out)
         return
     try:
         os.rename(tmp, out)  # atomic, and replaces an empty directory
@@ -130,6 +143,9 @@ def _publish(tmp: Path, out: Path, replace: bool) -> None:
     except OSError as err:
         if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
             raise
+    if not replace:  # made meanwhile by someone else: add to it
+        _merge(tmp, out)
+        return
     # An earlier run is there: swap it out, so `out` is missing only between two renames.
     old = tmp.with_name(tmp.name.replace(".tmp-", ".old-", 1))
     os.rename(out, old)

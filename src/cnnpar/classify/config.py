@@ -17,6 +17,8 @@ RESULT_FILES = ("predictions.npz", "result.csv", "mask.png")  # a run directory,
 PARENT_BYTES_PER_CELL = 8 + 1 + 1 + 4 + 1 + 4
 # ... and by each worker process: its own copy of the index, its chunk's predictions.
 WORKER_BYTES_PER_CELL = 8 + 1 + 4
+# ... on top of an interpreter with torch, the net and the test digits loaded (~350 MB measured).
+WORKER_BASE_BYTES = 300 * 10**6
 
 
 class ClassifyError(CnnparError):
@@ -111,8 +113,9 @@ def validate(config: ClassifyConfig) -> None:
 
 def memory_estimate(config: ClassifyConfig) -> int:
     """Bytes a run needs at least in host memory: the per-cell arrays of this process and of
-    each worker, and one batch's activations (the warm-up batch is no larger than the mosaic)
-    in each process that runs the net; an order-of-magnitude check, not a budget."""
+    each worker, each worker's interpreter, and one batch's activations (the warm-up batch is no
+    larger than the mosaic) in each process that runs the net. An order-of-magnitude check, not
+    a budget."""
     from cnnpar.nets.mosaicnet import ACTIVATION_FLOATS
 
     cells = config.rows * config.cols
@@ -120,5 +123,6 @@ def memory_estimate(config: ClassifyConfig) -> int:
     net_processes = 0 if config.device == "cuda" else max(1, config.processes)
     return (
         cells * (PARENT_BYTES_PER_CELL + config.processes * WORKER_BYTES_PER_CELL)
+        + config.processes * WORKER_BASE_BYTES
         + net_processes * 4 * batch * ACTIVATION_FLOATS
     )
