@@ -10,6 +10,7 @@ import time
 import pytest
 
 from cnnpar.measure import roofline, threads, timing
+from cnnpar.measure.intervals import paired_ratio_interval
 
 
 def test_median_of_sleeps_within_tolerance_and_warmup_not_counted() -> None:
@@ -71,18 +72,19 @@ def test_interleaved_rounds_alternate_order_and_pair_samples() -> None:
     assert calls == ["slow", "fast", "fast", "slow", "slow", "fast", "fast", "slow"]
     assert events[:2] == ["setup slow", "slow"], "setup runs before each call of its own case"
     assert [len(m.samples) for m in result.values()] == [3, 3]
-    median, q1, q3 = timing.paired_ratio(result["slow"], result["fast"])
-    assert q1 <= median <= q3
-    assert 2.0 < median < 3.6
+    ratio = paired_ratio_interval(result["slow"].samples, result["fast"].samples)
+    assert ratio.low <= ratio.estimate <= ratio.high
+    assert 2.0 < ratio.estimate < 3.6
 
 
 def test_paired_ratio_is_round_by_round() -> None:
     # Round 2 ran on a machine twice as slow for both: the paired ratio does not notice.
     slow = timing.Measurement(samples=[2.0, 4.0, 2.0], warmup=0)
     fast = timing.Measurement(samples=[1.0, 2.0, 1.0], warmup=0)
-    assert timing.paired_ratio(slow, fast) == (2.0, 2.0, 2.0)
-    with pytest.raises(ValueError, match="same rounds"):
-        timing.paired_ratio(slow, timing.Measurement(samples=[1.0], warmup=0))
+    ratio = paired_ratio_interval(slow.samples, fast.samples)
+    assert (ratio.estimate, ratio.low, ratio.high) == pytest.approx((2.0, 2.0, 2.0))
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_ratio_interval(slow.samples, [1.0])
     with pytest.raises(ValueError, match="repeats"):
         timing.measure_interleaved({"a": lambda: None}, repeats=0)
 

@@ -3,7 +3,8 @@
 - `measure` runs warm-up calls outside the timed region, then `repeats` timed calls with
   `time.perf_counter`, calling a synchronise hook (e.g. `torch.cuda.synchronize`) before each
   clock read, and keeps every raw sample. `measure_interleaved` does the same for cases that
-  are to be compared, alternating them round by round; `paired_ratio` compares two of them.
+  are to be compared, alternating them round by round, for paired ratios
+  (`intervals.paired_ratio_interval`).
 - `quartiles` is the one median/IQR summary every table and bench uses.
 """
 
@@ -108,7 +109,8 @@ def measure_interleaved(
     Each round runs every case once, in an order that reverses from round to round (ABBA), so
     drift in the machine's speed (a busy neighbour on a shared host) falls on every case alike
     rather than on whichever ran last. Sample i of every case comes from round i: pair them
-    (`paired_ratio`) to compare. `setup(key)` runs before each call of that case, untimed.
+    (`intervals.paired_ratio_interval`) to compare. `setup(key)` runs before each call of that
+    case, untimed.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1 (got {repeats})")
@@ -128,11 +130,3 @@ def measure_interleaved(
             if round_index >= warmup:
                 samples[key].append(time.perf_counter() - start)
     return {key: Measurement(samples=samples[key], warmup=warmup) for key in keys}
-
-
-def paired_ratio(slow: Measurement, fast: Measurement) -> tuple[float, float, float]:
-    """Median, first and third quartile of slow/fast time ratios taken round by round
-    (from `measure_interleaved`): a speedup that host drift between rounds does not bias."""
-    if len(slow.samples) != len(fast.samples):
-        raise ValueError("paired_ratio needs samples from the same rounds")
-    return quartiles(np.asarray(slow.samples) / np.asarray(fast.samples))

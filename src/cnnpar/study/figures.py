@@ -282,6 +282,16 @@ def time_to_accuracy(train: pd.DataFrame) -> Figure:
 # --- classification cost ------------------------------------------------------------------
 
 
+def _grid_axis(ax: Axes, data: pd.DataFrame) -> None:
+    """A log x axis of mosaic sizes, one tick per grid: '50x50' over its cell count."""
+    _plain_log(ax, "x")
+    grids = data.drop_duplicates("cells").sort_values("cells")
+    labels = [f"{g}\n{int(c):,}" for g, c in zip(grids["grid"], grids["cells"], strict=True)]
+    ax.set_xticks(grids["cells"], labels)
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("mosaic grid and cells (log scale)")
+
+
 def classify_cost_per_cell(summary: pd.DataFrame) -> Figure:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     data = summary[summary["study"] == "classify"]
@@ -300,13 +310,8 @@ def classify_cost_per_cell(summary: pd.DataFrame) -> Figure:
             alpha=0.5 + 0.5 * first["parallelism"] / data["parallelism"].max(),
             label=_label(first, ["mode", "parallelism", *varying]),
         )
-    _plain_log(ax, "x")
     _plain_log(ax, "y")
-    grids = data.drop_duplicates("cells").sort_values("cells")
-    labels = [f"{g}\n{int(c):,}" for g, c in zip(grids["grid"], grids["cells"], strict=True)]
-    ax.set_xticks(grids["cells"], labels)
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    ax.set_xlabel("mosaic grid and cells (log scale)")
+    _grid_axis(ax, data)
     ax.set_ylabel("classification time per cell (µs, log scale)")
     ax.set_title("Mosaic classification cost per cell")
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), title="mode × workers")
@@ -336,12 +341,7 @@ def classify_end_to_end(summary: pd.DataFrame) -> Figure:
             color=color, ls="--", marker=MARKERS[i % len(MARKERS)], mfc="none", capsize=3,
             label=f"{label} end to end",
         )  # fmt: skip
-    _plain_log(ax, "x")
-    grids = data.drop_duplicates("cells").sort_values("cells")
-    labels = [f"{g}\n{int(c):,}" for g, c in zip(grids["grid"], grids["cells"], strict=True)]
-    ax.set_xticks(grids["cells"], labels)
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    ax.set_xlabel("mosaic grid and cells (log scale)")
+    _grid_axis(ax, data)
     ax.set_ylabel("cells/s")
     ax.set_ylim(bottom=0)
     ax.set_title("What users pay: steady-state against end-to-end throughput")

@@ -25,7 +25,7 @@ import pandas as pd
 from cnnpar.io import write_text
 from cnnpar.record import RunRecord
 from cnnpar.registry import FIGURES
-from cnnpar.study.tables import read_table
+from cnnpar.study.tables import plain_number, read_table
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +45,12 @@ CLASSIFY_COLUMNS = [
 # --- findings -----------------------------------------------------------------------------
 
 
-def _n(value: Any) -> str:
-    """A parameter value for prose: 8.0 -> '8'."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def _threads(n: Any) -> str:
-    return f"{_n(n)} thread{'s' if float(n) != 1 else ''}"
+    return f"{plain_number(n)} thread{'s' if float(n) != 1 else ''}"
 
 
 def _workers(n: Any) -> str:
-    return f"{_n(n)} worker{'s' if float(n) != 1 else ''}"
+    return f"{plain_number(n)} worker{'s' if float(n) != 1 else ''}"
 
 
 def _ci(estimate: float, low: float, high: float, fmt: str = "{:.2f}") -> str:
@@ -116,7 +109,7 @@ def _train_findings(train: pd.DataFrame) -> list[str]:
     out = []
     tiny = train[train["model"] == "tinycnn"]
     for (filters, batch), fam in tiny.groupby(["filters", "batch_size"], sort=True):
-        where = f"F={_n(filters)}, B={_n(batch)}"
+        where = f"F={plain_number(filters)}, B={plain_number(batch)}"
         for _, row in fam[(fam["parallelism_requested"] > 1) & fam["speedup"].notna()].iterrows():
             who = f"{row['engine']} {_threads(row['parallelism'])} ({where})"
             out.append(_speedup_sentence(row, who, f"{row['engine']} 1 thread"))
@@ -170,7 +163,7 @@ def _classify_findings(classify: pd.DataFrame) -> list[str]:
     parallel = largest[(largest["mode"] != "sequential") & largest["speedup"].notna()]
     for _, row in parallel.sort_values(["mode", "parallelism"]).iterrows():
         who = f"{row['mode']} {_workers(row['parallelism'])} on {row['grid']}"
-        who += f" (B={_n(row['batch_size'])})"
+        who += f" (B={plain_number(row['batch_size'])})"
         out.append(_speedup_sentence(row, who, "sequential"))
     # What users pay: end to end, and the mosaic size from which start-up is paid back.
     for _, row in classify[classify["mode"] == "processes"].sort_values("cells").iterrows():
@@ -198,7 +191,7 @@ def _classify_findings(classify: pd.DataFrame) -> list[str]:
     out.append(
         f"Fastest steady-state classification of the largest mosaic ({best['grid']}, "
         f"{int(best['cells']):,} cells): {best['mode']} {_workers(best['parallelism'])}, "
-        f"B={_n(best['batch_size'])}, at {best['rate']:,.0f} cells/s "
+        f"B={plain_number(best['batch_size'])}, at {best['rate']:,.0f} cells/s "
         f"[{best['rate_low']:,.0f}, {best['rate_high']:,.0f}]; accuracy "
         f"{100 * best['accuracy']:.2f}%."
     )
@@ -229,8 +222,8 @@ def _capped_findings(summary: pd.DataFrame) -> list[str]:
     capped = summary[summary["parallelism"] < summary["parallelism_requested"]]
     return [
         f"Note: {row['study']} {row['engine'] if row['study'] == 'train' else row['mode']} "
-        f"asked for {_n(row['parallelism_requested'])} threads/workers but ran with "
-        f"{_n(row['parallelism'])} (Snakemake caps a job's threads at --cores); its "
+        f"asked for {plain_number(row['parallelism_requested'])} threads/workers but ran with "
+        f"{plain_number(row['parallelism'])} (Snakemake caps a job's threads at --cores); its "
         "efficiency uses the effective count."
         for _, row in capped.iterrows()
     ]
@@ -362,14 +355,14 @@ def _fmt_summary(summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in summary.iterrows():
         who = r["engine"] if r["study"] == "train" else r["mode"]
-        config = (
-            f"F={_n(r['filters'])} B={_n(r['batch_size'])}"
-            if r["model"] == "tinycnn"
-            else (f"{r['grid']} B={_n(r['batch_size'])}" if r["study"] == "classify" else "")
-        )
-        par = _n(r["parallelism"])
+        batch = plain_number(r["batch_size"])
+        if r["model"] == "tinycnn":
+            config = f"F={plain_number(r['filters'])} B={batch}"
+        else:
+            config = f"{r['grid']} B={batch}" if r["study"] == "classify" else ""
+        par = plain_number(r["parallelism"])
         if r["parallelism"] != r["parallelism_requested"]:
-            par += f" (asked {_n(r['parallelism_requested'])})"
+            par += f" (asked {plain_number(r['parallelism_requested'])})"
         rows.append(
             {
                 "study": f"{r['study']} {r['model']}",

@@ -277,16 +277,17 @@ def _label(row: Mapping[str, Any]) -> str:
     if row["study"] == "train":
         what = f"{row['engine']} {par} thread{'s' * (par > 1)}"
         if row["model"] == "tinycnn":
-            what += f" F={_n(row['filters'])}"
-        what += f" B={_n(row['batch_size'])}"
+            what += f" F={plain_number(row['filters'])}"
+        what += f" B={plain_number(row['batch_size'])}"
     else:
-        what = (
-            f"{row['mode']} {par} worker{'s' * (par > 1)} {row['grid']} B={_n(row['batch_size'])}"
-        )
-    return f"{row['study']} {what} seed {_n(row['seed'])} block {_n(row['block'])}"
+        what = f"{row['mode']} {par} worker{'s' * (par > 1)} {row['grid']}"
+        what += f" B={plain_number(row['batch_size'])}"
+    seed, block = plain_number(row["seed"]), plain_number(row["block"])
+    return f"{row['study']} {what} seed {seed} block {block}"
 
 
-def _n(value: Any) -> str:
+def plain_number(value: Any) -> str:
+    """A parameter value for prose: 8.0 -> '8'."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -579,9 +580,9 @@ def compare(jobs: pd.DataFrame) -> pd.DataFrame:
 def _family_text(study: str, values: Mapping[str, Any]) -> str:
     if study == "train":
         if values["model"] == "tinycnn":
-            return f"F={_n(values['filters'])}, B={_n(values['batch_size'])}"
-        return f"{values['model']} B={_n(values['batch_size'])}"
-    return f"{values['grid']}, B={_n(values['batch_size'])}"
+            return f"F={plain_number(values['filters'])}, B={plain_number(values['batch_size'])}"
+        return f"{values['model']} B={plain_number(values['batch_size'])}"
+    return f"{values['grid']}, B={plain_number(values['batch_size'])}"
 
 
 def _top_text(study: str, name: str, units: pd.DataFrame) -> str:
