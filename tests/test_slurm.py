@@ -68,6 +68,9 @@ CLUSTER_FLAGS = (
     "--slurm-no-account",
     "--slurm-init-seconds-before-status-checks=1",
 )
+# One paired block is enough to show scheduling, failure and resumption through SLURM, and
+# halves the jobs the cluster runs (the local workflow test runs the tiny config's two).
+BLOCKS = 1
 # "Job 3 has been submitted with SLURM jobid 17 (log: /abs/.snakemake/slurm_logs/...)."
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 LOCAL_RULES = ("all", "block_done", "mask_figure")  # the Snakefile's localrules
@@ -111,6 +114,7 @@ def run_workflow(workdir: Path, env: dict[str, str]) -> WorkflowRun:
             f"--directory={workdir}",
             f"--profile={PROFILE}",
             f"--configfile={TINY}",
+            f"--config=blocks={BLOCKS}",
             *CLUSTER_FLAGS,
         ],
         cwd=workdir,
@@ -149,7 +153,7 @@ def faulted_then_rerun(
     first = run_workflow(workdir, env)
     mtimes = {p: p.stat().st_mtime for p in (workdir / "results").rglob("*") if p.is_file()}
     second = run_workflow(workdir, env)
-    config = load_config(TINY)
+    config = {**load_config(TINY), "blocks": BLOCKS}
     return FaultedThenRerun(workdir, config, marker, first, second, mtimes)
 
 

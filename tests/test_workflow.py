@@ -324,6 +324,35 @@ def test_jobs_overlapping_a_busy_loop_are_flagged_and_the_report_says_so(tiny_ru
             assert (low > 1) if match[4] == "faster" else (high < 1), text
 
 
+@pytest.mark.parametrize(
+    ("rule", "pattern"),
+    [
+        ("train_tinycnn", "train/tinycnn/*/*/*/*/*/block~1/metrics.csv"),
+        ("classify", "classify/*/*/*/*/block~2/result.csv"),
+        ("train_mosaicnet", "train/mosaicnet/**/model.pt"),
+    ],
+)
+def test_a_deleted_job_output_is_rebuilt_with_what_depends_on_it(
+    tiny_run: dict, rule: str, pattern: str
+):
+    """Snakemake does not rebuild a missing intermediate on its own: `rule all` names every
+    job's outputs. Finished blocks after the job's own are not redone (they take the block
+    marker as `ancient`)."""
+    path = next(tiny_run["results"].glob(pattern))
+    aside = path.with_name(path.name + ".aside")
+    path.rename(aside)
+    try:
+        plan = snakemake(tiny_run["workdir"], "-n", "--cores", "2", "--configfile", str(TINY))
+    finally:
+        aside.rename(path)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    stats = job_stats(plan.stdout + plan.stderr)
+    assert stats.pop(rule) == 1, stats
+    downstream = {"block_done", "mask_figure", "tables", "figures", "report", "all", "total"}
+    assert set(stats) <= downstream, stats
+    assert stats.get("block_done", 0) <= 1, stats
+
+
 def test_snakemake_report_renders(tiny_run: dict):
     out = tiny_run["results"] / "snakemake-report.html"
     result = snakemake(
