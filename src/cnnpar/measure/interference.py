@@ -31,6 +31,9 @@ from typing import Any
 DEFAULT_LOCK = Path(tempfile.gettempdir()) / "cnnpar-timing.lock"
 PROBE_N = 768  # sgemm side: ~0.9 GFLOP per product, a few tens of ms per probe on one core
 PROBE_REPEATS = 5
+# Sustained GEMM before each CPU probe: idle vCPUs and a sleeping thread pool read up to 2x slow
+# for the first tens of ms, and the probe after the work always follows sustained work.
+PROBE_WARMUP_S = 0.25
 GPU_PROBE_N = 4096
 
 
@@ -167,6 +170,11 @@ def cpu_probe(threads: int) -> float:
 
     before = torch.get_num_threads()
     try:
+        set_threads(threads)
+        a, b = torch.randn(PROBE_N, PROBE_N), torch.randn(PROBE_N, PROBE_N)
+        start = time.perf_counter()
+        while time.perf_counter() - start < PROBE_WARMUP_S:
+            torch.mm(a, b)
         return float(sgemm_peak(threads, n=PROBE_N, repeats=PROBE_REPEATS)["sgemm_gflops"])
     finally:
         set_threads(before)
