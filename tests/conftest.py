@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -21,3 +23,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random-init MosaicNet saved as a state_dict, as `cnnpar train` writes it: what
+    classification and its faults do does not depend on the weights' values."""
+    import torch
+
+    from cnnpar.nets.mosaicnet import MosaicNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "model.pt"
+    torch.save(MosaicNet().state_dict(), path)
+    return path

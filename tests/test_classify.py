@@ -38,15 +38,6 @@ CONTRACT_COLUMNS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seeded random-init MosaicNet saved as a state_dict, like `cnnpar train` writes."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "model.pt"
-    torch.save(MosaicNet().state_dict(), path)
-    return path
-
-
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
     """classify.run pins this process's torch threads; put them back for other tests."""

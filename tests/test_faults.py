@@ -25,7 +25,6 @@ import torch
 
 from cnnpar import cli, io, limits
 from cnnpar.errors import WriteError
-from cnnpar.nets.mosaicnet import MosaicNet
 
 BIG = ["--rows=300", "--cols=300"]  # 90,000 cells: each chunk's result is ~56 KB on its pipe
 START_TIMEOUT_S = 180  # spawned workers import torch: slow on a busy 2-core machine
@@ -69,15 +68,6 @@ if "--multiprocessing-fork" in sys.argv:
 
         connection.Connection._send_bytes = _die_mid_send
 """
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Seeded random-init MosaicNet weights: timing and faults do not depend on their values."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "model.pt"
-    torch.save(MosaicNet().state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
