@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import matplotlib
@@ -292,23 +292,30 @@ def _grid_axis(ax: Axes, data: pd.DataFrame) -> None:
     ax.set_xlabel("mosaic grid and cells (log scale)")
 
 
+def _classify_lines(data: pd.DataFrame) -> Iterator[tuple[int, pd.DataFrame, str, str]]:
+    """One line per mode × workers (× batch size where it varies), sorted by mosaic size: its
+    index (for the marker), rows, legend label and colour."""
+    varying = _varying(data, ["batch_size"])
+    for i, (_, line) in enumerate(data.groupby(["mode", "parallelism", *varying], sort=True)):
+        first = line.iloc[0]
+        label = _label(first, ["mode", "parallelism", *varying])
+        yield i, line.sort_values("cells"), label, COLORS.get(first["mode"], f"C{i}")
+
+
 def classify_cost_per_cell(summary: pd.DataFrame) -> Figure:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     data = summary[summary["study"] == "classify"]
     if data.empty:
         _no_data(ax, "classification")
         return fig
-    varying = _varying(data, ["batch_size"])
-    for i, (_, line) in enumerate(data.groupby(["mode", "parallelism", *varying], sort=True)):
-        line = line.sort_values("cells")
-        first = line.iloc[0]
+    for i, line, label, color in _classify_lines(data):
         ax.plot(
             line["cells"],
             1e6 * line["seconds_per_item"],
             marker=MARKERS[i % len(MARKERS)],
-            color=COLORS.get(first["mode"], f"C{i}"),
-            alpha=0.5 + 0.5 * first["parallelism"] / data["parallelism"].max(),
-            label=_label(first, ["mode", "parallelism", *varying]),
+            color=color,
+            alpha=0.5 + 0.5 * line["parallelism"].iloc[0] / data["parallelism"].max(),
+            label=label,
         )
     _plain_log(ax, "y")
     _grid_axis(ax, data)
@@ -326,12 +333,7 @@ def classify_end_to_end(summary: pd.DataFrame) -> Figure:
     if data.empty:
         _no_data(ax, "classification")
         return fig
-    varying = _varying(data, ["batch_size"])
-    for i, (_, line) in enumerate(data.groupby(["mode", "parallelism", *varying], sort=True)):
-        line = line.sort_values("cells")
-        first = line.iloc[0]
-        color = COLORS.get(first["mode"], f"C{i}")
-        label = _label(first, ["mode", "parallelism", *varying])
+    for i, line, label, color in _classify_lines(data):
         ax.errorbar(
             line["cells"], line["rate"], yerr=_interval_err(line, "rate"), color=color,
             marker=MARKERS[i % len(MARKERS)], capsize=3, label=f"{label} steady state",
