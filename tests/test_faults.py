@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from workflow_helpers import REPO, SNAKEFILE, TINY
 
 from cnnpar import cli, io, limits
 from cnnpar.errors import WriteError
@@ -357,6 +359,49 @@ def test_bench_results_on_a_full_disk(small_disk: Path) -> None:
     with pytest.raises(WriteError, match=r"cannot write .*b\.csv: No space left on device"):
         write_results([row], small_disk / "b.csv", params={})
     assert [p.name for p in small_disk.iterdir()] == ["filler"]
+
+
+LOGGED = REPO / "workflow" / "scripts" / "logged.sh"
+FAILING = [
+    "sh",
+    "-c",
+    "echo 'cnnpar train: error: cannot write x: No space left on device' >&2; exit 3",
+]
+
+
+def test_a_job_whose_log_the_full_disk_lost_says_so_on_the_terminal(small_disk: Path) -> None:
+    """Under the workflow a job's output goes to its log; when the disk is full the error line
+    is lost with it, so the job's wrapper names the cause on its own stderr."""
+    _fill(small_disk, leave=0)
+    log = small_disk / "job.log"
+    done = subprocess.run(["bash", str(LOGGED), str(log), *FAILING], capture_output=True, text=True)
+    assert done.returncode == 3
+    assert log.exists() and log.stat().st_size == 0
+    line = _one_line(done.stderr)
+    assert line.startswith(f"sh failed (exit 3) and its log {log} may be missing its last lines")
+    assert "0 KiB free on that disk (no space left on device?)" in line
+
+
+def test_a_job_log_with_room_keeps_the_error_and_the_exit_code(tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    done = subprocess.run(["bash", str(LOGGED), str(log), *FAILING], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "", "")  # the log has it
+    assert "No space left on device" in log.read_text()
+    ok = subprocess.run(["bash", str(LOGGED), str(log), "true"], capture_output=True, text=True)
+    assert (ok.returncode, ok.stderr, log.read_text()) == (0, "", "")
+
+
+def test_every_timed_job_runs_through_the_log_wrapper(tmp_path: Path) -> None:
+    plan = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(tmp_path), "-n", "-p",
+         "--cores", "2", "--configfile", str(TINY)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    commands = re.findall(r"^Shell command: (.*cnnpar (?:train|classify) .*)$", plan.stdout, re.M)
+    assert commands, plan.stdout[-2000:]
+    prefix = f"bash {LOGGED} "
+    assert all(command.startswith(prefix) for command in commands), commands[0]
 
 
 def test_a_read_only_out_is_refused_up_front(read_only_disk: Path, capsys) -> None:

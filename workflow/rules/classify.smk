@@ -31,9 +31,10 @@ rule classify:
         max_others=TIMING["max_others_share"],
         max_probe=TIMING["max_probe_change"],
     shell:
-        "cnnpar classify --weights {input.weights:q} --rows {params.rows} --cols {params.cols}"
+        f"{LOGGED} {{log:q}}"
+        " cnnpar classify --weights {input.weights:q} --rows {params.rows} --cols {params.cols}"
         " --mode {wildcards.mode} --workers {threads} --batch-size {wildcards.batch}"
         " --seed {wildcards.seed} --repeats {params.repeats} --data-source {params.data:q}"
         " --block {wildcards.block} --timing-lock {params.lock:q}"
         " --max-others-share {params.max_others} --max-probe-change {params.max_probe}"
-        " --out {params.out:q} > {log:q} 2>&1"
+        " --out {params.out:q}"

@@ -8,7 +8,8 @@
 # moved into results/, so an interrupted job never leaves a half-written directory behind.
 
 TINYCNN_SHELL = (
-    "cnnpar train --model tinycnn --engine {wildcards.engine} --threads {threads}"
+    f"{LOGGED} {{log:q}}"
+    " cnnpar train --model tinycnn --engine {wildcards.engine} --threads {threads}"
     " --filters {wildcards.filters} --batch-size {wildcards.batch} --epochs {params.epochs}"
     " --lr {params.lr} --seed {wildcards.seed} --train-size {params.train_size}"
     " --test-size {params.test_size} --shuffle {params.shuffle} --data-source {params.data:q}"
@@ -54,7 +55,6 @@ rule train_tinycnn:
         budget=TINYCNN["time_budget"],
     shell:
         f"{TINYCNN_SHELL} --block {{wildcards.block}} --time-budget {{params.budget}}"
-        " > {log:q} 2>&1"
 
 
 rule train_tinycnn_full:
@@ -78,7 +78,7 @@ rule train_tinycnn_full:
         **TINYCNN_PARAMS,
         out=lambda wildcards, output: Path(output.run).parent,
     shell:
-        f"{TINYCNN_SHELL} > {{log:q}} 2>&1"
+        TINYCNN_SHELL
 
 
 rule train_mosaicnet:
@@ -111,8 +111,9 @@ rule train_mosaicnet:
         data=data_source(),
         lock=timing_lock(),
     shell:
-        "cnnpar train --model mosaicnet --engine {params.engine} --threads {threads}"
+        f"{LOGGED} {{log:q}}"
+        " cnnpar train --model mosaicnet --engine {params.engine} --threads {threads}"
         " --epochs {params.epochs} --batch-size {params.batch_size}"
         " --train-size {params.train_size} --seed {wildcards.seed}"
         " --data-source {params.data:q} --timing-lock {params.lock:q}"
-        " --out {params.out:q} > {log:q} 2>&1"
+        " --out {params.out:q}"
