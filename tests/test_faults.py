@@ -161,6 +161,10 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.communicate()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Classify:
     """`cnnpar classify --mode processes --workers 2` in its own session, as from a terminal."""
 
@@ -174,6 +178,9 @@ class Classify:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,  # its own process group, which a terminal signals whole
+            # A terminal's foreground job takes Ctrl-C; a test run launched in the background
+            # (`pytest &` without job control) would pass SIGINT on ignored, as POSIX asks.
+            preexec_fn=_default_sigint,
             env=_env(site, CNNPAR_TEST_MARK_DIR=str(self.marks), **env),
         )
         self.ps = psutil.Process(self.proc.pid)
