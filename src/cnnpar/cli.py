@@ -163,26 +163,52 @@ def _timing_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from cnnpar.measure import numba_settings
     from cnnpar.measure.environment import environment
     from cnnpar.measure.roofline import sgemm_peak
     from cnnpar.measure.threads import set_threads
 
     check_parallelism(args.threads, "--threads")
-    record = environment().as_dict()
-    record["threads"] = set_threads(args.threads)
+    # A numba setting that cannot work is reported after the record, which shows the rest.
+    try:
+        problem = numba_settings.threading_problem()
+    except numba_settings.NumbaSettingError as err:
+        problem = str(err)
+    threads = set_threads(args.threads, numba=problem is None)
+    if problem is None:  # sets up the numba engine's cache, whose state the record shows
+        import cnnpar.nets.tinycnn.numba_engine  # noqa: F401
+    record = environment().as_dict()  # after torch and numba started: their CPUs, settings
+    record["threads"] = threads
     if not args.no_sgemm:
         record.update(sgemm_peak(args.threads))
     if args.json:
         print(json.dumps(record, indent=2, sort_keys=True))
     else:
-        width = max(len(k) for k in record)
-        for key, value in record.items():
+        rows = [
+            (f"{key}.{sub}" if isinstance(value, dict) and key != "threads" else key, item)
+            for key, value in record.items()
+            for sub, item in (
+                value.items() if isinstance(value, dict) and key != "threads" else [(key, value)]
+            )
+        ]
+        width = max(len(k) for k, _ in rows)
+        for key, value in rows:
             print(f"{key:<{width}}  {value}")
+    if problem is not None:
+        raise numba_settings.NumbaSettingError(problem)
     return 0
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="print the environment record and the sgemm roofline")
+    p = sub.add_parser(
+        "info",
+        help="print the environment record (machine, limits, numba's effective settings) and "
+        "the sgemm roofline",
+        description="Print the environment record every run stores: the machine, the CPUs this "
+        "process may use once torch and numba started, cgroup and SLURM limits, numba's "
+        "effective settings (threading layer, JIT, CUDA simulator, cache) and the thread "
+        "counts. Exits 2 after the record when a numba setting cannot work here.",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
         "--threads",

@@ -4,7 +4,9 @@ or a bench.
 Everything downstream (tables, figures, the report, `compare`) reads these records and never
 re-parses where a file lives. A record says what was asked (`params`, one stable key per
 parameter), what ran (`parallelism`, read back from the libraries), what came out (`results`,
-`outputs` relative to the record's directory) and where (`environment`).
+`outputs` relative to the record's directory) and where (`environment`: the machine, the limits
+the run ran under, read where they apply, and numba's effective settings). `not_as_named` says
+when an engine did not run as named (numba's CUDA simulator, JIT off); the report flags those.
 
 Bump SCHEMA_VERSION when a key changes meaning or goes away; `read` refuses any other version
 with a one-line error instead of producing wrong tables.
@@ -109,6 +111,45 @@ class RunRecord:
             raise RecordError(f"{path} does not hold a run record; re-run its job")
         return cls.from_dict(data, where=str(path))
 
+    def engines(self) -> list[str]:
+        """The engines this run trained with (none for classification)."""
+        if "engine" in self.params:
+            return [str(self.params["engine"])]
+        if self.command == "bench-train":
+            return ["numba", *(["cuda"] if self.params.get("cuda") else [])]
+        return []
+
+    def not_as_named(self) -> list[str]:
+        """Why this run did not run as its parameters say; empty when it did.
+
+        An engine compiled by numba that ran in numba's CUDA simulator or with the JIT off (its
+        recorded `numba_settings`), and threads that ran on fewer CPUs than the job started
+        with because a library bound the process to fewer once it started (OMP_PROC_BIND).
+        Records written before numba's settings were recorded give no engine reasons.
+        """
+        from cnnpar.measure.numba_settings import not_as_named
+        from cnnpar.registry import ENGINES
+
+        reasons = []
+        numba = self.environment.get("numba_settings") or {}
+        for name in self.engines():
+            target = ENGINES[name].numba_target if name in ENGINES else None
+            reason = not_as_named(target, numba) if target else None
+            if reason:
+                reasons.append(f"engine {name} ran {reason}")
+        cpus, at_start = (self.environment.get(k) for k in ("cpus_available", "cpus_at_start"))
+        if (
+            isinstance(cpus, int)
+            and isinstance(at_start, int)
+            and cpus < at_start
+            and self.parallelism.effective > cpus
+        ):
+            reasons.append(
+                f"its {self.parallelism.effective} threads ran on {cpus} CPU(s), not the "
+                f"{at_start} it started with (OMP_PROC_BIND or a library bound it)"
+            )
+        return reasons
+
     def columns(self) -> dict[str, Any]:
         """The record as flat table columns: parameters by name, then `parallelism_*`,
         `processes`, the per-library thread counts, results, and the environment as `env.*`."""
@@ -119,6 +160,7 @@ class RunRecord:
         flat.update(self.parallelism.threads)
         flat.update({k: v for k, v in self.results.items() if _scalar(v)})
         flat.update({f"env.{k}": v for k, v in self.environment.items() if _scalar(v)})
+        flat["not_as_named"] = "; ".join(self.not_as_named())
         if self.interference is not None:
             guard = self.interference.as_dict()
             flat["flag_reasons"] = "; ".join(guard.pop("reasons"))

@@ -26,6 +26,9 @@ class Engine:
     device: Device
     models: tuple[str, ...]  # which models it can train
     summary: str
+    # The numba target it compiles for ("cpu": JIT with numba's threads, "cuda": numba.cuda),
+    # so numba's settings (JIT off, the CUDA simulator) decide whether it runs as named.
+    numba_target: Literal["cpu", "cuda"] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ ENGINES: dict[str, Engine] = {
             device="cpu",
             models=("tinycnn",),
             summary="numba CPU threads, one fused pass per image",
+            numba_target="cpu",
         ),
         Engine(
             "cuda",
@@ -107,6 +111,7 @@ ENGINES: dict[str, Engine] = {
             device="cuda",
             models=("tinycnn",),
             summary="numba.cuda kernels, the batch kept on the device",
+            numba_target="cuda",
         ),
         Engine(
             "torch",

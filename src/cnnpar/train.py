@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -331,10 +330,18 @@ def run_record(
 def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     """`cnnpar train`: validate, train, and write the run directory."""
     cfg = validate(cfg)
+    if (how := tinycnn.not_as_named_here(cfg.engine)) is not None:
+        print(
+            f"cnnpar: warning: engine {cfg.engine} runs {how}; its timings do not measure the "
+            "engine (the run record and the report say so)",
+            file=sys.stderr,
+        )
     # The numpy reference and the GPU engines use one host thread; the others get --threads.
     host_threads = cfg.threads if ENGINES[cfg.engine].parallel else 1
+    # Pools first: starting torch's (and numba's) OpenMP can narrow the CPUs this process may
+    # use, so the CPUs are counted after.
+    threads = set_threads(host_threads, numba=ENGINES[cfg.engine].numba_target == "cpu")
     load = limits.oversubscription(processes=1, threads_per_process=host_threads)
-    threads = set_threads(host_threads)
     source = cfg.data_source
     train = _first(load_mnist("train", source), cfg.train_size)
     test = _first(load_mnist("test", source), cfg.test_size)
@@ -425,7 +432,7 @@ def engines_table() -> list[tuple[str, str]]:
     rows = []
     for name, reason in tinycnn.available_engines().items():
         status = reason or "available"
-        if name == "cuda" and reason is None and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-            status = "available (CUDA simulator: NUMBA_ENABLE_CUDASIM=1)"
+        if reason is None and (how := tinycnn.not_as_named_here(name)) is not None:
+            status = f"available, but runs {how}"
         rows.append((name, status))
     return rows

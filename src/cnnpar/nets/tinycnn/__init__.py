@@ -20,7 +20,6 @@ This module imports neither numba nor torch, so listing engines stays cheap.
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Protocol
 
 import numpy as np
@@ -61,9 +60,23 @@ class UnknownEngine(CnnparError):
 
 
 def unavailable_reason(name: str) -> str | None:
-    """None if engine `name` can run here, else a one-line reason naming the fix."""
+    """None if engine `name` can run here, else a one-line reason naming the fix.
+
+    An engine compiled by numba needs numba's settings to work: a numba setting it cannot read,
+    or (numba's CPU threads) a threading layer that cannot load, makes it unavailable.
+    """
     if name not in ENGINES:
         raise UnknownEngine(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    target = ENGINES[name].numba_target
+    if target is not None:
+        from cnnpar.measure import numba_settings
+
+        try:
+            numba_settings.load()
+        except numba_settings.NumbaSettingError as err:
+            return f"engine {name!r} cannot run: {err}"
+        if target == "cpu" and (problem := numba_settings.threading_problem()) is not None:
+            return f"engine {name!r} cannot run: {problem}"
     if name == "cuda":
         if not _numba_cuda_available():
             return CUDA_MISSING
@@ -76,8 +89,11 @@ def unavailable_reason(name: str) -> str | None:
 
 
 def _numba_cuda_available() -> bool:
-    # The simulator is chosen when numba.cuda is first imported, from the environment.
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    # The simulator is chosen when numba.cuda is first imported, from numba's config (the
+    # environment or a .numba_config.yaml).
+    from cnnpar.measure import numba_settings
+
+    if numba_settings.load().config.ENABLE_CUDASIM:
         return True
     try:
         from numba import cuda
@@ -99,3 +115,15 @@ def get_engine(name: str) -> type[Engine]:
 def available_engines() -> dict[str, str | None]:
     """Engine name → None if available here, else why not."""
     return {name: unavailable_reason(name) for name in ENGINES}
+
+
+def not_as_named_here(name: str) -> str | None:
+    """How engine `name` runs under numba's settings in this process when that is not as its
+    name says ("in numba's CUDA simulator (...), not on a GPU"), naming the setting; None if it
+    runs as named."""
+    from cnnpar.measure import numba_settings
+
+    target = ENGINES[name].numba_target
+    if target is None:
+        return None
+    return numba_settings.not_as_named(target, numba_settings.settings().as_dict())
