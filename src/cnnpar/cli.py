@@ -163,6 +163,7 @@ def _timing_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from cnnpar import limits
     from cnnpar.measure import numba_settings
     from cnnpar.measure.environment import environment
     from cnnpar.measure.roofline import sgemm_peak
@@ -179,6 +180,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         import cnnpar.nets.tinycnn.numba_engine  # noqa: F401
     record = environment().as_dict()  # after torch and numba started: their CPUs, settings
     record["threads"] = threads
+    limits.warn_if_narrowed(record["cpus_available"])
     if not args.no_sgemm:
         record.update(sgemm_peak(args.threads))
     if args.json:

@@ -78,6 +78,16 @@ def narrowed_by() -> str:
     return "a library bound it to fewer CPUs"
 
 
+def warn_if_narrowed(cpus: int) -> None:
+    """Warn on stderr when the process may use fewer CPUs (`cpus`) than when it started."""
+    if cpus < CPUS_AT_START:
+        print(
+            f"cnnpar: warning: this process may run on {cpus} CPU(s) since torch started, "
+            f"{CPUS_AT_START} before: {narrowed_by()}",
+            file=sys.stderr,
+        )
+
+
 # --- memory: the host's free memory, and what a container or a scheduler grants ---------------
 
 UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as a number near 2**63
@@ -237,12 +247,7 @@ def oversubscription(processes: int, threads_per_process: int) -> dict[str, bool
     """Whether processes × threads exceed the CPUs available, warning on stderr if so; the
     result goes into the run record's `results`."""
     cpus = cpus_available()
-    if cpus < CPUS_AT_START:
-        print(
-            f"cnnpar: warning: this process may run on {cpus} CPU(s) since torch started, "
-            f"{CPUS_AT_START} before: {narrowed_by()}",
-            file=sys.stderr,
-        )
+    warn_if_narrowed(cpus)
     wanted = processes * threads_per_process
     oversubscribed = wanted > cpus
     if oversubscribed:

@@ -218,8 +218,12 @@ def prepare_cache(source: str | os.PathLike[str]) -> bool:
     numba.core.config.reload_config()
     found = _cache_dir_for(numba, source)
     if found is not None:
-        why = f"NUMBA_CACHE_DIR={tried}" if tried else f"{Path(source).parent} and the user cache"
-        _cache_state = (f"on: moved to the temporary directory, {why} not writable", found)
+        why = (
+            f"NUMBA_CACHE_DIR={tried} is"
+            if tried
+            else f"{Path(source).parent} and the user cache are"
+        )
+        _cache_state = (f"on, in the temporary directory: {why} not writable", found)
         return True
     if tried is None:
         del os.environ["NUMBA_CACHE_DIR"]
@@ -260,7 +264,7 @@ def settings() -> NumbaSettings:
     if _cache_state is not None:
         cache, cache_dir = _cache_state
     else:
-        cache, cache_dir = "not set up (no numba engine ran)", None
+        cache, cache_dir = "unused: no numba engine ran in this process", None
     if not jit:
         cache, cache_dir = "off: the JIT is off", None
     return NumbaSettings(

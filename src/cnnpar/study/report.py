@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -433,7 +433,7 @@ def render(
     return template.substitute(
         title=html.escape(title),
         meta=html.escape(meta),
-        banner=banner_html(tables.get("jobs", pd.DataFrame())),
+        banner=banner_html(tables.get("jobs", pd.DataFrame())) + not_as_named_html(tables),
         findings=items,
         method=method_html(),
         figures=figures_html(figures),
@@ -463,3 +463,27 @@ def write_report(
     write_text(out, page)
     log.info("report written to %s (%d bytes)", out, len(page))
     return Path(out)
+
+
+def not_as_named_html(tables: Mapping[str, pd.DataFrame]) -> str:
+    """The warning that opens the report when a run did not run as named: the reasons
+    `RunRecord.not_as_named` gave (numba's CUDA simulator, JIT off, CPUs narrowed), which the
+    train and classify tables carry in their `not_as_named` column."""
+    runs: dict[str, str] = {}
+    for name in ("train", "classify"):
+        frame = tables.get(name, pd.DataFrame())
+        if "not_as_named" not in frame.columns:
+            continue
+        for _, row in frame[frame["not_as_named"].fillna("").astype(str) != ""].iterrows():
+            runs.setdefault(str(row["job_dir"]), str(row["not_as_named"]))
+    if not runs:
+        return ""
+    items = "".join(
+        f"<li><b>{html.escape(job)}</b>: {html.escape(why)}</li>" for job, why in runs.items()
+    )
+    return (
+        '<section id="not-as-named" class="banner"><h2>⚠ '
+        f"{len(runs)} run(s) did not run as named</h2><p>Their timings do not measure what their "
+        "labels say, and neither do findings that rest on them; fix the setting named and "
+        f"re-run them.</p><ul>{items}</ul></section>"
+    )
