@@ -256,6 +256,15 @@ def _cache_dir_for(numba: ModuleType, source: str | os.PathLike[str]) -> str | N
     return str(path) if path else "unknown"
 
 
+def cuda_simulated() -> bool:
+    """Whether numba.cuda is (or, once imported, will be) numba's CUDA simulator: fixed when
+    numba.cuda is first imported, from numba's config at that moment."""
+    numba = load()
+    if "numba.cuda" in sys.modules:
+        return "numba.cuda.simulator_init" in sys.modules
+    return bool(numba.config.ENABLE_CUDASIM)
+
+
 def settings() -> NumbaSettings:
     """numba's effective settings in this process (imports numba; starts no threads)."""
     numba = load()
@@ -273,7 +282,7 @@ def settings() -> NumbaSettings:
         threading_layer_setting=str(config.THREADING_LAYER),
         threads=int(config.NUMBA_NUM_THREADS),
         jit=jit,
-        cuda_simulator=bool(config.ENABLE_CUDASIM),
+        cuda_simulator=cuda_simulated(),
         cache=cache,
         cache_dir=cache_dir,
         opt_level=int(config.OPT),

@@ -474,7 +474,8 @@ def not_as_named_html(tables: Mapping[str, pd.DataFrame]) -> str:
         frame = tables.get(name, pd.DataFrame())
         if "not_as_named" not in frame.columns:
             continue
-        for _, row in frame[frame["not_as_named"].fillna("").astype(str) != ""].iterrows():
+        reasons = frame["not_as_named"]
+        for _, row in frame[reasons.notna() & (reasons.astype(str) != "")].iterrows():
             runs.setdefault(str(row["job_dir"]), str(row["not_as_named"]))
     if not runs:
         return ""

@@ -93,7 +93,7 @@ def _numba_cuda_available() -> bool:
     # environment or a .numba_config.yaml).
     from cnnpar.measure import numba_settings
 
-    if numba_settings.load().config.ENABLE_CUDASIM:
+    if numba_settings.cuda_simulated():
         return True
     try:
         from numba import cuda
