@@ -121,6 +121,7 @@ def test_numba_training_under_it_is_refused_and_torch_runs(no_tbb, tmp_path: Pat
     assert engines["numpy"] == engines["torch"] == "available"
 
 
+@pytest.mark.slow  # spawns worker processes
 def test_classify_does_not_touch_numbas_threading_layer(
     no_tbb, weights: Path, tmp_path: Path
 ) -> None:
@@ -177,6 +178,7 @@ def test_a_numba_config_file_numba_cannot_read(tmp_path: Path) -> None:
 # --- a setting that changes what runs: named, recorded, flagged ------------------------------
 
 
+@pytest.mark.slow  # the simulator runs every GPU thread in Python
 def test_a_config_file_that_simulates_cuda(tmp_path: Path) -> None:
     config = tmp_path / ".numba_config.yaml"
     config.write_text("enable_cudasim: 1\n")  # as the second original project ships it
@@ -321,6 +323,7 @@ def read_only_site(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
 
 @pytest.mark.parametrize("given_cache_dir", [False, True], ids=["defaults", "NUMBA_CACHE_DIR"])
+@pytest.mark.slow  # compiles the numba engine into an empty cache
 def test_numba_training_from_a_read_only_install(
     read_only_site: tuple[Path, Path], given_cache_dir: bool, tmp_path: Path
 ) -> None:

@@ -569,7 +569,9 @@ def test_oversubscription_is_warned_about_and_recorded(
     }[command]
     argv += ["--mode=threads", "--workers=2"] if command == "classify" else ["--test-size=100"]
     for cpus, oversubscribed in ((2, False), (1, True)):
+        # a job granted `cpus` CPUs from the start (taskset, SLURM)
         monkeypatch.setattr(limits, "cpus_available", lambda cpus=cpus: cpus)
+        monkeypatch.setattr(limits, "CPUS_AT_START", cpus)
         assert cli.main([*argv, f"--out={out}"]) == 0
         err = capsys.readouterr().err
         # A busy machine may also disturb the timings: that warning is not what is tested here.
