@@ -104,6 +104,15 @@ def _add_data_source(p: argparse.ArgumentParser, aliases: Sequence[str] = ()) ->
         help="bundled (default, shipped with cnnpar), download, or a directory of MNIST IDX "
         "files, raw or .gz" + (f" ({' and '.join(aliases)} is an alias)" if aliases else ""),
     )
+    p.add_argument(
+        "--mirror",
+        dest="mirrors",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="with --data-source download: a mirror serving the MNIST .gz files (an institutional "
+        "mirror or proxy), tried instead of the public ones; repeat to try several in order",
+    )
 
 
 def _share(text: str) -> float:
@@ -198,8 +207,8 @@ def _cmd_data_verify(args: argparse.Namespace) -> int:
     from cnnpar import data
 
     source = args.data_source
-    counts = data.verify(source)
-    print(f"source: {data.resolve_source(source)}")
+    counts = data.verify(source, args.mirrors)
+    print(f"source: {data.resolve_source(source, args.mirrors)}")
     for split, per_label in counts.items():
         print(
             f"{split}: {sum(per_label)} images, sha256 ok; per label 0-9: "
@@ -254,6 +263,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         test_size=args.test_size,
         shuffle=args.shuffle,
         data_source=args.data_source,
+        mirrors=tuple(args.mirrors or ()),
         time_budget=args.time_budget,
         **_timing_kwargs(args),
     )
@@ -410,6 +420,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         backend=args.backend,
         data_source=args.data_source,
+        mirrors=tuple(args.mirrors or ()),
         tune_malloc=args.tune_malloc,
         **_timing_kwargs(args),
     )

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnpar import io, limits
-from cnnpar.data import COUNTS, Mnist, load_mnist
+from cnnpar.data import COUNTS, Mnist, check_mirrors, load_mnist
 from cnnpar.errors import CnnparError
 from cnnpar.measure.environment import environment
 from cnnpar.measure.interference import DEFAULT_LOCK, Interference, Limits, TimedRegion
@@ -44,6 +44,10 @@ METRIC_FIELDS = (
     "test_acc",
 )
 EVAL_CHUNK = 1000  # test images per predict call: bounds the numpy engine's im2col memory
+# An epoch's mean cross-entropy above this many times its value at random guessing, ln(10)
+# ≈ 2.30, is divergence as much as a NaN is: training moves the loss down from about ln(10),
+# so a mean of 23 means logits that blew up (a too-large --lr), however finite.
+DIVERGED_LOSS = 10 * math.log(spec.CLASSES)
 
 
 class TrainConfigError(CnnparError):
@@ -51,7 +55,7 @@ class TrainConfigError(CnnparError):
 
 
 class TrainDivergedError(CnnparError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or an epoch's mean rose above DIVERGED_LOSS."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class TrainConfig:
     test_size: int = COUNTS["test"]
     shuffle: bool = True
     data_source: str = "bundled"
+    mirrors: tuple[str, ...] = ()  # for data_source "download"; empty: the public mirrors
     block: int | None = None  # the study's paired block this run belongs to, if any
     time_budget: float | None = None  # stop at the first step after this many timed seconds
     timing_lock: str | None = str(DEFAULT_LOCK)
@@ -120,6 +125,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for ok, message in checks:
         if not ok:
             raise TrainConfigError(message)
+    check_mirrors(cfg.mirrors, cfg.data_source)
     if cfg.engine in ENGINES and cfg.model not in ENGINES[cfg.engine].models:
         raise TrainConfigError(
             f"--model {cfg.model} does not train with engine {cfg.engine}; "
@@ -242,10 +248,11 @@ def train_epochs(
         trained = int(sizes.sum())
         train_loss = float((losses * sizes).sum() / trained)  # mean over images
         # Once per epoch, from the statistics read back anyway: no extra sync per step.
-        if not math.isfinite(train_loss):
+        if not math.isfinite(train_loss) or train_loss > DIVERGED_LOSS:
+            bound = f" (over 10 × ln 10 = {DIVERGED_LOSS:.1f})" if math.isfinite(train_loss) else ""
             raise TrainDivergedError(
-                f"training diverged: the training loss is {train_loss} in epoch {epoch + 1}; "
-                "use a smaller --lr"
+                f"training diverged: the training loss is {train_loss:.4g}{bound} in epoch "
+                f"{epoch + 1}; use a smaller --lr"
             )
         test_loss, test_acc = evaluate(engine.predict, test)
         rows.append(
@@ -336,8 +343,8 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     load = limits.oversubscription(processes=1, threads_per_process=host_threads)
     threads = set_threads(host_threads)
     source = cfg.data_source
-    train = _first(load_mnist("train", source), cfg.train_size)
-    test = _first(load_mnist("test", source), cfg.test_size)
+    train = _first(load_mnist("train", source, cfg.mirrors), cfg.train_size)
+    test = _first(load_mnist("test", source, cfg.mirrors), cfg.test_size)
     engine, flops, n_params, init = _build_engine(cfg, host_threads)
 
     # Warm-up and every epoch run inside the guarded region: the lock keeps other timed runs

@@ -60,7 +60,7 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification:
         set_threads(mode.host_threads(config.workers))
         malloc = tune_malloc() if config.tune_malloc else allocator()
         load_mosaicnet(config.weights, config.device)  # a bad weights file fails before real work
-        test = load_mnist("test", config.data_source)
+        test = load_mnist("test", config.data_source, config.mirrors)
         mosaic = make_mosaic(config.rows, config.cols, config.seed)
         runner: runners.Runner = getattr(runners, mode.runner)(config, mosaic, test.images)
         startup_s = time.perf_counter() - t0
