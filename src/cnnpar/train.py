@@ -230,7 +230,7 @@ def train_epochs(
         )
         deadline = math.inf if time_budget is None else time_budget - spent
         start_time = time.perf_counter()
-        # Overflow shows as a NaN or infinite loss, checked below; NumPy's warnings would only
+        # Overflow shows as a NaN, infinite or huge loss, checked below; NumPy's warnings would only
         # print source lines first.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             engine.load_epoch(images, labels)
