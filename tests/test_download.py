@@ -157,8 +157,9 @@ def test_when_every_mirror_fails_one_line_names_each_failure_and_the_fix(
     server: str, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     behaviours = ["cut", "cut-nolength", "html", "404", "500", "stall", "other"]
+    closed = "http://127.0.0.1:1/mnist/"  # nothing listens on port 1
     start = time.monotonic()
-    code, err = _verify(capsys, *(f"{server}/{b}/" for b in behaviours))
+    code, err = _verify(capsys, *(f"{server}/{b}/" for b in behaviours), closed)
     assert time.monotonic() - start < 30
     assert code == 2 and err.count("\n") == 0, err
     assert err.startswith(
@@ -172,6 +173,7 @@ def test_when_every_mirror_fails_one_line_names_each_failure_and_the_fix(
         f"{server}/500/: HTTP 500 Internal Server Error",
         f"{server}/stall/: no data for {TIMEOUT_S:g} s (timed out)",
         f"{server}/other/: train-images-idx3-ubyte has the wrong sha256 (not the original MNIST)",
+        f"{closed}: Connection refused",
     ):
         assert reason in err
     assert err.endswith(
@@ -220,6 +222,12 @@ def test_concurrent_downloads_into_one_cache_all_succeed(server: str, tmp_path: 
         assert code == 0 and err == "" and "sha256 ok" in out, err
     assert _cache_files(tmp_path / "xdg" / "cnnpar" / "mnist") == sorted(GZ_NAMES)
     assert [_Handler.hits[("slow", name)] for name in GZ_NAMES] == [1, 1, 1, 1]
+
+
+def test_a_file_url_mirror(cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A copy on a shared file system is a mirror too (file://)."""
+    assert _verify(capsys, BUNDLED.as_uri()) == (0, "")
+    assert _cache_files(cache) == sorted(GZ_NAMES)
 
 
 def test_train_downloads_through_the_mirror(
