@@ -167,9 +167,9 @@ def test_a_whole_pickled_model_is_refused_with_the_fix(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err == (
-        f"cnnpar classify: error: {path} holds pickled Python objects (a whole model saved "
-        "with torch.save(model)?), which cnnpar does not load since unpickling can run any "
-        "code; save model.state_dict() instead\n"
+        f"cnnpar classify: error: {path} holds a pickled test_weights.OriginalCNN (a whole "
+        "model saved with torch.save(model)?), which cnnpar does not load since unpickling "
+        "can run any code; save model.state_dict() instead\n"
     )
     assert not (tmp_path / "o").exists()
 

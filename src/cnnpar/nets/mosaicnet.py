@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -144,9 +145,13 @@ def load_weights(path: str | os.PathLike[str], device: str = "cpu") -> tuple[Mos
         )
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as err:
+        # torch's safe unpickler names the first class it refused: "GLOBAL module.Class".
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:
+            raise WeightsError(f"{path} is not a torch state_dict (UnpicklingError)") from None
         raise WeightsError(
-            f"{path} holds pickled Python objects (a whole model saved with torch.save(model)?), "
+            f"{path} holds a pickled {found[1]} (a whole model saved with torch.save(model)?), "
             "which cnnpar does not load since unpickling can run any code; save "
             "model.state_dict() instead"
         ) from None
