@@ -205,6 +205,7 @@ def test_concurrent_downloads_into_one_cache_all_succeed(server: str, tmp_path: 
     """Array jobs or several ranks on one node: each command downloads or waits, none sees or
     removes another's partial file, and each file is downloaded once."""
     _Handler.hits.clear()
+    cache = tmp_path / "xdg" / "cnnpar" / "mnist"
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     argv = ["data", "verify", "--data-source=download", f"--mirror={server}/slow/"]
     procs = [
@@ -218,10 +219,25 @@ def test_concurrent_downloads_into_one_cache_all_succeed(server: str, tmp_path: 
         for _ in range(4)
     ]
     ends = [(proc.communicate(timeout=120), proc.returncode) for proc in procs]
+    waiting = f"cnnpar: waiting for another command's download into {cache}"
     for (out, err), code in ends:
-        assert code == 0 and err == "" and "sha256 ok" in out, err
-    assert _cache_files(tmp_path / "xdg" / "cnnpar" / "mnist") == sorted(GZ_NAMES)
+        assert code == 0 and "sha256 ok" in out, err
+        assert set(err.splitlines()) <= {waiting}, err
+    assert _cache_files(cache) == sorted(GZ_NAMES)
     assert [_Handler.hits[("slow", name)] for name in GZ_NAMES] == [1, 1, 1, 1]
+
+
+def test_a_partial_file_left_by_a_killed_download_is_removed(
+    server: str, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache.mkdir(parents=True)
+    stale = cache / f".{GZ_NAMES[0]}.x1y2z3.part"
+    stale.write_bytes(b"\x1f\x8b half")
+    other = cache / "notes.txt"  # not cnnpar's: left alone
+    other.write_text("mine")
+    assert _verify(capsys, f"{server}/good/") == (0, "")
+    assert _cache_files(cache) == sorted([*GZ_NAMES, "notes.txt"])
+    assert other.read_text() == "mine"
 
 
 def test_a_file_url_mirror(cache: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,6 +20,7 @@ import hashlib
 import http.client
 import os
 import re
+import sys
 import tempfile
 import urllib.error
 import urllib.parse
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from cnnpar.errors import CnnparError, WriteError
 
@@ -332,10 +333,21 @@ def fetch(name: str, mirrors: Sequence[str] | None = None, cache_dir: Path | Non
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(cache_dir / ".download.lock"))
-        lock.acquire()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(
+                f"cnnpar: waiting for another command's download into {cache_dir}",
+                file=sys.stderr,
+            )
+            lock.acquire()
     except OSError as err:
         raise WriteError(err.errno, err.strerror or str(err), str(cache_dir)) from None
     try:
+        # Every download runs under this lock: a partial file seen now was left by a command
+        # that was killed mid-download.
+        for stale in cache_dir.glob(f".{path.name}.*.part"):
+            stale.unlink(missing_ok=True)
         if path.is_file():  # fetched by another command while this one waited for the lock
             with contextlib.suppress(_MirrorFailed):
                 return _verified_gz(path, name)
