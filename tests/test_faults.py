@@ -605,6 +605,40 @@ def test_a_nan_loss_stops_training(model_args: list[str], tmp_path: Path, capsys
     _assert_nothing_left(tmp_path, "out")
 
 
+@pytest.mark.parametrize(
+    ("model_args", "loss"),
+    [
+        # The case as reported: 4.3e29 at 9% accuracy used to exit 0.
+        (["--engine=numpy", "--filters=4", "--lr=1e30", "--train-size=256"], "4.269e+29"),
+        # A loss that blew up far less, on every engine (TinyCNN's are equal step by step).
+        (["--engine=numpy", "--filters=4", "--lr=100", "--train-size=512"], "192.4"),
+        (["--engine=numba", "--filters=4", "--lr=100", "--train-size=512"], "192.5"),
+        (["--engine=torch", "--filters=4", "--lr=100", "--train-size=512"], "192.4"),
+        # MosaicNet with Adam at a too-large step.
+        (["--model=mosaicnet", "--lr=0.1", "--train-size=512", "--batch-size=16"], ""),
+    ],
+    ids=["numpy-1e30", "numpy", "numba", "torch", "mosaicnet"],
+)
+def test_a_finite_loss_far_above_ln10_stops_training(
+    model_args: list[str], loss: str, tmp_path: Path, capsys
+) -> None:
+    """Divergence without a NaN: an epoch's mean cross-entropy above 10 × ln 10 (training
+    starts at ln 10 and moves down) is refused like a NaN, on every engine."""
+    out = tmp_path / "out"
+    argv = ["train", *model_args, "--batch-size=16", "--epochs=1", "--test-size=100"]
+    argv += [f"--timing-lock={tmp_path / 'lock'}", f"--out={out}"]
+    assert cli.main(argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    match = re.fullmatch(
+        r"cnnpar train: error: training diverged: the training loss is (\S+) "
+        r"\(over 10 × ln 10 = 23\.0\) in epoch 1; use a smaller --lr",
+        line,
+    )
+    assert match, line
+    assert float(match[1]) > 23.0 and match[1].startswith(loss)
+    _assert_nothing_left(tmp_path, "out")
+
+
 # --- timed work never overlaps ------------------------------------------------------------
 
 

@@ -41,7 +41,7 @@ def test_defaults_are_filled_in_like_snakemake_validate():
     config: dict = {"train": {"tinycnn": {"engines": ["numba"]}}}
     validate_config(config, SCHEMA)
     assert config["results"] == "results" and config["strict"] is False
-    assert config["data"] == {"source": "bundled", "dir": None}
+    assert config["data"] == {"source": "bundled", "dir": None, "mirror": None}
     assert config["train"]["tinycnn"]["engines"] == ["numba"]  # kept
     assert config["train"]["tinycnn"]["threads"] == [1, 2]  # filled next to it
     assert config["train"]["mosaicnet"]["engine"] == "torch"  # a defaulted {} filled in turn
@@ -145,3 +145,24 @@ def test_without_probing_the_config_is_trusted(no_gpu: None):
     """A cluster run: the submitting node's hardware says nothing about the compute nodes."""
     values = ["numpy", "cuda", "torch-cuda"]
     assert usable(values, "train engine", True, pytest.fail, probe=False) == values
+
+
+def test_data_mirror_is_a_url_or_a_list_of_urls_for_source_download():
+    for mirror in ("https://mirror.example.org/mnist/", ["http://a.example/m", "file:///srv/m/"]):
+        config = copy.deepcopy(DEFAULT)
+        config["data"] = {"source": "download", "mirror": mirror}
+        validate_config(config, SCHEMA)
+        assert study_config.mirrors(config) == ([mirror] if isinstance(mirror, str) else mirror)
+    assert study_config.mirrors(DEFAULT | {"data": {"mirror": None}}) == []
+    message = check({"data": {"source": "download", "mirror": "mirror.example.org/mnist"}})
+    assert message == (
+        "invalid config: config key 'data.mirror': 'mirror.example.org/mnist' is invalid; a "
+        "mirror is the URL of a directory serving the MNIST .gz files (http, https, ftp or "
+        "file), e.g. 'https://mirror.example.org/mnist/', or a list of such URLs"
+    )
+    assert "'data.mirror': []" in check({"data": {"source": "download", "mirror": []}})
+    # A mirror the source would ignore is refused, not silently dropped.
+    assert check({"data": {"mirror": "https://mirror.example.org/mnist/"}}) == (
+        "invalid config: config key 'data.mirror' is used only when data.source is 'download' "
+        "(got 'bundled'); set data.source: download or remove data.mirror"
+    )

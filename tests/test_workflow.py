@@ -145,6 +145,23 @@ def test_bad_configs_fail_at_start_up_naming_the_key(tmp_path: Path, override: d
     assert not (tmp_path / "results").exists()  # nothing ran
 
 
+def test_data_mirror_reaches_every_job_that_reads_data(tmp_path: Path):
+    cfg = tmp_path / "mirror.yaml"
+    mirrors = ["https://mirror.example.org/mnist/", "file:///srv/my mnist/"]
+    cfg.write_text(yaml.safe_dump({"data": {"source": "download", "mirror": mirrors}}))
+    result = snakemake(
+        tmp_path, "-n", "-p", "--configfile", str(TINY), str(cfg), "--cores", "2", timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    commands = [line for line in result.stdout.splitlines() if " cnnpar " in f" {line}"]
+    reading = [c for c in commands if re.search(r"cnnpar (data verify|train|classify) ", c)]
+    assert reading and len(reading) == len(commands)
+    options = "--data-source download --mirror https://mirror.example.org/mnist/ --mirror "
+    options += "'file:///srv/my mnist/'"
+    for command in reading:
+        assert options in command, command
+
+
 # --- a real run, interrupted twice ----------------------------------------------------------
 
 

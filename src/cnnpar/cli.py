@@ -32,7 +32,8 @@ EPILOG = (
     f"{EXIT_USAGE} bad arguments or input, refused before any work (thread or worker counts "
     f"above {PARALLELISM_PER_CPU} x the CPU count, sizes whose memory estimate exceeds the "
     "available memory), or a run that failed (a worker process died, the training loss became "
-    f"NaN or infinite); {EXIT_INTERRUPTED} interrupted (Ctrl-C); {EXIT_TERMINATED} terminated "
+    "NaN, infinite or more than 10 x ln 10, ten times its value at random guessing; every data "
+    f"mirror failed); {EXIT_INTERRUPTED} interrupted (Ctrl-C); {EXIT_TERMINATED} terminated "
     "(SIGTERM). A run that fails or is stopped leaves no run directory and no temporary files "
     "behind: each is written as a hidden sibling (.NAME.tmp-PID-*) and renamed into place at "
     "the end."
@@ -103,6 +104,15 @@ def _add_data_source(p: argparse.ArgumentParser, aliases: Sequence[str] = ()) ->
         default="bundled",
         help="bundled (default, shipped with cnnpar), download, or a directory of MNIST IDX "
         "files, raw or .gz" + (f" ({' and '.join(aliases)} is an alias)" if aliases else ""),
+    )
+    p.add_argument(
+        "--mirror",
+        dest="mirrors",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="with --data-source download: a mirror serving the MNIST .gz files (an institutional "
+        "mirror or proxy), tried instead of the public ones; repeat to try several in order",
     )
 
 
@@ -226,8 +236,8 @@ def _cmd_data_verify(args: argparse.Namespace) -> int:
     from cnnpar import data
 
     source = args.data_source
-    counts = data.verify(source)
-    print(f"source: {data.resolve_source(source)}")
+    counts = data.verify(source, args.mirrors)
+    print(f"source: {data.resolve_source(source, args.mirrors)}")
     for split, per_label in counts.items():
         print(
             f"{split}: {sum(per_label)} images, sha256 ok; per label 0-9: "
@@ -282,6 +292,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         test_size=args.test_size,
         shuffle=args.shuffle,
         data_source=args.data_source,
+        mirrors=tuple(args.mirrors or ()),
         time_budget=args.time_budget,
         **_timing_kwargs(args),
     )
@@ -438,6 +449,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         backend=args.backend,
         data_source=args.data_source,
+        mirrors=tuple(args.mirrors or ()),
         tune_malloc=args.tune_malloc,
         **_timing_kwargs(args),
     )

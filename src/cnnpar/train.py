@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnpar import io, limits
-from cnnpar.data import COUNTS, Mnist, load_mnist
+from cnnpar.data import COUNTS, Mnist, check_mirrors, load_mnist
 from cnnpar.errors import CnnparError
 from cnnpar.measure.environment import environment
 from cnnpar.measure.interference import DEFAULT_LOCK, Interference, Limits, TimedRegion
@@ -43,6 +43,10 @@ METRIC_FIELDS = (
     "test_acc",
 )
 EVAL_CHUNK = 1000  # test images per predict call: bounds the numpy engine's im2col memory
+# An epoch's mean cross-entropy above this many times its value at random guessing, ln(10)
+# ≈ 2.30, is divergence as much as a NaN is: training moves the loss down from about ln(10),
+# so a mean of 23 means logits that blew up (a too-large --lr), however finite.
+DIVERGED_LOSS = 10 * math.log(spec.CLASSES)
 
 
 class TrainConfigError(CnnparError):
@@ -50,7 +54,7 @@ class TrainConfigError(CnnparError):
 
 
 class TrainDivergedError(CnnparError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or an epoch's mean rose above DIVERGED_LOSS."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class TrainConfig:
     test_size: int = COUNTS["test"]
     shuffle: bool = True
     data_source: str = "bundled"
+    mirrors: tuple[str, ...] = ()  # for data_source "download"; empty: the public mirrors
     block: int | None = None  # the study's paired block this run belongs to, if any
     time_budget: float | None = None  # stop at the first step after this many timed seconds
     timing_lock: str | None = str(DEFAULT_LOCK)
@@ -119,6 +124,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for ok, message in checks:
         if not ok:
             raise TrainConfigError(message)
+    check_mirrors(cfg.mirrors, cfg.data_source)
     if cfg.engine in ENGINES and cfg.model not in ENGINES[cfg.engine].models:
         raise TrainConfigError(
             f"--model {cfg.model} does not train with engine {cfg.engine}; "
@@ -223,7 +229,7 @@ def train_epochs(
         )
         deadline = math.inf if time_budget is None else time_budget - spent
         start_time = time.perf_counter()
-        # Overflow shows as a NaN or infinite loss, checked below; NumPy's warnings would only
+        # Overflow shows as a NaN, infinite or huge loss, checked below; NumPy's warnings would only
         # print source lines first.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             engine.load_epoch(images, labels)
@@ -241,10 +247,11 @@ def train_epochs(
         trained = int(sizes.sum())
         train_loss = float((losses * sizes).sum() / trained)  # mean over images
         # Once per epoch, from the statistics read back anyway: no extra sync per step.
-        if not math.isfinite(train_loss):
+        if not math.isfinite(train_loss) or train_loss > DIVERGED_LOSS:
+            bound = f" (over 10 × ln 10 = {DIVERGED_LOSS:.1f})" if math.isfinite(train_loss) else ""
             raise TrainDivergedError(
-                f"training diverged: the training loss is {train_loss} in epoch {epoch + 1}; "
-                "use a smaller --lr"
+                f"training diverged: the training loss is {train_loss:.4g}{bound} in epoch "
+                f"{epoch + 1}; use a smaller --lr"
             )
         test_loss, test_acc = evaluate(engine.predict, test)
         rows.append(
@@ -343,8 +350,8 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     threads = set_threads(host_threads, numba=ENGINES[cfg.engine].numba_target == "cpu")
     load = limits.oversubscription(processes=1, threads_per_process=host_threads)
     source = cfg.data_source
-    train = _first(load_mnist("train", source), cfg.train_size)
-    test = _first(load_mnist("test", source), cfg.test_size)
+    train = _first(load_mnist("train", source, cfg.mirrors), cfg.train_size)
+    test = _first(load_mnist("test", source, cfg.mirrors), cfg.test_size)
     engine, flops, n_params, init = _build_engine(cfg, host_threads)
 
     # Warm-up and every epoch run inside the guarded region: the lock keeps other timed runs

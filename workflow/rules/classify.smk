@@ -27,6 +27,7 @@ rule classify:
         cols=lambda wildcards: parse_grid(wildcards.grid)[1],
         repeats=CLASSIFY["repeats"],
         data=data_source(),
+        mirrors=mirror_options(),
         lock=timing_lock(),
         max_others=TIMING["max_others_share"],
         max_probe=TIMING["max_probe_change"],
@@ -35,6 +36,7 @@ rule classify:
         " cnnpar classify --weights {input.weights:q} --rows {params.rows} --cols {params.cols}"
         " --mode {wildcards.mode} --workers {threads} --batch-size {wildcards.batch}"
         " --seed {wildcards.seed} --repeats {params.repeats} --data-source {params.data:q}"
+        " {params.mirrors}"
         " --block {wildcards.block} --timing-lock {params.lock:q}"
         " --max-others-share {params.max_others} --max-probe-change {params.max_probe}"
         " --out {params.out:q}"

@@ -3,6 +3,7 @@
 # cnnpar.registry. No rules here (snakemake --lint wants functions and rules in separate files).
 
 import os
+import shlex
 from functools import cache
 from itertools import product
 from pathlib import Path
@@ -14,7 +15,7 @@ from snakemake.logging import logger
 from cnnpar import registry
 from cnnpar.errors import CnnparError
 from cnnpar.mosaic import parse_grid
-from cnnpar.study.config import check_results_dir, usable, validate_config
+from cnnpar.study.config import check_results_dir, mirrors, usable, validate_config
 
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -241,6 +242,11 @@ def data_source() -> str:
     """The --data-source value every cnnpar command gets (quoted with :q in the rules)."""
     source = config["data"]["source"]
     return config["data"]["dir"] if source == "dir" else source
+
+
+def mirror_options() -> str:
+    """`--mirror URL` for each of data.mirror (quoted here: a list does not fit one {:q})."""
+    return " ".join(f"--mirror {shlex.quote(url)}" for url in mirrors(config))
 
 
 def timing_lock() -> str:

@@ -13,8 +13,10 @@ rule verify_data:
         "../../envs/cnnpar.yaml"
     params:
         data=data_source(),
+        mirrors=mirror_options(),
     shell:
-        "cnnpar data verify --data-source {params.data:q} > {output:q} 2> {log:q}"
+        "cnnpar data verify --data-source {params.data:q} {params.mirrors}"
+        " > {output:q} 2> {log:q}"
 
 
 rule block_done:

@@ -13,7 +13,7 @@ TINYCNN_SHELL = (
     " --filters {wildcards.filters} --batch-size {wildcards.batch} --epochs {params.epochs}"
     " --lr {params.lr} --seed {wildcards.seed} --train-size {params.train_size}"
     " --test-size {params.test_size} --shuffle {params.shuffle} --data-source {params.data:q}"
-    " --timing-lock {params.lock:q} --max-others-share {params.max_others}"
+    " {params.mirrors} --timing-lock {params.lock:q} --max-others-share {params.max_others}"
     " --max-probe-change {params.max_probe} --out {params.out:q}"
 )
 TINYCNN_PARAMS = dict(
@@ -23,6 +23,7 @@ TINYCNN_PARAMS = dict(
     test_size=TINYCNN["test_size"],
     shuffle=str(TINYCNN["shuffle"]).lower(),
     data=data_source(),
+    mirrors=mirror_options(),
     lock=timing_lock(),
     max_others=TIMING["max_others_share"],
     max_probe=TIMING["max_probe_change"],
@@ -109,11 +110,12 @@ rule train_mosaicnet:
         batch_size=MOSAICNET["batch_size"],
         train_size=MOSAICNET["train_size"],
         data=data_source(),
+        mirrors=mirror_options(),
         lock=timing_lock(),
     shell:
         f"{LOGGED} {{log:q}}"
         " cnnpar train --model mosaicnet --engine {params.engine} --threads {threads}"
         " --epochs {params.epochs} --batch-size {params.batch_size}"
         " --train-size {params.train_size} --seed {wildcards.seed}"
-        " --data-source {params.data:q} --timing-lock {params.lock:q}"
+        " --data-source {params.data:q} {params.mirrors} --timing-lock {params.lock:q}"
         " --out {params.out:q}"

@@ -7,6 +7,7 @@ start the mode's runner and warm it up (timed as ``startup_s``) → classify `re
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -22,7 +23,7 @@ from cnnpar.measure.interference import TimedRegion
 from cnnpar.measure.threads import set_threads
 from cnnpar.measure.timing import measure
 from cnnpar.mosaic import make_mosaic
-from cnnpar.nets.mosaicnet import load_mosaicnet
+from cnnpar.nets.mosaicnet import load_weights
 from cnnpar.registry import MODES
 
 __all__ = [
@@ -59,8 +60,11 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification:
         # Thread counts first: torch sizes its OpenMP pool at the first parallel op.
         set_threads(mode.host_threads(config.workers))
         malloc = tune_malloc() if config.tune_malloc else allocator()
-        load_mosaicnet(config.weights, config.device)  # a bad weights file fails before real work
-        test = load_mnist("test", config.data_source)
+        # A bad weights file fails before real work; weights saved under other names say so.
+        _, weights_note = load_weights(config.weights, config.device)
+        if weights_note:
+            print(f"cnnpar: note: {weights_note}", file=sys.stderr)
+        test = load_mnist("test", config.data_source, config.mirrors)
         mosaic = make_mosaic(config.rows, config.cols, config.seed)
         runner: runners.Runner = getattr(runners, mode.runner)(config, mosaic, test.images)
         startup_s = time.perf_counter() - t0
@@ -92,6 +96,7 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification:
         malloc=malloc,
         interference=region.result,
         load=load,
+        weights_note=weights_note,
     )
     if config.out is not None:
         write_outputs(result, config.out)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnpar import limits
+from cnnpar.data import check_mirrors
 from cnnpar.errors import CnnparError
 from cnnpar.measure.interference import DEFAULT_LOCK, Limits
 from cnnpar.mosaic import check_geometry
@@ -38,6 +39,7 @@ class ClassifyConfig:
     repeats: int = 1
     backend: str = "auto"
     data_source: str = "bundled"
+    mirrors: tuple[str, ...] = ()  # for data_source "download"; empty: the public mirrors
     tune_malloc: bool = True
     block: int | None = None  # the study's paired block this run belongs to, if any
     timing_lock: str | None = str(DEFAULT_LOCK)
@@ -72,6 +74,7 @@ def validate(config: ClassifyConfig) -> None:
             f"unknown backend {config.backend!r}; choose one of {', '.join(BACKENDS)}"
         )
     check_geometry(config.rows, config.cols)
+    check_mirrors(config.mirrors, config.data_source)
     for name in ("workers", "batch_size", "repeats"):
         value = getattr(config, name)
         if value < 1:

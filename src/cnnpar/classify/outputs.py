@@ -37,6 +37,7 @@ class Classification:
     malloc: str
     load: dict[str, bool | int]  # oversubscribed, cpus_available (limits.oversubscription)
     interference: Interference | None = None
+    weights_note: str | None = None  # how weights saved under other names were mapped
 
     @property
     def accuracy(self) -> float:
@@ -104,6 +105,7 @@ class Classification:
                 "flops_per_image": FLOPS_PER_IMAGE,
                 "malloc": self.malloc,
                 "mask_shape": list(mask_shape),
+                "weights_note": self.weights_note,
                 **self.load,
             },
             interference=self.interference,

@@ -143,6 +143,17 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike[str])
         raise ConfigError(
             "invalid config: config key 'data.dir' must name a directory when data.source is 'dir'"
         )
+    if mirrors(config) and data["source"] != "download":
+        raise ConfigError(
+            "invalid config: config key 'data.mirror' is used only when data.source is "
+            f"'download' (got {data['source']!r}); set data.source: download or remove data.mirror"
+        )
+
+
+def mirrors(config: dict[str, Any]) -> list[str]:
+    """The validated config's data.mirror as a list (empty: cnnpar's public mirrors)."""
+    mirror = config["data"].get("mirror")
+    return [] if mirror is None else [mirror] if isinstance(mirror, str) else list(mirror)
 
 
 def check_results_dir(path: str | os.PathLike[str]) -> None:
