@@ -35,6 +35,6 @@ rule classify:
         " cnnpar classify --weights {input.weights:q} --rows {params.rows} --cols {params.cols}"
         " --mode {wildcards.mode} --workers {threads} --batch-size {wildcards.batch}"
         " --seed {wildcards.seed} --repeats {params.repeats} --data-source {params.data:q}"
-        " --block {wildcards.block} --timing-lock {params.lock:q}"
+        " --block {wildcards.block} {params.lock:q}"
         " --max-others-share {params.max_others} --max-probe-change {params.max_probe}"
         " --out {params.out:q}"
