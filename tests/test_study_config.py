@@ -195,6 +195,15 @@ def test_max_threads_is_a_cap_as_well():
         check_thread_cap(ASKED, cores=8, max_threads=1)
 
 
+def test_set_threads_on_a_timed_rule_is_refused():
+    with pytest.raises(ConfigError) as err:
+        check_thread_cap(ASKED, cores=2, set_threads=["classify=1"])
+    assert str(err.value).startswith(
+        "cannot run this sweep: --set-threads classify=1 replaces the thread counts the config "
+        "gives timed jobs"
+    )
+
+
 def test_runs_within_the_cap_or_without_one_are_left_alone():
     check_thread_cap(ASKED, cores=2)
     check_thread_cap(ASKED, cores=2, max_threads=4)

@@ -148,22 +148,29 @@ def test_bad_configs_fail_at_start_up_naming_the_key(tmp_path: Path, override: d
 # --- config paths, the thread cap, a re-run from another shell -------------------------------
 
 
+CAPPED = (
+    "cannot run this sweep: train.tinycnn.threads, classify.workers and train.mosaicnet.threads "
+    "ask for 2 threads per job but {} caps every job at 1"
+)
+
+
 @pytest.mark.parametrize(
-    ("flags", "cap"),
-    [(["--cores", "1"], "--cores 1"), (["--cores", "2", "--max-threads", "1"], "--max-threads 1")],
+    ("flags", "message"),
+    [
+        (["--cores", "1"], CAPPED.format("--cores 1")),
+        (["--cores", "2", "--max-threads", "1"], CAPPED.format("--max-threads 1")),
+        (["--cores", "2", "--set-threads", "train_tinycnn=1"], "--set-threads train_tinycnn=1 "),
+    ],
 )
 def test_a_sweep_snakemake_would_cap_is_refused_before_any_job(
-    tmp_path: Path, flags: list[str], cap: str
+    tmp_path: Path, flags: list[str], message: str
 ):
     """Snakemake silently lowers {threads} to its cap: the 2-thread and 2-worker jobs would run
     as 1-thread ones and collide with those in the tables, after every job had run."""
     result = snakemake(tmp_path, *flags, "--configfile", str(TINY))
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert (
-        "cannot run this sweep: train.tinycnn.threads, classify.workers and "
-        f"train.mosaicnet.threads ask for 2 threads per job but {cap} caps every job at 1"
-    ) in output, output[-2000:]
+    assert message in output, output[-2000:]
     assert not list((tmp_path / "results").rglob("*"))  # no job ran
 
 

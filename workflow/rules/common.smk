@@ -33,8 +33,8 @@ except CnnparError as err:
 
 
 def check_cores() -> None:
-    """Called on start (a real run, DAG built, no job started yet): refuse thread or worker
-    counts that Snakemake's --cores or --max-threads would silently lower."""
+    """On start (a real run, DAG built, no job started): refuse thread or worker counts
+    that --cores, --max-threads or --set-threads would silently change."""
     if workflow.touch:
         return
     asked = {
@@ -43,8 +43,11 @@ def check_cores() -> None:
         "train.mosaicnet.threads": MOSAICNET["threads"],
     }
     settings = workflow.resource_settings
+    timed = {rule.name for rule in workflow.rules if "bench" in rule.resources}
+    overrides = settings.overwrite_threads.items()
+    forced = [f"{rule}={n.value}" for rule, n in overrides if rule in timed]
     try:
-        check_thread_cap(asked, settings.cores, settings.max_threads)
+        check_thread_cap(asked, settings.cores, settings.max_threads, forced)
     except CnnparError as err:
         raise WorkflowError(str(err)) from None
 

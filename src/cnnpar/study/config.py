@@ -213,7 +213,10 @@ def resolve_paths(config: dict[str, Any], workdir: str | os.PathLike[str]) -> No
 
 
 def check_thread_cap(
-    asked: Mapping[str, int], cores: int | None, max_threads: int | None = None
+    asked: Mapping[str, int],
+    cores: int | None,
+    max_threads: int | None = None,
+    set_threads: Sequence[str] = (),
 ) -> None:
     """Refuse a run in which Snakemake would silently run jobs on fewer threads than they ask for.
 
@@ -224,10 +227,18 @@ def check_thread_cap(
     the values Snakemake was given; None is no cap (a cluster executor without --cores, where
     each job's cores come from the profile). The cap is what Snakemake was told, not the CPUs
     this process may use: a run confined with taskset still runs, and records the parallelism
-    that took effect.
+    that took effect. `set_threads` lists the `RULE=N` overrides (--set-threads, or a profile's
+    set-threads) of the timed rules, which replace the sweep's counts just as silently.
 
-    Raises ConfigError with one line naming the keys, the cap and the fix.
+    Raises ConfigError with one line naming the keys or flags and the fix.
     """
+    if set_threads:
+        raise ConfigError(
+            f"cannot run this sweep: --set-threads {' '.join(set_threads)} replaces the thread "
+            "counts the config gives timed jobs, so Snakemake would silently run them with "
+            "other counts than their names and tables say; drop it and set "
+            "train.tinycnn.threads, classify.workers or train.mosaicnet.threads instead"
+        )
     caps = [(flag, n) for flag, n in (("--cores", cores), ("--max-threads", max_threads)) if n]
     if not caps:
         return
