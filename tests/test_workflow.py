@@ -162,6 +162,89 @@ def test_data_mirror_reaches_every_job_that_reads_data(tmp_path: Path):
         assert options in command, command
 
 
+# --- config paths, the thread cap, a re-run from another shell -------------------------------
+
+
+CAPPED = (
+    "cannot run this sweep: train.tinycnn.threads, classify.workers and train.mosaicnet.threads "
+    "ask for 2 threads per job but {} caps every job at 1"
+)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--cores", "1"], CAPPED.format("--cores 1")),
+        (["--cores", "2", "--max-threads", "1"], CAPPED.format("--max-threads 1")),
+        (["--cores", "2", "--set-threads", "train_tinycnn=1"], "--set-threads train_tinycnn=1 "),
+    ],
+)
+def test_a_sweep_snakemake_would_cap_is_refused_before_any_job(
+    tmp_path: Path, flags: list[str], message: str
+):
+    """Snakemake silently lowers {threads} to its cap: the 2-thread and 2-worker jobs would run
+    as 1-thread ones and collide with those in the tables, after every job had run."""
+    result = snakemake(tmp_path, *flags, "--configfile", str(TINY))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in output, output[-2000:]
+    assert not list((tmp_path / "results").rglob("*"))  # no job ran
+
+
+def mnist_dir(where: Path) -> Path:
+    """A directory of the four MNIST IDX files (the package's own gzipped copies)."""
+    shutil.copytree(REPO / "src/cnnpar/data", where, ignore=shutil.ignore_patterns("*.py"))
+    return where
+
+
+def test_jobs_get_every_config_path_resolved_and_no_lock_of_the_shell(tmp_path: Path):
+    """Jobs run in shadow directories: relative config paths reach them absolute, against the
+    directory Snakemake runs in; a null timing.lock reaches them as no --timing-lock at all
+    (each cnnpar works its default out where it runs)."""
+    mnist_dir(tmp_path / "mnist_raw")
+    (tmp_path / "locks").mkdir()
+    cfg = tmp_path / "paths.yaml"
+    plans = {}
+    for lock in ("locks/timing.lock", None):
+        data = {"source": "dir", "dir": "mnist_raw"}
+        cfg.write_text(yaml.safe_dump({"data": data, "timing": {"lock": lock}}))
+        plan = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile", str(TINY), str(cfg))
+        assert plan.returncode == 0, plan.stderr[-2000:]
+        plans[lock] = re.findall(r"^Shell command: (.*\bcnnpar (?:train|classify|data) .*)$",
+                                 plan.stdout, re.M)  # fmt: skip
+    commands = plans["locks/timing.lock"]
+    assert commands and all(f"--data-source {tmp_path}/mnist_raw " in c for c in commands)
+    timed = [c for c in commands if " data verify " not in c]
+    assert timed and all(f"--timing-lock {tmp_path}/locks/timing.lock " in c for c in timed)
+    assert not any("--timing-lock" in c for c in plans[None]), plans[None][0]
+
+
+def test_a_relative_data_dir_works_and_a_rerun_from_another_shell_keeps_finished_work(
+    tmp_path: Path,
+):
+    """`data.dir: mnist_raw` and `results: ../out` run in shadowed jobs; a re-run from another
+    directory (-d) with another TMPDIR, as from a new login on a cluster, plans nothing."""
+    work = tmp_path / "work"
+    mnist_dir(work / "mnist_raw")
+    cfg = work / "paths.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"source": "dir", "dir": "mnist_raw"},
+                                   "results": "../out"}))  # fmt: skip
+    target = tmp_path / "out/train/mosaicnet/seed~0/model.pt"
+    args = [str(target), "--cores", "2", "--configfile", str(TINY), str(cfg)]
+    env = venv_env()
+    runs = []
+    for name, cwd, extra in (("tmp-a", work, []), ("tmp-b", tmp_path, ["-n"])):
+        (tmp_path / name).mkdir()
+        env["TMPDIR"] = str(tmp_path / name)
+        runs.append(subprocess.run(snakemake_cmd(work, *extra, *args), cwd=cwd, env=env,
+                                   capture_output=True, text=True, timeout=300))  # fmt: skip
+    first, again = runs
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    assert target.is_file() and (tmp_path / "out/data/verify.txt").is_file()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
+
+
 # --- a real run, interrupted twice ----------------------------------------------------------
 
 
@@ -398,7 +481,10 @@ def test_report_opens_in_chromium_with_every_figure_loaded(tiny_run: dict, tmp_p
     """Headless Chromium loads the report; a probe script records each image's naturalWidth."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+        reason = "chromium is not installed (as root: apt-get install -y chromium)"
+        if os.environ.get("CI") == "true":  # .ci/run installs it: a missing one is a failure
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
     page = (tiny_run["results"] / "report.html").read_text()
     probe = (
         "<script>window.addEventListener('load', () => { document.body.dataset.widths = "
@@ -441,7 +527,7 @@ def test_fail_once_shim_fails_one_training_job_once(tmp_path: Path):
     target = (
         "results/train/tinycnn/engine~numpy/threads~1/filters~4/batch~32/seed~0/block~1/metrics.csv"
     )
-    args = [target, "--cores", "1", "--configfile", str(TINY)]  # --configfile takes nargs
+    args = [target, "--cores", "2", "--configfile", str(TINY)]  # --configfile takes nargs
     first = subprocess.run(
         snakemake_cmd(tmp_path, *args), cwd=tmp_path, env=env, capture_output=True, text=True,
         timeout=300,

@@ -398,3 +398,15 @@ def test_effective_threads_below_requested_are_recorded(tmp_path: Path):
     assert summary.loc[0, "parallelism"] == 2 and summary.loc[0, "parallelism_requested"] == 4
     assert np.isnan(summary.loc[0, "speedup"])  # no 1-thread baseline in this family
     assert any("asked for 4" in s for s in report.findings(summary))
+
+
+def test_a_repeated_option_is_one_cell(tmp_path: Path):
+    """`--mirror` given twice is a list in the record's parameters: one table cell holds it."""
+    cfg = TrainConfig(out="", engine="numpy", threads=1, filters=8, batch_size=32, block=1)
+    job = train_job(tmp_path / "job", cfg, 1, _epochs(1000.0))
+    record = RunRecord.read(job)
+    mirrors = ["https://a.example/mnist/", "file:///srv/mnist/"]
+    record = dataclasses.replace(record, params={**record.params, "mirror": mirrors})
+    assert record.columns()["mirror"] == " ".join(mirrors)
+    record.write(tmp_path / "job")
+    assert tables.train_frame([(RunRecord.read(job), job.parent)])["mirror"].nunique() == 1

@@ -153,7 +153,9 @@ class RunRecord:
     def columns(self) -> dict[str, Any]:
         """The record as flat table columns: parameters by name, then `parallelism_*`,
         `processes`, the per-library thread counts, results, and the environment as `env.*`."""
-        flat: dict[str, Any] = {"command": self.command, "model": self.model, **self.params}
+        flat: dict[str, Any] = {"command": self.command, "model": self.model}
+        # a repeated option (--mirror) is a list: one cell holds it, space-separated
+        flat.update({k: v if _scalar(v) else " ".join(map(str, v)) for k, v in self.params.items()})
         flat["parallelism_requested"] = self.parallelism.requested
         flat["parallelism"] = self.parallelism.effective
         flat["processes"] = self.parallelism.processes

@@ -37,6 +37,6 @@ rule classify:
         " --mode {wildcards.mode} --workers {threads} --batch-size {wildcards.batch}"
         " --seed {wildcards.seed} --repeats {params.repeats} --data-source {params.data:q}"
         " {params.mirrors}"
-        " --block {wildcards.block} --timing-lock {params.lock:q}"
+        " --block {wildcards.block} {params.lock:q}"
         " --max-others-share {params.max_others} --max-probe-change {params.max_probe}"
         " --out {params.out:q}"

@@ -15,13 +15,44 @@ from snakemake.logging import logger
 from cnnpar import registry
 from cnnpar.errors import CnnparError
 from cnnpar.mosaic import parse_grid
-from cnnpar.study.config import check_results_dir, mirrors, usable, validate_config
+from cnnpar.study.config import (
+    check_results_dir,
+    check_thread_cap,
+    mirrors,
+    resolve_paths,
+    usable,
+    validate_config,
+)
 
+# Paths are resolved here, once, against the directory Snakemake runs in (the working
+# directory while this file is parsed): jobs run in shadow directories.
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+    resolve_paths(config, os.getcwd())
     check_results_dir(config["results"])
 except CnnparError as err:
     raise WorkflowError(str(err)) from None
+
+
+def check_cores() -> None:
+    """On start (a real run, DAG built, no job started): refuse thread or worker counts
+    that --cores, --max-threads or --set-threads would silently change."""
+    if workflow.touch:
+        return
+    asked = {
+        "train.tinycnn.threads": max(c["threads"] for c in tinycnn_configs()),
+        "classify.workers": max(c["workers"] for c in classify_configs()),
+        "train.mosaicnet.threads": MOSAICNET["threads"],
+    }
+    settings = workflow.resource_settings
+    timed = {rule.name for rule in workflow.rules if "bench" in rule.resources}
+    overrides = settings.overwrite_threads.items()
+    forced = [f"{rule}={n.value}" for rule, n in overrides if rule in timed]
+    try:
+        check_thread_cap(asked, settings.cores, settings.max_threads, forced)
+    except CnnparError as err:
+        raise WorkflowError(str(err)) from None
+
 
 RESULTS = config["results"]
 BLOCKS = list(range(1, config["blocks"] + 1))
@@ -249,11 +280,11 @@ def mirror_options() -> str:
     return " ".join(f"--mirror {shlex.quote(url)}" for url in mirrors(config))
 
 
-def timing_lock() -> str:
-    """The --timing-lock value: the config's, or cnnpar's machine-wide default."""
-    from cnnpar.measure.interference import DEFAULT_LOCK
-
-    return TIMING["lock"] or str(DEFAULT_LOCK)
+def timing_lock() -> list[str]:
+    """`--timing-lock PATH` when the config names a lock, else nothing: each cnnpar command
+    then takes its own default where it runs. A default worked out here would follow this
+    shell's TMPDIR, and a re-run from another shell would redo every finished job."""
+    return ["--timing-lock", TIMING["lock"]] if TIMING["lock"] else []
 
 
 def config_yaml() -> str:

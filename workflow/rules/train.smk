@@ -13,7 +13,7 @@ TINYCNN_SHELL = (
     " --filters {wildcards.filters} --batch-size {wildcards.batch} --epochs {params.epochs}"
     " --lr {params.lr} --seed {wildcards.seed} --train-size {params.train_size}"
     " --test-size {params.test_size} --shuffle {params.shuffle} --data-source {params.data:q}"
-    " {params.mirrors} --timing-lock {params.lock:q} --max-others-share {params.max_others}"
+    " {params.mirrors} {params.lock:q} --max-others-share {params.max_others}"
     " --max-probe-change {params.max_probe} --out {params.out:q}"
 )
 TINYCNN_PARAMS = dict(
@@ -117,5 +117,5 @@ rule train_mosaicnet:
         " cnnpar train --model mosaicnet --engine {params.engine} --threads {threads}"
         " --epochs {params.epochs} --batch-size {params.batch_size}"
         " --train-size {params.train_size} --seed {wildcards.seed}"
-        " --data-source {params.data:q} {params.mirrors} --timing-lock {params.lock:q}"
+        " --data-source {params.data:q} {params.mirrors} {params.lock:q}"
         " --out {params.out:q}"
