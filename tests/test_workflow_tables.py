@@ -101,11 +101,18 @@ def _epochs(rate: float, images: int = 20000) -> list[dict]:
 
 
 def fake_results(
-    root: Path, seeds: tuple[int, ...] = (0,), flag: tuple[str, int] | None = None
+    root: Path,
+    seeds: tuple[int, ...] = (0,),
+    flag: tuple[str, int] | None = None,
+    cpus: int | None = None,
 ) -> list[Path]:
     """A results/ tree of run records as the train and classify commands write them: every
     configuration once per block, plus full-length runs and MosaicNet. `flag` = (job name,
-    block) marks that job as disturbed."""
+    block) marks that job as disturbed; `cpus` caps what every job ran with (taskset)."""
+
+    def ran(asked: int) -> int:
+        return min(asked, cpus) if cpus else asked
+
     records = []
     for block, speed in DRIFT.items():
         for (engine, threads), rate in TRAIN_RATES.items():
@@ -115,7 +122,7 @@ def fake_results(
                     out="", engine=engine, threads=threads, filters=8, batch_size=32,
                     seed=seed, block=block, time_budget=2.0,
                 )  # fmt: skip
-                records.append(train_job(root / f"{name}-b{block}", cfg, threads,
+                records.append(train_job(root / f"{name}-b{block}", cfg, ran(threads),
                                          _epochs(rate * speed), flag == (name, block)))  # fmt: skip
         for grid in GRIDS:
             rows_, cols = (int(v) for v in grid.split("x"))
@@ -141,17 +148,17 @@ def fake_results(
                     )  # fmt: skip
                     processes = workers if mode == "processes" else 1
                     parallelism = Parallelism(
-                        requested=workers, effective=workers, processes=processes,
+                        requested=workers, effective=ran(workers), processes=processes,
                         threads={"torch_threads": workers // processes},
                     )  # fmt: skip
                     results = {"cells": cells, "accuracy": 0.99, "flops_per_image": FLOPS_PER_IMAGE}
                     record = classify_outputs.run_record(
-                        config, parallelism, results, guard(workers, flag == (name, block))
+                        config, parallelism, results, guard(ran(workers), flag == (name, block))
                     )
                     records.append(_with_env(record).write(job))
     for engine, threads in (("numpy", 1), ("numba", 2), ("torch", 2)):
         cfg = TrainConfig(out="", engine=engine, threads=threads, filters=8, batch_size=32)
-        records.append(train_job(root / f"full-{engine}", cfg, threads,
+        records.append(train_job(root / f"full-{engine}", cfg, ran(threads),
                                  _epochs(TRAIN_RATES[engine, threads], 60000)))  # fmt: skip
     for seed in seeds:
         cfg = TrainConfig(
@@ -205,16 +212,17 @@ def test_tidy_tables_have_one_row_per_job_epoch_repeat_and_block(built):
     for name, frame in t.items():
         on_disk = tables.read_table(tmp_path / f"results/tables/{name}.csv")
         assert len(on_disk) == len(frame), name
-    for column in ["engine", "threads_requested", "threads", "filters", "batch_size", "seed",
-                   "block", "run", "epoch", "images", "cum_seconds", "cum_seconds_with_warmup",
-                   "env.cpu_model", "roofline_gflops", "others_cpu_share", "flagged",
+    for column in ["engine", "parallelism_requested", "parallelism", "filters", "batch_size",
+                   "seed", "block", "run", "epoch", "images", "cum_seconds",
+                   "cum_seconds_with_warmup", "env.cpu_model", "roofline_gflops",
+                   "others_cpu_share", "flagged",
                    "numba_threads", "flops_per_image", "warmup_s"]:  # fmt: skip
         assert column in t["train"].columns, column
     full = t["train"][(t["train"]["run"] == "full") & (t["train"]["engine"] == "numba")]
     assert full["cum_seconds_with_warmup"].tolist() == pytest.approx(
         [0.25 + 60000 / 7600 * e for e in (1, 2)]
     )
-    for column in ["mode", "workers_requested", "workers", "grid", "repeat", "block",
+    for column in ["mode", "parallelism_requested", "parallelism", "grid", "repeat", "block",
                    "end_to_end_cells_per_s", "env.hostname"]:  # fmt: skip
         assert column in t["classify"].columns, column
 
@@ -392,9 +400,24 @@ def test_effective_threads_below_requested_are_recorded(tmp_path: Path):
     path = train_job(tmp_path / "job", cfg, effective=2, metrics=[row])
     runs = tables.read_records([path])
     frame = tables.train_frame(runs)
-    assert frame.loc[0, "threads_requested"] == 4
-    assert frame.loc[0, "threads"] == 2
+    assert frame.loc[0, "parallelism_requested"] == 4
+    assert frame.loc[0, "parallelism"] == 2
+    assert frame.loc[0, "threads"] == 4  # the parameter as asked, never overwritten
     summary = tables.summarize(tables.jobs_frame(frame, pd.DataFrame()), frame)
     assert summary.loc[0, "parallelism"] == 2 and summary.loc[0, "parallelism_requested"] == 4
     assert np.isnan(summary.loc[0, "speedup"])  # no 1-thread baseline in this family
     assert any("asked for 4" in s for s in report.findings(summary))
+
+
+def test_jobs_confined_to_fewer_cpus_keep_their_configurations_apart(tmp_path: Path):
+    """Run under `taskset -c 0`, the 2-thread jobs ran with 1 CPU: they stay the 2-thread
+    configuration (asked 2, ran 1) in every table and figure, never merged with the 1-thread one."""
+    t = build(tmp_path, cpus=1)
+    summary = t["summary"]
+    numba = summary[(summary["study"] == "train") & (summary["engine"] == "numba")]
+    assert sorted(numba["parallelism_requested"]) == [1, 2]
+    assert list(numba["parallelism"]) == [1, 1]
+    assert len(summary) == len(TRAIN_RATES) + len(GRIDS) * len(CLASSIFY_RATES)
+    tdir = tmp_path / "results/tables"
+    written = figures.draw_all({n: tdir / f"{n}.csv" for n in tables.TABLE_SCHEMAS}, tmp_path)
+    assert {p.stem for p in written} == {f.id for f in registry.table_figures()}

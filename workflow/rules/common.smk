@@ -14,7 +14,10 @@ from snakemake.logging import logger
 from cnnpar import registry
 from cnnpar.errors import CnnparError
 from cnnpar.mosaic import parse_grid
+from cnnpar.record import RECORD_NAME
 from cnnpar.study.config import check_results_dir, usable, validate_config
+from cnnpar.study.tables import TABLE_NAMES
+from cnnpar.train import OUTPUTS as TRAIN_OUTPUTS
 
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -107,13 +110,10 @@ FIGURE_DIR = f"{RESULTS}/figures"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 REPORT_HTML = f"{RESULTS}/report.html"
-RECORD = (
-    "run.json"  # cnnpar.record.RECORD_NAME, written by every train and classify job
-)
-TINYCNN_FILES = ["metrics.csv", "run.json", "weights_init.npz", "weights_final.npz"]
-MOSAICNET_FILES = ["model.pt", "metrics.csv", "run.json"]
-CLASSIFY_FILES = ["result.csv", "predictions.npz", "mask.png", "run.json"]
-TABLE_NAMES = ["train", "classify", "jobs", "summary", "comparisons"]
+RECORD = RECORD_NAME  # written last by every train and classify job
+TINYCNN_FILES = [*TRAIN_OUTPUTS["tinycnn"], RECORD]
+MOSAICNET_FILES = [*TRAIN_OUTPUTS["mosaicnet"], RECORD]
+CLASSIFY_FILES = [*registry.CLASSIFY_OUTPUTS, RECORD]
 
 FIGURE_IDS = [figure.id for figure in registry.table_figures()]
 

@@ -85,9 +85,7 @@ rule train_mosaicnet:
     input:
         DATA_CHECK,
     output:
-        model=f"{MOSAICNET_DIR}/model.pt",
-        metrics=f"{MOSAICNET_DIR}/metrics.csv",
-        run=f"{MOSAICNET_DIR}/run.json",
+        **{name.split(".")[0]: f"{MOSAICNET_DIR}/{name}" for name in MOSAICNET_FILES},
     log:
         f"{LOGS}/train/mosaicnet/seed~{{seed}}.log",
     benchmark:

@@ -9,9 +9,9 @@ from cnnpar import limits
 from cnnpar.errors import CnnparError
 from cnnpar.measure.interference import DEFAULT_LOCK, Limits
 from cnnpar.mosaic import check_geometry
-from cnnpar.registry import BACKENDS, MODES
+from cnnpar.registry import BACKENDS, CLASSIFY_OUTPUTS, MODES
 
-RESULT_FILES = ("predictions.npz", "result.csv", "mask.png")  # a run directory, besides run.json
+RESULT_FILES = CLASSIFY_OUTPUTS  # a run directory, besides run.json
 # Bytes per mosaic cell held by the classifying command: the index (int64), true label,
 # prediction, confidence (float32), and the mask's per-cell temporaries (correct, alpha).
 PARENT_BYTES_PER_CELL = 8 + 1 + 1 + 4 + 1 + 4

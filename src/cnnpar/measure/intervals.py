@@ -16,8 +16,9 @@ widest order-statistic interval of the median of n values, [min, max], has confi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,55 @@ class Interval:
     def scaled(self, factor: float) -> Interval:
         """This interval times a positive constant (efficiency = speedup / parallelism)."""
         return Interval(self.estimate * factor, self.low * factor, self.high * factor, self.n)
+
+    def direction(self, above: str = "higher", below: str = "lower", null: float = 1.0) -> str:
+        """`above` or `below` when the whole interval lies on that side of `null` (a ratio of
+        1 by default), else 'not resolved' (it holds `null`, or there is no interval)."""
+        if not self.excludes(null):
+            return "not resolved"
+        return above if self.low > null else below
+
+    def columns(self, name: str, missing: Any = math.nan) -> dict[str, Any]:
+        """The table columns `name`, `name`_low, `name`_high; a non-finite value becomes
+        `missing` (NaN for pandas tables, None for JSON and bench CSVs)."""
+        values = (self.estimate, self.low, self.high)
+        keys = (name, f"{name}_low", f"{name}_high")
+        return {k: v if math.isfinite(v) else missing for k, v in zip(keys, values, strict=True)}
+
+    @classmethod
+    def from_columns(cls, row: Mapping[str, Any], name: str, n: int | None = None) -> Interval:
+        """The interval written by `columns(name)` into a table row; `n` (blocks or rounds)
+        defaults to 2 when the row holds an interval, else 1."""
+
+        def number(key: str) -> float:
+            value = row.get(key)
+            try:
+                return float(value) if value is not None else math.nan
+            except (TypeError, ValueError):
+                return math.nan
+
+        low, high = number(f"{name}_low"), number(f"{name}_high")
+        if n is None or not math.isfinite(float(n)):
+            n = 2 if math.isfinite(low) and math.isfinite(high) else 1
+        return cls(number(name), low, high, int(n))
+
+    def text(
+        self, fmt: str = "{:.2f}", unit: str = "×", scale: float = 1.0, count: str | None = None
+    ) -> str:
+        """`1.72× [1.61, 1.84]` (values times `scale`). Without an interval: the bare estimate,
+        or with `count` (e.g. 'round') the estimate and '[no interval: 1 round]'."""
+        text = fmt.format(scale * self.estimate) + unit
+        if self.resolved:
+            return f"{text} [{fmt.format(scale * self.low)}, {fmt.format(scale * self.high)}]"
+        if count is None:
+            return text
+        return f"{text} [no interval: {self.n} {count}{'s' * (self.n != 1)}]"
+
+    def as_dict(self) -> dict[str, Any]:
+        """For JSON: estimate, low, high (null where not finite) and n."""
+        values = self.columns("v", missing=None)
+        return {"estimate": values["v"], "low": values["v_low"], "high": values["v_high"],
+                "n": self.n}  # fmt: skip
 
 
 def _t_quantile(df: int, level: float) -> float:
@@ -86,11 +136,5 @@ def paired_ratio_interval(
 
 
 def verdict(interval: Interval, null: float = 1.0) -> str:
-    """'higher', 'lower' or 'not resolved' for an interval against `null`."""
-    if not interval.resolved:
-        return "not resolved"
-    if interval.low > null:
-        return "higher"
-    if interval.high < null:
-        return "lower"
-    return "not resolved"
+    """'higher', 'lower' or 'not resolved' for an interval against `null` (the tables' words)."""
+    return interval.direction(null=null)

@@ -34,8 +34,9 @@ import pandas as pd
 
 from cnnpar.errors import CnnparError
 from cnnpar.io import atomic_path
-from cnnpar.measure.intervals import Interval, log_interval, paired_ratio_interval, verdict
+from cnnpar.measure.intervals import Interval, log_interval, paired_ratio_interval
 from cnnpar.record import RunRecord
+from cnnpar.study.kinds import KINDS, StudyKind, plain_number
 
 log = logging.getLogger(__name__)
 
@@ -104,26 +105,31 @@ COMPARISON_COLUMNS = [
 # Columns every table must hold when read back, and which of them must be numbers.
 TABLE_SCHEMAS: dict[str, tuple[list[str], list[str]]] = {
     "train": (
-        ["model", "engine", "threads", "epoch", "seconds", "images_per_s", "test_acc"],
-        ["threads", "epoch", "seconds", "images_per_s", "test_acc"],
+        ["model", "engine", "parallelism_requested", "parallelism", "epoch", "seconds",
+         "images_per_s", "test_acc"],
+        ["parallelism_requested", "parallelism", "epoch", "seconds", "images_per_s", "test_acc"],
     ),
     "classify": (
-        ["mode", "workers", "cells", "classify_s", "cells_per_s", "accuracy"],
-        ["workers", "cells", "classify_s", "cells_per_s", "accuracy"],
+        ["mode", "parallelism_requested", "parallelism", "cells", "classify_s", "cells_per_s",
+         "accuracy"],
+        ["parallelism_requested", "parallelism", "cells", "classify_s", "cells_per_s",
+         "accuracy"],
     ),
     "jobs": (
         ["study", "label", "block", "rate", "flagged"],
         ["rate"],
     ),
     "summary": (
-        ["study", "model", "parallelism", "rate", "speedup", "speedup_low", "speedup_high"],
-        ["parallelism", "rate"],
+        ["study", "model", "parallelism_requested", "parallelism", "rate", "speedup",
+         "speedup_low", "speedup_high"],
+        ["parallelism_requested", "parallelism", "rate"],
     ),
     "comparisons": (
         ["study", "subject", "reference", "ratio", "ratio_low", "ratio_high", "verdict"],
         [],
     ),
-}
+}  # fmt: skip
+TABLE_NAMES = list(TABLE_SCHEMAS)
 
 
 # --- reading run records --------------------------------------------------------------------
@@ -201,29 +207,27 @@ def _output(record: RunRecord, job_dir: Path, name: str) -> Path:
     return job_dir / name
 
 
-def _job_columns(record: RunRecord, job_dir: Path, unit: str) -> dict[str, Any]:
-    """The record's columns with its parallelism named for the study (threads or workers)."""
+def _job_columns(record: RunRecord, job_dir: Path) -> dict[str, Any]:
+    """The record's columns: parameters as asked, `parallelism_requested` and `parallelism`
+    (what ran), results, environment."""
     columns = record.columns()
-    columns[f"{unit}_requested"] = columns.pop("parallelism_requested")
-    columns[unit] = columns.pop("parallelism")
     columns.setdefault("block", None)
     columns["job_dir"] = str(job_dir)
     return columns
 
 
-def _job_frames(
-    records: Sequence[tuple[RunRecord, Path]], command: str, table: str, unit: str
-) -> list[pd.DataFrame]:
-    """Each `command` job's `table` with the record's columns added; the table's own columns
-    are what ran, so they win over the record's, but for the parallelism."""
+def _job_frames(records: Sequence[tuple[RunRecord, Path]], kind: StudyKind) -> list[pd.DataFrame]:
+    """Each job's own table (`kind.output`) with the record's columns added; the table's own
+    columns are what ran, so they win over the record's, but for the parallelism, which only
+    the record states both ways."""
     frames = []
     for record, job_dir in records:
-        if record.command != command:
+        if record.command != kind.name:
             continue
-        frame = _read_output(_output(record, job_dir, table)).reset_index(drop=True)
-        frame.insert(0, "study", command)
-        for key, value in _job_columns(record, job_dir, unit).items():
-            if key not in frame.columns or key in (unit, f"{unit}_requested"):
+        frame = _read_output(_output(record, job_dir, kind.output)).reset_index(drop=True)
+        frame.insert(0, "study", kind.name)
+        for key, value in _job_columns(record, job_dir).items():
+            if key not in frame.columns or key in ("parallelism_requested", "parallelism"):
                 frame[key] = value
         frames.append(frame)
     return frames
@@ -244,7 +248,7 @@ def train_frame(records: Sequence[tuple[RunRecord, Path]]) -> pd.DataFrame:
     """One row per training job × epoch: metrics.csv and the record's columns. Time to accuracy
     reads `cum_seconds` (training only) and `cum_seconds_with_warmup` (what a user waits)."""
     frames = []
-    for frame in _job_frames(records, "train", "metrics.csv", "threads"):
+    for frame in _job_frames(records, KINDS["train"]):
         frame = frame.sort_values("epoch").reset_index(drop=True)
         frame["cum_seconds"] = frame["seconds"].cumsum()
         frame["cum_seconds_with_warmup"] = frame["cum_seconds"] + frame.get("warmup_s", 0.0)
@@ -255,7 +259,7 @@ def train_frame(records: Sequence[tuple[RunRecord, Path]]) -> pd.DataFrame:
 
 def classify_frame(records: Sequence[tuple[RunRecord, Path]]) -> pd.DataFrame:
     """One row per classify job × repeat: result.csv and the record's columns."""
-    return _concat(_job_frames(records, "classify", "result.csv", "workers"))
+    return _concat(_job_frames(records, KINDS["classify"]))
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -273,24 +277,9 @@ GUARD_COLUMNS = [
 
 
 def _label(row: Mapping[str, Any]) -> str:
-    par = int(row["parallelism_requested"])
-    if row["study"] == "train":
-        what = f"{row['engine']} {par} thread{'s' * (par > 1)}"
-        if row["model"] == "tinycnn":
-            what += f" F={plain_number(row['filters'])}"
-        what += f" B={plain_number(row['batch_size'])}"
-    else:
-        what = f"{row['mode']} {par} worker{'s' * (par > 1)} {row['grid']}"
-        what += f" B={plain_number(row['batch_size'])}"
+    kind = KINDS[row["study"]]
     seed, block = plain_number(row["seed"]), plain_number(row["block"])
-    return f"{row['study']} {what} seed {seed} block {block}"
-
-
-def plain_number(value: Any) -> str:
-    """A parameter value for prose: 8.0 -> '8'."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    return f"{kind.name} {kind.describe(row)} seed {seed} block {block}"
 
 
 def jobs_frame(train: pd.DataFrame, classify: pd.DataFrame) -> pd.DataFrame:
@@ -303,7 +292,7 @@ def jobs_frame(train: pd.DataFrame, classify: pd.DataFrame) -> pd.DataFrame:
             images, seconds = group["images"].sum(), group["seconds"].sum()
             rows.append(
                 {
-                    **_common(first, "train", "threads"),
+                    **_common(first, "train"),
                     "engine": first["engine"],
                     "filters": first.get("filters"),
                     "rate_unit": "images/s",
@@ -319,7 +308,7 @@ def jobs_frame(train: pd.DataFrame, classify: pd.DataFrame) -> pd.DataFrame:
             median_s = float(group["classify_s"].median())
             rows.append(
                 {
-                    **_common(first, "classify", "workers"),
+                    **_common(first, "classify"),
                     "mode": first["mode"],
                     "grid": first["grid"],
                     "cells": int(first["cells"]),
@@ -340,15 +329,15 @@ def jobs_frame(train: pd.DataFrame, classify: pd.DataFrame) -> pd.DataFrame:
     return jobs
 
 
-def _common(first: pd.Series, study: str, unit: str) -> dict[str, Any]:
+def _common(first: pd.Series, study: str) -> dict[str, Any]:
     out = {
         "study": study,
         "model": first["model"],
         "batch_size": int(first["batch_size"]),
         "seed": int(first["seed"]),
         "block": int(first["block"]),
-        "parallelism_requested": int(first[f"{unit}_requested"]),
-        "parallelism": int(first[unit]),
+        "parallelism_requested": int(first["parallelism_requested"]),
+        "parallelism": int(first["parallelism"]),
         "cpus_available": first.get("env.cpus_available"),
         "flops_per_item": float(first["flops_per_image"]),
         "finished_utc": first.get("env.utc_time"),
@@ -383,24 +372,6 @@ def _flag_out_of_order(jobs: pd.DataFrame) -> None:
 
 # --- the summary: ratios inside a block, summarised over blocks ------------------------------
 
-FAMILIES = {
-    # study: (family keys, configuration keys, what the baseline is, its label)
-    "train": (["model", "engine", "filters", "batch_size"], ["parallelism_requested"]),
-    "classify": (["grid", "cells", "batch_size"], ["mode", "parallelism_requested"]),
-}
-
-
-def _is_baseline(row: Mapping[str, Any]) -> bool:
-    if row["study"] == "train":
-        return row["parallelism_requested"] == 1
-    return row["mode"] == "sequential"
-
-
-def _baseline_name(row: Mapping[str, Any]) -> str:
-    if row["study"] == "train":
-        return f"{row['engine']} 1 thread"
-    return "sequential"
-
 
 def _units(group: pd.DataFrame) -> pd.DataFrame:
     return group.set_index(PAIR).sort_index()
@@ -422,28 +393,23 @@ def _flags(units: Iterable[pd.DataFrame], common: pd.Index) -> tuple[int, str]:
     return len(flagged_units), "; ".join(sorted(set(labels)))
 
 
-def _with_interval(out: dict[str, Any], name: str, interval: Interval) -> None:
-    out[name] = interval.estimate
-    out[f"{name}_low"] = interval.low
-    out[f"{name}_high"] = interval.high
-
-
 def summarize(jobs: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration (seeds and blocks pooled as pairing units)."""
     if jobs.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     rows = []
-    for study, (family, config) in FAMILIES.items():
-        part = jobs[jobs["study"] == study]
+    for kind in KINDS.values():
+        part = jobs[jobs["study"] == kind.name]
         if part.empty:
             continue
-        for _, fam in part.groupby(family, dropna=False, sort=True):
-            base = fam[[_is_baseline(r) for r in fam.to_dict("records")]]
+        config = list(kind.config)
+        for _, fam in part.groupby(list(kind.family), dropna=False, sort=True):
+            base = fam[[kind.is_baseline(r) for r in fam.to_dict("records")]]
             base_units = (
                 _units(base) if not base.empty and base[config].nunique().max() == 1 else None
             )
             for _, group in fam.groupby(config, dropna=False, sort=True):
-                rows.append(_summary_row(group, base_units, train))
+                rows.append(_summary_row(kind, group, base_units, train))
     summary = pd.DataFrame(rows)
     summary = summary.sort_values(
         ["study", "model", "engine", "mode", "filters", "cells", "batch_size", "parallelism"],
@@ -453,7 +419,7 @@ def summarize(jobs: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
 
 
 def _summary_row(
-    group: pd.DataFrame, base: pd.DataFrame | None, train: pd.DataFrame
+    kind: StudyKind, group: pd.DataFrame, base: pd.DataFrame | None, train: pd.DataFrame
 ) -> dict[str, Any]:
     first = group.iloc[0]
     units = _units(group)
@@ -467,30 +433,31 @@ def _summary_row(
     out["parallelism"] = int(group["parallelism"].median())
     out["cpus_available"] = group["cpus_available"].min()
     out["blocks"] = len(units)
-    _with_interval(out, "rate", log_interval(units["rate"]))
+    out.update(log_interval(units["rate"]).columns("rate"))
     out["seconds_per_item"] = 1.0 / out["rate"]
     out["gflops"] = out["rate"] * first["flops_per_item"] / 1e9
     out["roofline_gflops"] = log_interval(units["roofline_gflops"]).estimate
-    _with_interval(out, "roofline_fraction", log_interval(units["roofline_fraction"]))
+    out.update(log_interval(units["roofline_fraction"]).columns("roofline_fraction"))
     out["accuracy"] = float(units["accuracy"].median())
-    if first["study"] == "train":
+    if _has(units, "warmup_s"):  # training: warm-up, and the accuracy of a full-length run
         out["warmup_s"] = float(units["warmup_s"].median())
         full = _full_accuracy(train, first)
         out["accuracy"] = full if full is not None else math.nan
-    else:
+    end_to_end = _has(units, "end_to_end_rate")  # classification: start-up included
+    if end_to_end:
         out["startup_s"] = float(units["startup_s"].median())
-        _with_interval(out, "end_to_end_rate", log_interval(units["end_to_end_rate"]))
+        out.update(log_interval(units["end_to_end_rate"]).columns("end_to_end_rate"))
     flagged, labels = _flags([units], units.index)
     if base is not None:
-        out["baseline"] = _baseline_name(first)
+        out["baseline"] = kind.baseline_name(first)
         out["baseline_rate"] = log_interval(base["rate"]).estimate
         speedup, common = _paired(units, base, "rate")
-        _with_interval(out, "speedup", speedup)
-        out["speedup_verdict"] = "baseline" if _is_baseline(first) else verdict(speedup)
-        _with_interval(out, "efficiency", speedup.scaled(1.0 / out["parallelism"]))
-        if first["study"] == "classify":
+        out.update(speedup.columns("speedup"))
+        out["speedup_verdict"] = "baseline" if kind.is_baseline(first) else speedup.direction()
+        out.update(speedup.scaled(1.0 / out["parallelism"]).columns("efficiency"))
+        if end_to_end:
             e2e, _ = _paired(units, base, "end_to_end_rate")
-            _with_interval(out, "end_to_end_speedup", e2e)
+            out.update(e2e.columns("end_to_end_speedup"))
             payback = _payback(units.loc[common], base.loc[common])
             if payback.size:
                 out["payback_cells"] = float(np.median(payback))
@@ -500,6 +467,10 @@ def _summary_row(
     out["flagged_blocks"] = flagged
     out["flagged_jobs"] = labels
     return out
+
+
+def _has(frame: pd.DataFrame, column: str) -> bool:
+    return column in frame.columns and bool(frame[column].notna().any())
 
 
 def _full_accuracy(train: pd.DataFrame, first: pd.Series) -> float | None:
@@ -535,21 +506,17 @@ def _payback(subject: pd.DataFrame, base: pd.DataFrame) -> np.ndarray:
 def compare(jobs: pd.DataFrame) -> pd.DataFrame:
     """Each engine (mode) at its largest parallelism against every other, paired by block."""
     rows = []
-    specs = {
-        "train": (["model", "filters", "batch_size"], "engine"),
-        "classify": (["grid", "cells", "batch_size"], "mode"),
-    }
-    for study, (family, who) in specs.items():
-        part = jobs[(jobs["study"] == study)]
+    for kind in KINDS.values():
+        part = jobs[(jobs["study"] == kind.name)]
         if part.empty:
             continue
-        for key, fam in part.groupby(family, dropna=False, sort=True):
+        for _, fam in part.groupby(list(kind.peers), dropna=False, sort=True):
             tops = {
                 name: _units(g[g["parallelism_requested"] == g["parallelism_requested"].max()])
-                for name, g in fam.groupby(who, sort=True)
+                for name, g in fam.groupby(kind.subject, sort=True)
             }
             names = sorted(tops, key=lambda n: -log_interval(tops[n]["rate"]).estimate)
-            where = _family_text(study, dict(zip(family, key, strict=True)))
+            where = kind.family_text(fam.iloc[0])
             for i, subject in enumerate(names):
                 for reference in names[i + 1 :]:
                     a, b = tops[subject], tops[reference]
@@ -557,15 +524,13 @@ def compare(jobs: pd.DataFrame) -> pd.DataFrame:
                     flagged, labels = _flags([a, b], common)
                     rows.append(
                         {
-                            "study": study,
+                            "study": kind.name,
                             "family": where,
-                            "subject": _top_text(study, subject, a),
-                            "reference": _top_text(study, reference, b),
+                            "subject": _top_text(kind, subject, a),
+                            "reference": _top_text(kind, reference, b),
                             "quantity": "rate",
-                            "ratio": ratio.estimate,
-                            "ratio_low": ratio.low,
-                            "ratio_high": ratio.high,
-                            "verdict": verdict(ratio),
+                            **ratio.columns("ratio"),
+                            "verdict": ratio.direction(),
                             "blocks": ratio.n,
                             "subject_rate": log_interval(a.loc[common, "rate"]).estimate,
                             "reference_rate": log_interval(b.loc[common, "rate"]).estimate,
@@ -577,18 +542,8 @@ def compare(jobs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
-def _family_text(study: str, values: Mapping[str, Any]) -> str:
-    if study == "train":
-        if values["model"] == "tinycnn":
-            return f"F={plain_number(values['filters'])}, B={plain_number(values['batch_size'])}"
-        return f"{values['model']} B={plain_number(values['batch_size'])}"
-    return f"{values['grid']}, B={plain_number(values['batch_size'])}"
-
-
-def _top_text(study: str, name: str, units: pd.DataFrame) -> str:
-    par = int(units["parallelism_requested"].iloc[0])
-    unit = "thread" if study == "train" else "worker"
-    return f"{name} {par} {unit}{'s' * (par > 1)}"
+def _top_text(kind: StudyKind, name: str, units: pd.DataFrame) -> str:
+    return f"{name} {kind.parallelism_text(units['parallelism_requested'].iloc[0])}"
 
 
 # --- writing ------------------------------------------------------------------------------
