@@ -121,6 +121,7 @@ def _add_timing(p: argparse.ArgumentParser) -> None:
     from cnnpar.measure.interference import DEFAULT_LOCK, Limits
 
     g = p.add_argument_group("timing guard")
+    _add_machine_label(g)
     g.add_argument(
         "--block",
         type=_positive_int,
@@ -149,10 +150,31 @@ def _add_timing(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _machine_label(text: str) -> str:
+    from cnnpar.measure.machine import check_label
+
+    try:
+        return str(check_label(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_machine_label(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--machine-label",
+        type=_machine_label,
+        default=None,
+        metavar="LABEL",
+        help="name this machine in the run record; part of its identity, with the CPU model, "
+        "usable CPUs, memory and GPU (the workflow sets it from machine_label)",
+    )
+
+
 def _timing_kwargs(args: argparse.Namespace) -> dict:
     from cnnpar.measure.interference import Limits
 
     return {
+        "machine_label": args.machine_label,
         "block": args.block,
         "timing_lock": args.timing_lock,
         "limits": Limits(args.max_others_share, args.max_probe_change),

@@ -3,6 +3,7 @@
 # cnnpar.registry. No rules here (snakemake --lint wants functions and rules in separate files).
 
 import os
+import shlex
 from functools import cache
 from itertools import product
 from pathlib import Path
@@ -241,6 +242,12 @@ def data_source() -> str:
     """The --data-source value every cnnpar command gets (quoted with :q in the rules)."""
     source = config["data"]["source"]
     return config["data"]["dir"] if source == "dir" else source
+
+
+def machine_option() -> str:
+    """`--machine-label LABEL` for every cnnpar job when the config names the machine."""
+    label = config["machine_label"]
+    return f"--machine-label {shlex.quote(label)}" if label else ""
 
 
 def timing_lock() -> str:

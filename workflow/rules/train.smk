@@ -14,7 +14,7 @@ TINYCNN_SHELL = (
     " --lr {params.lr} --seed {wildcards.seed} --train-size {params.train_size}"
     " --test-size {params.test_size} --shuffle {params.shuffle} --data-source {params.data:q}"
     " --timing-lock {params.lock:q} --max-others-share {params.max_others}"
-    " --max-probe-change {params.max_probe} --out {params.out:q}"
+    " --max-probe-change {params.max_probe} {params.machine} --out {params.out:q}"
 )
 TINYCNN_PARAMS = dict(
     epochs=TINYCNN["epochs"],
@@ -26,6 +26,7 @@ TINYCNN_PARAMS = dict(
     lock=timing_lock(),
     max_others=TIMING["max_others_share"],
     max_probe=TIMING["max_probe_change"],
+    machine=machine_option(),
 )
 
 
@@ -108,10 +109,11 @@ rule train_mosaicnet:
         train_size=MOSAICNET["train_size"],
         data=data_source(),
         lock=timing_lock(),
+        machine=machine_option(),
     shell:
         f"{LOGGED} {{log:q}}"
         " cnnpar train --model mosaicnet --engine {params.engine} --threads {threads}"
         " --epochs {params.epochs} --batch-size {params.batch_size}"
         " --train-size {params.train_size} --seed {wildcards.seed}"
         " --data-source {params.data:q} --timing-lock {params.lock:q}"
-        " --out {params.out:q}"
+        " {params.machine} --out {params.out:q}"

@@ -230,6 +230,7 @@ def write_results(
     """
     from cnnpar import io
     from cnnpar.measure.environment import environment
+    from cnnpar.measure.machine import this_machine
 
     if not rows:
         raise BenchError("no rows measured; nothing to write")
@@ -262,6 +263,7 @@ def write_results(
         },
         outputs=outputs,
         environment=environment().as_dict(),
+        machine=this_machine(params.get("machine_label")),
     )
     with io.run_directory(path.absolute().parent, replace=False) as tmp:
         io.write_csv(tmp / path.name, [r.csv_row() for r in rows])

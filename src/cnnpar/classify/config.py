@@ -42,6 +42,7 @@ class ClassifyConfig:
     block: int | None = None  # the study's paired block this run belongs to, if any
     timing_lock: str | None = str(DEFAULT_LOCK)
     limits: Limits = field(default_factory=Limits)
+    machine_label: str | None = None  # part of the machine identity in the record
 
     @property
     def device(self) -> str:
