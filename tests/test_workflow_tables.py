@@ -25,6 +25,7 @@ from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
 from cnnpar.nets.tinycnn.spec import flops_per_image
 from cnnpar.record import Parallelism, RecordError, RunRecord
 from cnnpar.study import figures, report, tables
+from cnnpar.study.kinds import KINDS
 from cnnpar.train import TrainConfig
 
 ENV = {"cpu_model": "Test CPU", "logical_cores": 2, "cpus_available": 2, "hostname": "testhost",
@@ -419,5 +420,59 @@ def test_jobs_confined_to_fewer_cpus_keep_their_configurations_apart(tmp_path: P
     assert list(numba["parallelism"]) == [1, 1]
     assert len(summary) == len(TRAIN_RATES) + len(GRIDS) * len(CLASSIFY_RATES)
     tdir = tmp_path / "results/tables"
+    written = figures.draw_all({n: tdir / f"{n}.csv" for n in tables.TABLE_SCHEMAS}, tmp_path)
+    assert {p.stem for p in written} == {f.id for f in registry.table_figures()}
+
+
+def _move_to_other_machine(path: Path) -> None:
+    """Rewrite one run record as if its job had run on a different CPU."""
+    data = json.loads(path.read_text())
+    data["machine"]["cpu_model"] = "Other CPU"
+    data["environment"]["cpu_model"] = "Other CPU"
+    path.write_text(json.dumps(data))
+
+
+def test_no_ratio_is_formed_across_two_machines(tmp_path: Path):
+    """The numba 1-thread baseline and every processes job ran on another CPU: each machine
+    gets its own summary rows, and no speedup or comparison divides one machine by the other."""
+    records = fake_results(tmp_path / "results")
+    moved = []
+    for path in records:
+        params = json.loads(path.read_text())["params"]
+        numba_1 = params.get("engine") == "numba" and params["threads"] == 1
+        if (numba_1 and params.get("block")) or params.get("mode") == "processes":
+            _move_to_other_machine(path)
+            moved.append(path)
+    assert moved
+    out = {name: tmp_path / f"tables/{name}.csv" for name in tables.TABLE_SCHEMAS}
+    t = tables.build_tables(records=records, out=out)
+    jobs, summary, comparisons = t["jobs"], t["summary"], t["comparisons"]
+    assert jobs["machine"].nunique() == 2
+    other = jobs[jobs["machine"].str.contains("Other CPU")]
+    assert set(other["engine"].dropna()) == {"numba"} and set(other["mode"].dropna()) == {
+        "processes"
+    }
+    # Every formed ratio pairs jobs of one machine: the speedup's baseline is on its row's machine.
+    for _, row in summary[summary["speedup"].notna()].iterrows():
+        kind = KINDS[row["study"]]
+        base = jobs[(jobs["study"] == row["study"]) & (jobs["machine"] == row["machine"])]
+        assert any(kind.is_baseline(r) for r in base.to_dict("records")), row["engine"]
+    # numba 2 threads ran here, its 1-thread baseline only there: not formed, with the reason.
+    numba2 = summary[(summary["engine"] == "numba") & (summary["parallelism_requested"] == 2)]
+    assert len(numba2) == 1 and np.isnan(numba2["speedup"].iloc[0])
+    assert numba2["speedup_verdict"].iloc[0] == "not formed"
+    assert "ran only on" in numba2["speedup_not_formed"].iloc[0]
+    assert "Other CPU" in numba2["speedup_not_formed"].iloc[0]
+    # processes ran only there, sequential only here: listed as not formed, never computed.
+    procs = comparisons[comparisons["subject"].str.startswith("processes")]
+    assert len(procs) and (procs["verdict"] == "not formed").all()
+    assert procs["ratio"].isna().all()
+    assert (procs["not_formed"].str.contains("different machines")).all()
+    # Formed comparisons stay on one machine and keep their exact ratios.
+    formed = comparisons[comparisons["verdict"] != "not formed"]
+    assert formed["machine"].notna().all() and len(formed)
+    text = " ".join(report.findings(summary, comparisons))
+    assert "no speedup over numba 1 thread formed" in text and "not formed" in text
+    tdir = tmp_path / "tables"
     written = figures.draw_all({n: tdir / f"{n}.csv" for n in tables.TABLE_SCHEMAS}, tmp_path)
     assert {p.stem for p in written} == {f.id for f in registry.table_figures()}

@@ -106,7 +106,9 @@ def _interval_err(frame: pd.DataFrame, name: str, scale: float = 1.0) -> np.ndar
 
 
 def _varying(frame: pd.DataFrame, keys: list[str]) -> list[str]:
-    """The keys that take more than one value (only those are worth a legend entry)."""
+    """The keys that take more than one value (only those are worth a legend entry); the
+    machine always counts, so a study over several machines draws one line per machine."""
+    keys = [*keys, "machine_name"]
     return [k for k in keys if k in frame.columns and frame[k].nunique(dropna=True) > 1]
 
 
@@ -191,7 +193,8 @@ def classify_speedup(summary: pd.DataFrame) -> Figure:
 def train_throughput(summary: pd.DataFrame) -> Figure:
     """Grouped bars: engines along x, one bar per thread count, 95% interval error bars."""
     train = summary[(summary["study"] == "train") & (summary["model"] == "tinycnn")]
-    families = list(train.groupby(["filters", "batch_size"], sort=True)) if not train.empty else []
+    keys = ["filters", "batch_size", *_varying(train, [])]
+    families = list(train.groupby(keys, sort=True)) if not train.empty else []
     ncols = min(2, max(1, len(families)))
     nrows = max(1, -(-len(families) // ncols))
     fig, axes = plt.subplots(
@@ -202,7 +205,7 @@ def train_throughput(summary: pd.DataFrame) -> Figure:
         return fig
     for ax in axes.flat[len(families) :]:
         ax.set_visible(False)
-    for ax, ((filters, batch), fam) in zip(axes.flat, families, strict=False):
+    for ax, ((filters, batch, *machine), fam) in zip(axes.flat, families, strict=False):
         engines = list(dict.fromkeys(fam.sort_values("rate")["engine"]))
         threads = sorted(fam[PAR].unique())
         width = 0.8 / len(threads)
@@ -231,7 +234,7 @@ def train_throughput(summary: pd.DataFrame) -> Figure:
         ax.set_xticks(np.arange(len(engines)))
         ax.set_xticklabels(engines)
         ax.set_ylabel("training throughput (images/s)")
-        ax.set_title(f"F={int(filters)}, B={int(batch)}")
+        ax.set_title(" ".join([f"F={int(filters)}, B={int(batch)}", *map(str, machine)]))
         rates = fam["rate"].dropna()
         if len(rates) and rates.max() / max(rates.min(), 1e-9) > 30:
             _plain_log(ax, "y")

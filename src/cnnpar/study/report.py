@@ -27,7 +27,7 @@ from cnnpar.measure.intervals import Interval
 from cnnpar.record import RunRecord
 from cnnpar.registry import FIGURES
 from cnnpar.study.kinds import KINDS, plain_number
-from cnnpar.study.tables import read_table
+from cnnpar.study.tables import NOT_FORMED, read_table
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,42 @@ def findings(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> 
     if summary.empty:
         return ["No results: the summary table is empty."]
     comparisons = comparisons if comparisons is not None else pd.DataFrame()
+    if "machine" in summary.columns and summary["machine"].nunique() > 1:
+        # One study over several machines: the findings of each, named.
+        out = []
+        for machine, part in summary.groupby("machine", sort=True):
+            name = part["machine_name"].iloc[0]
+            same = comparisons[comparisons["machine"] == machine] if len(comparisons) else None
+            out += [f"On {name}: {s}" for s in findings(part, same)]
+        across = comparisons[comparisons["machine"].isna()] if len(comparisons) else None
+        return out + _not_formed_findings(summary.iloc[0:0], across)
     return [
         *_train_findings(summary[summary["study"] == "train"]),
         *_comparison_findings(comparisons),
         *_classify_findings(summary[summary["study"] == "classify"]),
         *_roofline_findings(summary[summary["roofline_fraction"].notna()]),
         *_capped_findings(summary),
+        *_not_formed_findings(summary, comparisons),
     ]
+
+
+def _not_formed_findings(summary: pd.DataFrame, comparisons: pd.DataFrame | None) -> list[str]:
+    """Ratios whose two sides never ran on one machine: named, with why, never computed."""
+    out = []
+    if "speedup_verdict" in summary.columns:
+        for _, row in summary[summary["speedup_verdict"] == NOT_FORMED].iterrows():
+            kind = KINDS[row["study"]]
+            out.append(
+                f"{kind.name} {kind.describe(row)} on {row['machine_name']}: no speedup over "
+                f"{row['baseline']} formed: {row['speedup_not_formed']}."
+            )
+    if comparisons is not None and "verdict" in comparisons.columns:
+        for _, row in comparisons[comparisons["verdict"] == NOT_FORMED].iterrows():
+            out.append(
+                f"{row['subject']} against {row['reference']} ({row['study']} at "
+                f"{row['family']}): not formed: {row['not_formed']}."
+            )
+    return out
 
 
 def _speedup_sentence(row: pd.Series, who: str, over: str) -> str:
@@ -126,6 +155,8 @@ def _train_findings(train: pd.DataFrame) -> list[str]:
 
 def _comparison_findings(comparisons: pd.DataFrame) -> list[str]:
     out = []
+    if "verdict" in comparisons.columns:
+        comparisons = comparisons[comparisons["verdict"] != NOT_FORMED]
     for _, row in comparisons.iterrows():
         interval = _ratio(row, "ratio")
         ratio = interval.text()

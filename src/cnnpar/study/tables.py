@@ -45,10 +45,15 @@ class TableError(CnnparError):
     """A job's output or a table cannot be read into the study."""
 
 
-PAIR = ["block", "seed"]  # a pairing unit: the jobs of one block on one seed ran side by side
+# A pairing unit: the jobs of one block on one seed on one machine ran side by side. A ratio is
+# formed only inside a unit, so it never divides the rates of two different machines.
+PAIR = ["machine", "block", "seed"]
+NOT_FORMED = "not formed"  # the verdict of a ratio whose two sides never ran on one machine
 
 SUMMARY_COLUMNS = [
     "study",  # train | classify
+    "machine",  # the machine identity (cnnpar.measure.machine): one summary per machine
+    "machine_name",  # the same for people
     "model",  # tinycnn | mosaicnet
     "engine",  # train engine (train rows)
     "mode",  # classify mode (classify rows)
@@ -69,7 +74,8 @@ SUMMARY_COLUMNS = [
     "speedup",  # per-block rate / baseline rate, summarised over blocks
     "speedup_low",
     "speedup_high",
-    "speedup_verdict",  # higher | lower | not resolved (the interval contains 1)
+    "speedup_verdict",  # higher | lower | not resolved (the interval contains 1) | not formed
+    "speedup_not_formed",  # why no speedup was formed (its baseline ran on another machine)
     "efficiency",  # speedup / parallelism
     "efficiency_low",
     "efficiency_high",
@@ -97,9 +103,9 @@ SUMMARY_COLUMNS = [
 ]
 
 COMPARISON_COLUMNS = [
-    "study", "family", "subject", "reference", "quantity", "ratio", "ratio_low", "ratio_high",
-    "verdict", "blocks", "subject_rate", "reference_rate", "rate_unit", "flagged_blocks",
-    "flagged_jobs",
+    "study", "machine", "machine_name", "family", "subject", "reference", "quantity", "ratio",
+    "ratio_low", "ratio_high", "verdict", "not_formed", "blocks", "subject_rate",
+    "reference_rate", "rate_unit", "flagged_blocks", "flagged_jobs",
 ]  # fmt: skip
 
 # Columns every table must hold when read back, and which of them must be numbers.
@@ -338,6 +344,8 @@ def _common(first: pd.Series, study: str) -> dict[str, Any]:
         "block": int(first["block"]),
         "parallelism_requested": int(first["parallelism_requested"]),
         "parallelism": int(first["parallelism"]),
+        "machine": first["machine"],
+        "machine_name": first["machine_name"],
         "cpus_available": first.get("env.cpus_available"),
         "flops_per_item": float(first["flops_per_image"]),
         "finished_utc": first.get("env.utc_time"),
@@ -403,18 +411,30 @@ def summarize(jobs: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
         if part.empty:
             continue
         config = list(kind.config)
-        for _, fam in part.groupby(list(kind.family), dropna=False, sort=True):
-            base = fam[[kind.is_baseline(r) for r in fam.to_dict("records")]]
-            base_units = (
-                _units(base) if not base.empty and base[config].nunique().max() == 1 else None
-            )
-            for _, group in fam.groupby(config, dropna=False, sort=True):
-                rows.append(_summary_row(kind, group, base_units, train))
+        for _, family in part.groupby(list(kind.family), dropna=False, sort=True):
+            is_base = [kind.is_baseline(r) for r in family.to_dict("records")]
+            for _, fam in family.groupby("machine", sort=True):
+                base = fam[[kind.is_baseline(r) for r in fam.to_dict("records")]]
+                base_units = (
+                    _units(base) if not base.empty and base[config].nunique().max() == 1 else None
+                )
+                for _, group in fam.groupby(config, dropna=False, sort=True):
+                    row = _summary_row(kind, group, base_units, train)
+                    if base.empty and any(is_base):
+                        elsewhere = family[is_base]["machine_name"].unique()
+                        row["speedup_verdict"] = NOT_FORMED
+                        row["baseline"] = kind.baseline_name(group.iloc[0])
+                        row["speedup_not_formed"] = (
+                            f"its baseline ({row['baseline']}) ran only on "
+                            f"{' and '.join(sorted(elsewhere))}, another machine"
+                        )
+                    rows.append(row)
     summary = pd.DataFrame(rows)
     summary = summary.sort_values(
-        ["study", "model", "engine", "mode", "filters", "cells", "batch_size", "parallelism"],
+        ["study", "machine", "model", "engine", "mode", "filters", "cells", "batch_size",
+         "parallelism_requested"],
         na_position="first",
-    )
+    )  # fmt: skip
     return summary.reindex(columns=SUMMARY_COLUMNS).reset_index(drop=True)
 
 
@@ -426,8 +446,8 @@ def _summary_row(
     out: dict[str, Any] = {
         key: first.get(key)
         for key in (
-            "study", "model", "engine", "mode", "filters", "grid", "cells", "batch_size",
-            "parallelism_requested", "rate_unit", "roofline_device",
+            "study", "machine", "machine_name", "model", "engine", "mode", "filters", "grid",
+            "cells", "batch_size", "parallelism_requested", "rate_unit", "roofline_device",
         )
     }  # fmt: skip
     out["parallelism"] = int(group["parallelism"].median())
@@ -454,6 +474,9 @@ def _summary_row(
         speedup, common = _paired(units, base, "rate")
         out.update(speedup.columns("speedup"))
         out["speedup_verdict"] = "baseline" if kind.is_baseline(first) else speedup.direction()
+        if not len(common):
+            out["speedup_verdict"] = NOT_FORMED
+            out["speedup_not_formed"] = "no block and seed where both ran on this machine"
         out.update(speedup.scaled(1.0 / out["parallelism"]).columns("efficiency"))
         if end_to_end:
             e2e, _ = _paired(units, base, "end_to_end_rate")
@@ -504,42 +527,85 @@ def _payback(subject: pd.DataFrame, base: pd.DataFrame) -> np.ndarray:
 
 
 def compare(jobs: pd.DataFrame) -> pd.DataFrame:
-    """Each engine (mode) at its largest parallelism against every other, paired by block."""
+    """Each engine (mode) at its largest parallelism against every other, paired by block on one
+    machine. Two that never ran on one machine get a row saying the ratio was not formed."""
     rows = []
     for kind in KINDS.values():
         part = jobs[(jobs["study"] == kind.name)]
         if part.empty:
             continue
-        for _, fam in part.groupby(list(kind.peers), dropna=False, sort=True):
-            tops = {
-                name: _units(g[g["parallelism_requested"] == g["parallelism_requested"].max()])
-                for name, g in fam.groupby(kind.subject, sort=True)
-            }
-            names = sorted(tops, key=lambda n: -log_interval(tops[n]["rate"]).estimate)
-            where = kind.family_text(fam.iloc[0])
-            for i, subject in enumerate(names):
-                for reference in names[i + 1 :]:
-                    a, b = tops[subject], tops[reference]
-                    ratio, common = _paired(a, b, "rate")
-                    flagged, labels = _flags([a, b], common)
-                    rows.append(
-                        {
-                            "study": kind.name,
-                            "family": where,
-                            "subject": _top_text(kind, subject, a),
-                            "reference": _top_text(kind, reference, b),
-                            "quantity": "rate",
-                            **ratio.columns("ratio"),
-                            "verdict": ratio.direction(),
-                            "blocks": ratio.n,
-                            "subject_rate": log_interval(a.loc[common, "rate"]).estimate,
-                            "reference_rate": log_interval(b.loc[common, "rate"]).estimate,
-                            "rate_unit": a["rate_unit"].iloc[0],
-                            "flagged_blocks": flagged,
-                            "flagged_jobs": labels,
-                        }
-                    )
+        for _, family in part.groupby(list(kind.peers), dropna=False, sort=True):
+            where = kind.family_text(family.iloc[0])
+            for _, fam in family.groupby("machine", sort=True):
+                rows += _compare_family(kind, fam, where)
+            rows += _not_formed(kind, family, where)
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def _compare_family(kind: StudyKind, fam: pd.DataFrame, where: str) -> list[dict[str, Any]]:
+    """Every pair of subjects of one family on one machine."""
+    rows = []
+    tops = {
+        name: _units(g[g["parallelism_requested"] == g["parallelism_requested"].max()])
+        for name, g in fam.groupby(kind.subject, sort=True)
+    }
+    names = sorted(tops, key=lambda n: -log_interval(tops[n]["rate"]).estimate)
+    for i, subject in enumerate(names):
+        for reference in names[i + 1 :]:
+            a, b = tops[subject], tops[reference]
+            ratio, common = _paired(a, b, "rate")
+            flagged, labels = _flags([a, b], common)
+            rows.append(
+                {
+                    "study": kind.name,
+                    "machine": fam["machine"].iloc[0],
+                    "machine_name": fam["machine_name"].iloc[0],
+                    "family": where,
+                    "subject": _top_text(kind, subject, a),
+                    "reference": _top_text(kind, reference, b),
+                    "quantity": "rate",
+                    **ratio.columns("ratio"),
+                    "verdict": ratio.direction() if len(common) else NOT_FORMED,
+                    "not_formed": "" if len(common) else "no block and seed where both ran",
+                    "blocks": ratio.n,
+                    "subject_rate": log_interval(a.loc[common, "rate"]).estimate,
+                    "reference_rate": log_interval(b.loc[common, "rate"]).estimate,
+                    "rate_unit": a["rate_unit"].iloc[0],
+                    "flagged_blocks": flagged,
+                    "flagged_jobs": labels,
+                }
+            )
+    return rows
+
+
+def _not_formed(kind: StudyKind, family: pd.DataFrame, where: str) -> list[dict[str, Any]]:
+    """Subjects of one family that never ran on a common machine: listed, never divided."""
+    machines = {
+        name: dict(zip(g["machine"], g["machine_name"], strict=True))
+        for name, g in family.groupby(kind.subject, sort=True)
+    }
+    rows = []
+    names = sorted(machines)
+    for i, subject in enumerate(names):
+        for reference in names[i + 1 :]:
+            if set(machines[subject]) & set(machines[reference]):
+                continue
+            on = {n: " and ".join(sorted(set(machines[n].values()))) for n in (subject, reference)}
+            rows.append(
+                {
+                    "study": kind.name,
+                    "family": where,
+                    "subject": subject,
+                    "reference": reference,
+                    "quantity": "rate",
+                    "verdict": NOT_FORMED,
+                    "not_formed": f"{subject} ran only on {on[subject]}, {reference} only on "
+                    f"{on[reference]}: different machines",
+                    "blocks": 0,
+                    "rate_unit": kind.rate_unit,
+                }
+            )
+    return rows
 
 
 def _top_text(kind: StudyKind, name: str, units: pd.DataFrame) -> str:
