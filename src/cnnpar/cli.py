@@ -552,6 +552,67 @@ BENCH_REGISTRARS.append(_add_bench_classify)
 
 # --- parser -----------------------------------------------------------------------------
 
+# --- compare / pack --------------------------------------------------------------------------
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"must be a percentage in 0..100 (got {value:g})")
+    return value
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from cnnpar.study import compare
+
+    return compare.run(args.base, args.others, fail_slower=args.fail_slower, csv=args.csv)
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="result sets side by side (other machines or commits): rates, ratios, verdicts",
+        description="Align the configurations present in every result set by what was asked "
+        "and print each set's rate and the ratio OTHER/BASE with a 95%% interval (Welch's t "
+        "on the log rates over blocks: the sets were measured at different moments). Exit "
+        "status: 0 no regression (or no --fail-slower), 1 a configuration is significantly "
+        "slower than BASE by more than --fail-slower percent, 2 bad input.",
+    )
+    p.add_argument("base", metavar="BASE", help="results directory or `cnnpar pack` archive")
+    p.add_argument("others", nargs="+", metavar="OTHER", help="result sets compared with BASE")
+    p.add_argument(
+        "--fail-slower",
+        type=_percent,
+        default=None,
+        metavar="PCT",
+        help="exit 1 when a configuration is significantly slower than BASE (its interval "
+        "below 1) and more than PCT percent slower; without it, report only",
+    )
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the rows to FILE")
+    p.set_defaults(func=_cmd_compare)
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    from cnnpar.study import compare
+
+    out = args.out or f"{args.results.rstrip('/') or 'results'}.tar.gz"
+    target, count = compare.pack(args.results, out)
+    print(f"wrote {target} ({count} files): copy it anywhere and `cnnpar compare` it")
+    return 0
+
+
+def _add_pack(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pack", help="one archive of a result set (tables, config, run records) to compare"
+    )
+    p.add_argument("results", nargs="?", default="results", help="results directory")
+    p.add_argument("-o", "--out", default=None, help="archive to write (default RESULTS.tar.gz)")
+    p.set_defaults(func=_cmd_pack)
+
+
 REGISTRARS: list[Registrar] = [
     _add_info,
     _add_data,
@@ -559,6 +620,8 @@ REGISTRARS: list[Registrar] = [
     _add_train,
     _add_engines,
     _add_classify,
+    _add_compare,
+    _add_pack,
 ]
 
 

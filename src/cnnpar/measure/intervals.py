@@ -138,3 +138,38 @@ def paired_ratio_interval(
 def verdict(interval: Interval, null: float = 1.0) -> str:
     """'higher', 'lower' or 'not resolved' for an interval against `null` (the tables' words)."""
     return interval.direction(null=null)
+
+
+UNPAIRED_METHOD = (
+    "ratio of geometric means over blocks, 95% interval from Welch's t on the log rates "
+    "(unpaired: the two sides were measured at different moments)"
+)
+
+
+def unpaired_ratio_interval(
+    numerators: Iterable[float], denominators: Iterable[float], level: float = LEVEL
+) -> Interval:
+    """The ratio of two unpaired samples of rates (say, two result sets measured on different
+    days): exp of the difference of their mean logs, with Welch's t interval on that difference
+    (`scipy.stats.ttest_ind(equal_var=False)`), which needs no equal variances and no pairing.
+
+    Non-positive or non-finite values are dropped. `n` is the smaller side's count; with fewer
+    than 2 values on either side the interval is NaN (not resolved).
+    """
+    from scipy import stats
+
+    def logs(values: Iterable[float]) -> np.ndarray:
+        x = np.asarray([v for v in values if v is not None], dtype=np.float64)
+        return np.log(x[np.isfinite(x) & (x > 0)])
+
+    a, b = logs(numerators), logs(denominators)
+    n = min(len(a), len(b))
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    centre = float(a.mean() - b.mean())
+    if n < 2:
+        return Interval(math.exp(centre), math.nan, math.nan, n)
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread at all: the ratio is exact
+        return Interval(math.exp(centre), math.exp(centre), math.exp(centre), n)
+    low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
+    return Interval(math.exp(centre), math.exp(float(low)), math.exp(float(high)), n)

@@ -346,6 +346,8 @@ def _common(first: pd.Series, study: str) -> dict[str, Any]:
         "parallelism": int(first["parallelism"]),
         "machine": first["machine"],
         "machine_name": first["machine_name"],
+        "git_revision": first.get("env.git_revision"),
+        "cnnpar_version": first.get("env.cnnpar"),
         "cpus_available": first.get("env.cpus_available"),
         "flops_per_item": float(first["flops_per_image"]),
         "finished_utc": first.get("env.utc_time"),
@@ -622,10 +624,14 @@ def write_frame(target: str | os.PathLike[str], frame: pd.DataFrame) -> None:
 
 
 def build_tables(
-    records: Sequence[str | os.PathLike[str]], out: Mapping[str, str | os.PathLike[str]]
+    records: Sequence[str | os.PathLike[str]],
+    out: Mapping[str, str | os.PathLike[str]],
+    config: tuple[str | os.PathLike[str], str] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Read every job's run record and outputs and write the tables named in `out`
-    (train, classify, jobs, summary, comparisons); returns them too."""
+    (train, classify, jobs, summary, comparisons); returns them too. `config` = (path, text)
+    also writes the config the study ran with beside them, so the tables and records make a
+    self-contained result set (`cnnpar compare`, `cnnpar pack`)."""
     runs = read_records(records)
     train = train_frame(runs)
     classify = classify_frame(runs)
@@ -641,6 +647,10 @@ def build_tables(
     }
     for name, target in out.items():
         write_frame(target, tables[name])
+    if config is not None:
+        from cnnpar.io import write_text
+
+        write_text(config[0], config[1])
     flagged = int(jobs["flagged"].sum()) if not jobs.empty else 0
     log.info(
         "tables: %s; %d of %d timed jobs flagged",
