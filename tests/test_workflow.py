@@ -377,9 +377,9 @@ def test_tiny_run_tables_have_exactly_the_expected_rows(tiny_run: dict):
     assert set(classify["block"]) == set(range(1, config["blocks"] + 1))
     summary = pd.read_csv(tables / "summary.csv")
     assert (summary["blocks"] == config["blocks"]).all()
-    # Requested and effective thread counts are both recorded.
-    assert {"threads_requested", "threads"} <= set(train.columns)
-    assert {"workers_requested", "workers"} <= set(classify.columns)
+    # Requested and effective parallelism are both recorded, named the same in both tables.
+    for frame in (train, classify):
+        assert {"parallelism_requested", "parallelism"} <= set(frame.columns)
     assert summary["speedup"].notna().any()
     assert train["env.cpu_model"].notna().all()
 

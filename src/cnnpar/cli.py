@@ -131,6 +131,7 @@ def _add_timing(p: argparse.ArgumentParser) -> None:
     from cnnpar.measure.interference import DEFAULT_LOCK, Limits
 
     g = p.add_argument_group("timing guard")
+    _add_machine_label(g)
     g.add_argument(
         "--block",
         type=_positive_int,
@@ -159,10 +160,31 @@ def _add_timing(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _machine_label(text: str) -> str:
+    from cnnpar.measure.machine import check_label
+
+    try:
+        return str(check_label(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_machine_label(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--machine-label",
+        type=_machine_label,
+        default=None,
+        metavar="LABEL",
+        help="name this machine in the run record; part of its identity, with the CPU model, "
+        "usable CPUs, memory and GPU (the workflow sets it from machine_label)",
+    )
+
+
 def _timing_kwargs(args: argparse.Namespace) -> dict:
     from cnnpar.measure.interference import Limits
 
     return {
+        "machine_label": args.machine_label,
         "block": args.block,
         "timing_lock": args.timing_lock,
         "limits": Limits(args.max_others_share, args.max_probe_change),
@@ -570,6 +592,67 @@ BENCH_REGISTRARS.append(_add_bench_classify)
 
 # --- parser -----------------------------------------------------------------------------
 
+# --- compare / pack --------------------------------------------------------------------------
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"must be a percentage in 0..100 (got {value:g})")
+    return value
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from cnnpar.study import compare
+
+    return compare.run(args.base, args.others, fail_slower=args.fail_slower, csv=args.csv)
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="result sets side by side (other machines or commits): rates, ratios, verdicts",
+        description="Align the configurations present in every result set by what was asked "
+        "and print each set's rate and the ratio OTHER/BASE with a 95%% interval (Welch's t "
+        "on the log rates over blocks: the sets were measured at different moments). Exit "
+        "status: 0 no regression (or no --fail-slower), 1 a configuration is significantly "
+        "slower than BASE by more than --fail-slower percent, 2 bad input.",
+    )
+    p.add_argument("base", metavar="BASE", help="results directory or `cnnpar pack` archive")
+    p.add_argument("others", nargs="+", metavar="OTHER", help="result sets compared with BASE")
+    p.add_argument(
+        "--fail-slower",
+        type=_percent,
+        default=None,
+        metavar="PCT",
+        help="exit 1 when a configuration is significantly slower than BASE (its interval "
+        "below 1) and more than PCT percent slower; without it, report only",
+    )
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the rows to FILE")
+    p.set_defaults(func=_cmd_compare)
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    from cnnpar.study import compare
+
+    out = args.out or f"{args.results.rstrip('/') or 'results'}.tar.gz"
+    target, count = compare.pack(args.results, out)
+    print(f"wrote {target} ({count} files): copy it anywhere and `cnnpar compare` it")
+    return 0
+
+
+def _add_pack(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pack", help="one archive of a result set (tables, config, run records) to compare"
+    )
+    p.add_argument("results", nargs="?", default="results", help="results directory")
+    p.add_argument("-o", "--out", default=None, help="archive to write (default RESULTS.tar.gz)")
+    p.set_defaults(func=_cmd_pack)
+
+
 REGISTRARS: list[Registrar] = [
     _add_info,
     _add_data,
@@ -577,6 +660,8 @@ REGISTRARS: list[Registrar] = [
     _add_train,
     _add_engines,
     _add_classify,
+    _add_compare,
+    _add_pack,
 ]
 
 

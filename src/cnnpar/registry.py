@@ -271,6 +271,11 @@ FIGURES: dict[str, Figure] = {
 }
 
 
+# What a `cnnpar classify` run directory holds besides run.json (declared here, not in
+# cnnpar.classify, so the workflow reads it without importing torch).
+CLASSIFY_OUTPUTS: tuple[str, ...] = ("predictions.npz", "result.csv", "mask.png")
+
+
 def names(registry: dict[str, object]) -> list[str]:
     """The names of a registry in declaration order (for CLI choices and messages)."""
     return list(registry)

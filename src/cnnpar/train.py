@@ -26,6 +26,7 @@ from cnnpar.data import COUNTS, Mnist, check_mirrors, load_mnist
 from cnnpar.errors import CnnparError
 from cnnpar.measure.environment import environment
 from cnnpar.measure.interference import DEFAULT_LOCK, Interference, Limits, TimedRegion
+from cnnpar.measure.machine import this_machine
 from cnnpar.measure.threads import numba_threading_layer, set_threads
 from cnnpar.nets import tinycnn
 from cnnpar.nets.tinycnn import spec
@@ -77,6 +78,7 @@ class TrainConfig:
     time_budget: float | None = None  # stop at the first step after this many timed seconds
     timing_lock: str | None = str(DEFAULT_LOCK)
     limits: Limits = field(default_factory=Limits)
+    machine_label: str | None = None  # part of the machine identity in the record
 
     def resolved(self) -> TrainConfig:
         """This config with the model's defaults filled in for every None."""
@@ -324,13 +326,15 @@ def run_record(
         params={
             k: v
             for k, v in dataclasses.asdict(cfg).items()
-            if k not in ("out", "timing_lock", "limits")  # how it was guarded, not what ran
+            # how it was guarded and where, not what ran
+            if k not in ("out", "timing_lock", "limits", "machine_label")
         },
         parallelism=parallelism,
         results=results,
         outputs=outputs,
         environment=environment().as_dict(),
         interference=interference,
+        machine=this_machine(cfg.machine_label),
     )
 
 

@@ -14,10 +14,14 @@ rule tables:
             )
             for name in TABLE_NAMES
         },
+        # the config beside the tables: results/ is a self-contained result set
+        config=f"{TABLES}/config.yaml",
     log:
         f"{LOGS}/aggregate/tables.log",
     conda:
         "../../envs/cnnpar.yaml"
+    params:
+        config_yaml=config_yaml(),
     script:
         "../scripts/tables.py"
 

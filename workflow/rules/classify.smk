@@ -31,6 +31,7 @@ rule classify:
         lock=timing_lock(),
         max_others=TIMING["max_others_share"],
         max_probe=TIMING["max_probe_change"],
+        machine=machine_option(),
     shell:
         f"{LOGGED} {{log:q}}"
         " cnnpar classify --weights {input.weights:q} --rows {params.rows} --cols {params.cols}"
@@ -39,4 +40,4 @@ rule classify:
         " {params.mirrors}"
         " --block {wildcards.block} {params.lock:q}"
         " --max-others-share {params.max_others} --max-probe-change {params.max_probe}"
-        " --out {params.out:q}"
+        " {params.machine} --out {params.out:q}"

@@ -15,6 +15,7 @@ from snakemake.logging import logger
 from cnnpar import registry
 from cnnpar.errors import CnnparError
 from cnnpar.mosaic import parse_grid
+from cnnpar.record import RECORD_NAME
 from cnnpar.study.config import (
     check_results_dir,
     check_thread_cap,
@@ -23,6 +24,8 @@ from cnnpar.study.config import (
     usable,
     validate_config,
 )
+from cnnpar.study.tables import TABLE_NAMES
+from cnnpar.train import OUTPUTS as TRAIN_OUTPUTS
 
 # Paths are resolved here, once, against the directory Snakemake runs in (the working
 # directory while this file is parsed): jobs run in shadow directories.
@@ -139,13 +142,10 @@ FIGURE_DIR = f"{RESULTS}/figures"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 REPORT_HTML = f"{RESULTS}/report.html"
-RECORD = (
-    "run.json"  # cnnpar.record.RECORD_NAME, written by every train and classify job
-)
-TINYCNN_FILES = ["metrics.csv", "run.json", "weights_init.npz", "weights_final.npz"]
-MOSAICNET_FILES = ["model.pt", "metrics.csv", "run.json"]
-CLASSIFY_FILES = ["result.csv", "predictions.npz", "mask.png", "run.json"]
-TABLE_NAMES = ["train", "classify", "jobs", "summary", "comparisons"]
+RECORD = RECORD_NAME  # written last by every train and classify job
+TINYCNN_FILES = [*TRAIN_OUTPUTS["tinycnn"], RECORD]
+MOSAICNET_FILES = [*TRAIN_OUTPUTS["mosaicnet"], RECORD]
+CLASSIFY_FILES = [*registry.CLASSIFY_OUTPUTS, RECORD]
 
 FIGURE_IDS = [figure.id for figure in registry.table_figures()]
 
@@ -278,6 +278,12 @@ def data_source() -> str:
 def mirror_options() -> str:
     """`--mirror URL` for each of data.mirror (quoted here: a list does not fit one {:q})."""
     return " ".join(f"--mirror {shlex.quote(url)}" for url in mirrors(config))
+
+
+def machine_option() -> str:
+    """`--machine-label LABEL` for every cnnpar job when the config names the machine."""
+    label = config["machine_label"]
+    return f"--machine-label {shlex.quote(label)}" if label else ""
 
 
 def timing_lock() -> list[str]:

@@ -14,7 +14,7 @@ TINYCNN_SHELL = (
     " --lr {params.lr} --seed {wildcards.seed} --train-size {params.train_size}"
     " --test-size {params.test_size} --shuffle {params.shuffle} --data-source {params.data:q}"
     " {params.mirrors} {params.lock:q} --max-others-share {params.max_others}"
-    " --max-probe-change {params.max_probe} --out {params.out:q}"
+    " --max-probe-change {params.max_probe} {params.machine} --out {params.out:q}"
 )
 TINYCNN_PARAMS = dict(
     epochs=TINYCNN["epochs"],
@@ -27,6 +27,7 @@ TINYCNN_PARAMS = dict(
     lock=timing_lock(),
     max_others=TIMING["max_others_share"],
     max_probe=TIMING["max_probe_change"],
+    machine=machine_option(),
 )
 
 
@@ -86,9 +87,7 @@ rule train_mosaicnet:
     input:
         DATA_CHECK,
     output:
-        model=f"{MOSAICNET_DIR}/model.pt",
-        metrics=f"{MOSAICNET_DIR}/metrics.csv",
-        run=f"{MOSAICNET_DIR}/run.json",
+        **{name.split(".")[0]: f"{MOSAICNET_DIR}/{name}" for name in MOSAICNET_FILES},
     log:
         f"{LOGS}/train/mosaicnet/seed~{{seed}}.log",
     benchmark:
@@ -112,10 +111,11 @@ rule train_mosaicnet:
         data=data_source(),
         mirrors=mirror_options(),
         lock=timing_lock(),
+        machine=machine_option(),
     shell:
         f"{LOGGED} {{log:q}}"
         " cnnpar train --model mosaicnet --engine {params.engine} --threads {threads}"
         " --epochs {params.epochs} --batch-size {params.batch_size}"
         " --train-size {params.train_size} --seed {wildcards.seed}"
         " --data-source {params.data:q} {params.mirrors} {params.lock:q}"
-        " --out {params.out:q}"
+        " {params.machine} --out {params.out:q}"

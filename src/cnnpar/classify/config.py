@@ -10,9 +10,9 @@ from cnnpar.data import check_mirrors
 from cnnpar.errors import CnnparError
 from cnnpar.measure.interference import DEFAULT_LOCK, Limits
 from cnnpar.mosaic import check_geometry
-from cnnpar.registry import BACKENDS, MODES
+from cnnpar.registry import BACKENDS, CLASSIFY_OUTPUTS, MODES
 
-RESULT_FILES = ("predictions.npz", "result.csv", "mask.png")  # a run directory, besides run.json
+RESULT_FILES = CLASSIFY_OUTPUTS  # a run directory, besides run.json
 # Bytes per mosaic cell held by the classifying command: the index (int64), true label,
 # prediction, confidence (float32), and the mask's per-cell temporaries (correct, alpha).
 PARENT_BYTES_PER_CELL = 8 + 1 + 1 + 4 + 1 + 4
@@ -44,6 +44,7 @@ class ClassifyConfig:
     block: int | None = None  # the study's paired block this run belongs to, if any
     timing_lock: str | None = str(DEFAULT_LOCK)
     limits: Limits = field(default_factory=Limits)
+    machine_label: str | None = None  # part of the machine identity in the record
 
     @property
     def device(self) -> str:

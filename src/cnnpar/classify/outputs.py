@@ -15,6 +15,7 @@ from cnnpar import io
 from cnnpar.classify.config import RESULT_FILES, ClassifyConfig
 from cnnpar.measure.environment import environment
 from cnnpar.measure.interference import Interference
+from cnnpar.measure.machine import this_machine
 from cnnpar.measure.timing import Measurement
 from cnnpar.mosaic import Mosaic, render_mask, write_png
 from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
@@ -122,7 +123,8 @@ def run_record(
     params = {
         k: str(v) if isinstance(v, Path) else v
         for k, v in asdict(config).items()
-        if k not in ("out", "timing_lock", "limits")  # how it was guarded, not what ran
+        # how it was guarded and where, not what ran
+        if k not in ("out", "timing_lock", "limits", "machine_label")
     }
     params.update(
         grid=config.grid, backend=config.resolved_backend, requested_backend=config.backend
@@ -136,6 +138,7 @@ def run_record(
         outputs=list(RESULT_FILES),
         environment=environment().as_dict(),
         interference=interference,
+        machine=this_machine(config.machine_label),
     )
 
 
