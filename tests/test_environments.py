@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from mounts import tmpfs
 
 from cnnpar import limits
 from cnnpar.measure import numba_settings
@@ -288,21 +289,6 @@ def test_the_report_flags_runs_not_as_named() -> None:
 # --- a read-only install and home: the cache moves or goes off, recorded ---------------------
 
 
-def _mount(where: Path, options: str) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 def _read_only(path: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
 
@@ -312,13 +298,13 @@ def read_only_site(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """(src, home): a copy of cnnpar's source on a read-only file system, as a cluster module
     or a container installs it, and a read-only home."""
     install = tmp_path / "install"
-    for _ in _mount(install, "size=64m"):
+    for _ in tmpfs(install, "size=64m"):
         subprocess.run(["cp", "-r", str(SRC), str(install)], check=True)
         for cache in (install / "src").rglob("__pycache__"):  # as installed: no caches
             subprocess.run(["rm", "-rf", str(cache)], check=True)
         _read_only(install)
         home = tmp_path / "home"
-        for _ in _mount(home, "size=1m,ro"):
+        for _ in tmpfs(home, "size=1m,ro"):
             yield install / "src", home
 
 

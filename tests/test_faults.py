@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from mounts import tmpfs
 from workflow_helpers import REPO, SNAKEFILE, TINY
 
 from cnnpar import cli, io, limits
@@ -294,27 +295,12 @@ def test_only_the_config_crosses_the_spawn_pipe(weights: Path) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MB tmpfs, unmounted afterwards (needs root)."""
-    yield from _tmpfs(tmp_path / "disk", "size=2m")
+    yield from tmpfs(tmp_path / "disk", "size=2m")
 
 
 @pytest.fixture
 def read_only_disk(tmp_path: Path) -> Iterator[Path]:
-    yield from _tmpfs(tmp_path / "ro", "size=2m,ro")
-
-
-def _tmpfs(where: Path, options: str) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
+    yield from tmpfs(tmp_path / "ro", "size=2m,ro")
 
 
 def _fill(disk: Path, leave: int) -> None:
