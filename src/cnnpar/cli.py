@@ -616,7 +616,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "compare",
         help="result sets side by side (other machines or commits): rates, ratios, verdicts",
         description="Align the configurations present in every result set by what was asked "
-        "and print each set's rate and the ratio OTHER/BASE with a 95%% interval (Welch's t "
+        "and print each set's rate and the ratio OTHER/BASE with a 95% interval (Welch's t "
         "on the log rates over blocks: the sets were measured at different moments). Exit "
         "status: 0 no regression (or no --fail-slower), 1 a configuration is significantly "
         "slower than BASE by more than --fail-slower percent, 2 bad input.",
