@@ -145,6 +145,19 @@ def test_bad_configs_fail_at_start_up_naming_the_key(tmp_path: Path, override: d
     assert not (tmp_path / "results").exists()  # nothing ran
 
 
+def test_a_bad_compare_with_set_fails_at_start_up(tmp_path: Path):
+    not_a_set = tmp_path / "elsewhere"
+    not_a_set.mkdir()
+    for value, named in ((str(not_a_set), "not a result set"), ("results", "own results")):
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text(yaml.safe_dump({"compare_with": [value]}))
+        result = snakemake(tmp_path, "-n", "--configfile", str(cfg), timeout=60)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert "config key 'compare_with[0]'" in output and named in output, output[-2000:]
+        assert "Traceback" not in output
+
+
 # --- a real run, interrupted twice ----------------------------------------------------------
 
 

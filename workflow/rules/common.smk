@@ -16,13 +16,24 @@ from cnnpar import registry
 from cnnpar.errors import CnnparError
 from cnnpar.mosaic import parse_grid
 from cnnpar.record import RECORD_NAME
-from cnnpar.study.config import check_results_dir, usable, validate_config
+from cnnpar.study.config import (
+    check_compare_with,
+    check_results_dir,
+    compare_with_inputs,
+    usable,
+    validate_config,
+)
 from cnnpar.study.tables import TABLE_NAMES
 from cnnpar.train import OUTPUTS as TRAIN_OUTPUTS
 
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
     check_results_dir(config["results"])
+    # Other result sets for the report's Machines section, read once where the run starts (a
+    # cluster job re-parsing this file only resolves them).
+    COMPARE_WITH = check_compare_with(
+        config["compare_with"], config["results"], read=not workflow.remote_exec
+    )
 except CnnparError as err:
     raise WorkflowError(str(err)) from None
 
@@ -206,6 +217,11 @@ def all_records(wildcards) -> list[str]:
         d for b in BLOCKS for d in (*tinycnn_block_dirs(b), *classify_block_dirs(b))
     ]
     return files([*block_dirs, *tinycnn_full_dirs(), *mosaicnet_dirs()], [RECORD])
+
+
+def compare_with_files(wildcards) -> list[str]:
+    """The files of the `compare_with` result sets: the tables are redone when one changes."""
+    return [f for _, path in COMPARE_WITH for f in compare_with_inputs(path)]
 
 
 def report_record(wildcards) -> str:
