@@ -362,12 +362,15 @@ def test_a_deleted_job_output_is_rebuilt_with_what_depends_on_it(
     stats = job_stats(plan.stdout + plan.stderr)
     assert stats.pop(rule) == 1, stats
     downstream = {"block_done", "mask_figure", "tables", "figures", "report", "all", "total"}
+    downstream |= {"train_family_done", "classify_family_done"}  # the deleted job's family
     assert set(stats) <= downstream | dependents, stats
     expected = expected_jobs(load_config(TINY))
     for dependent in dependents:  # every job of the rule, none twice
         assert stats[dependent] == expected[dependent], stats
     if not dependents:
         assert stats.get("block_done", 0) <= 1, stats
+        families = stats.get("train_family_done", 0) + stats.get("classify_family_done", 0)
+        assert families <= 1, stats
 
 
 def test_snakemake_report_renders(tiny_run: dict):
