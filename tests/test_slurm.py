@@ -71,8 +71,11 @@ CLUSTER_FLAGS = (
 # One paired block is enough to show scheduling, failure and resumption through SLURM, and
 # halves the jobs the cluster runs (the local workflow test runs the tiny config's two).
 BLOCKS = 1
-# "Job 3 has been submitted with SLURM jobid 17 (log: /abs/.snakemake/slurm_logs/...)."
-SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+# "Job 3 has been submitted with SLURM jobid 17 (log: /abs/.snakemake/slurm_logs/...)."; a
+# group job is named by a UUID instead of a number.
+SUBMITTED = re.compile(
+    r"Job (?:\d+|[0-9a-f-]{36}) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\."
+)
 LOCAL_RULES = ("all", "block_done", "mask_figure")  # the Snakefile's localrules
 # Each comparison family of a block is one job group (one submission): its timed jobs and the
 # marker closing it.
