@@ -3,6 +3,7 @@ them (run records through the train and classify code, tables through `build_tab
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import pandas as pd
 import pytest
 import test_workflow_tables as synthetic
 
+from cnnpar import registry
 from cnnpar.cli import main
-from cnnpar.study import compare, tables
+from cnnpar.study import compare, figures, report, tables
+from cnnpar.study.config import ConfigError, check_compare_with
 
 
 def result_set(root: Path, keep=lambda params: True, **kwargs) -> Path:
@@ -136,3 +139,67 @@ def test_a_configuration_spread_over_machines_in_one_set_is_not_compared(sets, t
     row = result.rows[result.rows["configuration"] == "train numba 2 threads F=8 B=32"].iloc[0]
     assert row["verdict"] == "not formed" and pd.isna(row["ratio"]) and not row["regression"]
     assert "several machines" in row["note"]
+
+
+def test_the_machines_table_and_report_put_result_sets_side_by_side(sets, tmp_path):
+    """The tables step with compare_with: one side per set, each with its own speedups and
+    roofline; the fastest side per configuration; only resolved differences are stated."""
+    records = sorted(sets["base"].rglob("run.json"))
+    tdir, fdir = tmp_path / "results/tables", tmp_path / "results/figures"
+    out = {name: tdir / f"{name}.csv" for name in tables.TABLE_SCHEMAS}
+    built = tables.build_tables(
+        records, out, compare_with=[sets["other"]], compare_names=["laptop-results"]
+    )
+    machines = tables.read_table(tdir / "machines.csv")
+    assert set(machines["set"]) == {compare.THIS_RUN, "laptop-results"}
+    assert machines["side"].nunique() == 2
+    by = machines.set_index(["set", "configuration"])
+    numba2 = "train numba 2 threads F=8 B=32"
+    assert bool(by.loc[(compare.THIS_RUN, numba2), "fastest"])
+    slow = by.loc[("laptop-results", numba2)]
+    assert slow["vs_fastest"] == pytest.approx(0.5) and slow["vs_fastest_verdict"] == "slower"
+    # Each side keeps its own speedup over its own baseline and its own roofline fraction.
+    other_summary = tables.read_table(sets["other"] / "tables/summary.csv")
+    mine = other_summary[
+        (other_summary["engine"] == "numba") & (other_summary["parallelism_requested"] == 2)
+    ].iloc[0]
+    assert slow["speedup"] == pytest.approx(mine["speedup"]) == pytest.approx(0.95)
+    assert slow["roofline_fraction"] == pytest.approx(mine["roofline_fraction"])
+    same = by.loc[("laptop-results", "train numba 1 thread F=8 B=32")]
+    assert same["vs_fastest_verdict"] == "not resolved"
+    torch = by.loc[(compare.THIS_RUN, "train torch 2 threads F=8 B=32")]
+    assert not torch["fastest"] and pd.isna(torch["vs_fastest"])  # measured on one side only
+    assert len(built["machines"]) == len(machines)
+
+    paths = {name: tdir / f"{name}.csv" for name in tables.TABLE_SCHEMAS}
+    written = figures.draw_all(paths, fdir)
+    section = [f.id for f in registry.FIGURES.values() if f.section == "machines"]
+    assert len(section) == 3 and {f"{s}.png" for s in section} <= {p.name for p in written}
+    page = report.render(
+        "two machines",
+        {name: tables.read_table(path) for name, path in paths.items()},
+        sorted(fdir.glob("*.png")),
+        {"cpu_model": "Test CPU"},
+        "compare_with: [laptop-results]\n",
+    )
+    sections = {name: page.index(f'<section id="{name}">') for name in ("figures", "machines")}
+    machines_html = page[sections["machines"] : page.index('<section id="summary">')]
+    assert machines_html.count("<img") == 3
+    assert "2 machines side by side" in machines_html
+    here, there = by.loc[(compare.THIS_RUN, numba2), "side"], slow["side"]
+    assert html.escape(f"Fastest machine for train tinycnn F=8, B=32: {here}") in machines_html
+    assert html.escape(f"{numba2}: {there} runs at 0.50×") in machines_html
+    assert "do not resolve" in machines_html
+    # Figures of the Machines section are not repeated in the Figures section.
+    figures_html = page[sections["figures"] : sections["machines"]]
+    assert not any(f'id="fig-{s}"' in figures_html for s in section)
+
+
+def test_a_bad_compare_with_is_one_config_line(sets, tmp_path):
+    results = tmp_path / "results"
+    with pytest.raises(ConfigError, match=r"^invalid config: config key 'compare_with\[1\]'"):
+        check_compare_with([str(sets["other"]), str(tmp_path / "nope")], results)
+    with pytest.raises(ConfigError, match="own results directory"):
+        check_compare_with([str(results)], results)
+    (resolved,) = check_compare_with([str(sets["other"])], results)
+    assert resolved == (str(sets["other"]), sets["other"].resolve())

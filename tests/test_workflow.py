@@ -245,6 +245,19 @@ def test_a_relative_data_dir_works_and_a_rerun_from_another_shell_keeps_finished
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
 
 
+def test_a_bad_compare_with_set_fails_at_start_up(tmp_path: Path):
+    not_a_set = tmp_path / "elsewhere"
+    not_a_set.mkdir()
+    for value, named in ((str(not_a_set), "not a result set"), ("results", "own results")):
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text(yaml.safe_dump({"compare_with": [value]}))
+        result = snakemake(tmp_path, "-n", "--configfile", str(cfg), timeout=60)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert "config key 'compare_with[0]'" in output and named in output, output[-2000:]
+        assert "Traceback" not in output
+
+
 # --- a real run, interrupted twice ----------------------------------------------------------
 
 
@@ -449,12 +462,15 @@ def test_a_deleted_job_output_is_rebuilt_with_what_depends_on_it(
     stats = job_stats(plan.stdout + plan.stderr)
     assert stats.pop(rule) == 1, stats
     downstream = {"block_done", "mask_figure", "tables", "figures", "report", "all", "total"}
+    downstream |= {"train_family_done", "classify_family_done"}  # the deleted job's family
     assert set(stats) <= downstream | dependents, stats
     expected = expected_jobs(load_config(TINY))
     for dependent in dependents:  # every job of the rule, none twice
         assert stats[dependent] == expected[dependent], stats
     if not dependents:
         assert stats.get("block_done", 0) <= 1, stats
+        families = stats.get("train_family_done", 0) + stats.get("classify_family_done", 0)
+        assert families <= 1, stats
 
 
 def test_snakemake_report_renders(tiny_run: dict):

@@ -73,6 +73,7 @@ class Figure:
     title: str
     caption: str
     tables: tuple[str, ...]  # which of the tidy tables (train, classify, summary) it reads
+    section: str = "figures"  # where the report shows it: figures, or machines
 
     @property
     def from_tables(self) -> bool:
@@ -258,6 +259,34 @@ FIGURES: dict[str, Figure] = {
             "own float32 matmul probe, taken just before and after its timed region at its own "
             "thread count (GPU jobs: on their GPU), with 95% intervals over blocks.",
             tables=("summary",),
+        ),
+        Figure(
+            "machines_throughput",
+            "Machines: throughput per engine and mode",
+            "Throughput of every configuration on each machine (one bar per result set and "
+            "machine; the config key compare_with adds sets from other machines or commits): "
+            "geometric mean over that machine's own blocks, with 95% intervals.",
+            tables=("machines",),
+            section="machines",
+        ),
+        Figure(
+            "machines_scaling",
+            "Machines: scaling per machine",
+            "Speedup over each machine's own baseline (the same engine at 1 thread, or "
+            "sequential classification), formed inside that machine's paired blocks, against "
+            "the threads or workers asked for, one line per machine and engine or mode on "
+            "shared axes, with 95% intervals; the dashed line is ideal linear scaling.",
+            tables=("machines",),
+            section="machines",
+        ),
+        Figure(
+            "machines_roofline",
+            "Machines: fraction of each machine's own roofline",
+            "Achieved GFLOP/s as a fraction of each job's own float32 matmul probe, per machine: "
+            "a machine's roofline is never applied to another machine's rows. 95% intervals "
+            "over blocks.",
+            tables=("machines",),
+            section="machines",
         ),
         Figure(
             "mask",

@@ -4,7 +4,8 @@
 
 rule tables:
     input:
-        all_records,
+        records=all_records,
+        compare_with=compare_with_files,
     output:
         **{
             name: report(
@@ -22,6 +23,9 @@ rule tables:
         "../../envs/cnnpar.yaml"
     params:
         config_yaml=config_yaml(),
+        # resolved against the workdir at start-up; named in the report as the config gives them
+        compare_with=[str(path) for _, path in COMPARE_WITH],
+        compare_names=[given for given, _ in COMPARE_WITH],
     script:
         "../scripts/tables.py"
 

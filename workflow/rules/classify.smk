@@ -14,6 +14,8 @@ rule classify:
         f"{LOGS}/classify/mode~{{mode}}/workers~{{workers}}/grid~{{grid}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.log",
     benchmark:
         f"{BENCHMARKS}/classify/mode~{{mode}}/workers~{{workers}}/grid~{{grid}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.tsv"
+    group:
+        CLASSIFY_GROUP
     shadow:
         "minimal"
     conda:

@@ -17,8 +17,10 @@ from cnnpar.errors import CnnparError
 from cnnpar.mosaic import parse_grid
 from cnnpar.record import RECORD_NAME
 from cnnpar.study.config import (
+    check_compare_with,
     check_results_dir,
     check_thread_cap,
+    compare_with_inputs,
     mirrors,
     resolve_paths,
     usable,
@@ -33,6 +35,11 @@ try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
     resolve_paths(config, os.getcwd())
     check_results_dir(config["results"])
+    # Other result sets for the report's Machines section, read once where the run starts (a
+    # cluster job re-parsing this file only resolves them).
+    COMPARE_WITH = check_compare_with(
+        config["compare_with"], config["results"], read=not workflow.remote_exec
+    )
 except CnnparError as err:
     raise WorkflowError(str(err)) from None
 
@@ -136,6 +143,19 @@ TINYCNN_DIR = f"{RESULTS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/fi
 MOSAICNET_DIR = f"{RESULTS}/train/mosaicnet/seed~{{seed}}"
 CLASSIFY_DIR = f"{RESULTS}/classify/mode~{{mode}}/workers~{{workers}}/grid~{{grid}}/batch~{{batch}}/seed~{{seed}}"
 BLOCK_DONE = f"{RESULTS}/blocks/block~{{block}}.done"
+# A comparison family of one block: the timed jobs whose rates are divided by each other (every
+# engine and thread count of one filters/batch/seed; every mode and worker count of one
+# grid/batch/seed). Each is one Snakemake job group, closed by its marker file: on a cluster
+# the group is one submission, so the jobs a ratio divides run on one node, one after another.
+# (Groups only take effect on cluster executors; locally the marker is one more tiny job.)
+TRAIN_FAMILY = "filters~{filters}/batch~{batch}/seed~{seed}"
+CLASSIFY_FAMILY = "grid~{grid}/batch~{batch}/seed~{seed}"
+TRAIN_FAMILY_DONE = f"{RESULTS}/blocks/block~{{block}}/train/{TRAIN_FAMILY}.done"
+CLASSIFY_FAMILY_DONE = (
+    f"{RESULTS}/blocks/block~{{block}}/classify/{CLASSIFY_FAMILY}.done"
+)
+TRAIN_GROUP = "train-block~{block}-filters~{filters}-batch~{batch}-seed~{seed}"
+CLASSIFY_GROUP = "classify-block~{block}-grid~{grid}-batch~{batch}-seed~{seed}"
 DATA_CHECK = f"{RESULTS}/data/verify.txt"
 TABLES = f"{RESULTS}/tables"
 FIGURE_DIR = f"{RESULTS}/figures"
@@ -214,11 +234,41 @@ def figure_files(ext: str) -> list[str]:
 
 def block_members(wildcards) -> list[str]:
     """What block N waits for: block 0 is the set-up (data check, MosaicNet weights); block
-    N >= 1 is the run record of every timed job of that block."""
+    N >= 1 is the marker of every comparison family of that block."""
     block = int(wildcards.block)
     if block == 0:
         return [DATA_CHECK, *files(mosaicnet_dirs(), ["model.pt"])]
-    return files([*tinycnn_block_dirs(block), *classify_block_dirs(block)], [RECORD])
+    train = {TRAIN_FAMILY_DONE.format(block=block, **c) for c in tinycnn_configs()}
+    classify = {
+        CLASSIFY_FAMILY_DONE.format(block=block, **c) for c in classify_configs()
+    }
+    return sorted(train) + sorted(classify)
+
+
+def _in_family(config: dict, wildcards, keys: tuple[str, ...]) -> bool:
+    return all(str(config[k]) == str(getattr(wildcards, k)) for k in keys)
+
+
+def train_family_members(wildcards) -> list[str]:
+    """The run records of one training comparison family in one block."""
+    block = int(wildcards.block)
+    configs = [
+        c
+        for c in tinycnn_configs()
+        if _in_family(c, wildcards, ("filters", "batch", "seed"))
+    ]
+    return [f"{TINYCNN_DIR.format(**c)}/block~{block}/{RECORD}" for c in configs]
+
+
+def classify_family_members(wildcards) -> list[str]:
+    """The run records of one classification comparison family in one block."""
+    block = int(wildcards.block)
+    configs = [
+        c
+        for c in classify_configs()
+        if _in_family(c, wildcards, ("grid", "batch", "seed"))
+    ]
+    return [f"{CLASSIFY_DIR.format(**c)}/block~{block}/{RECORD}" for c in configs]
 
 
 def previous_block(wildcards) -> str:
@@ -237,6 +287,11 @@ def all_records(wildcards) -> list[str]:
         d for b in BLOCKS for d in (*tinycnn_block_dirs(b), *classify_block_dirs(b))
     ]
     return files([*block_dirs, *tinycnn_full_dirs(), *mosaicnet_dirs()], [RECORD])
+
+
+def compare_with_files(wildcards) -> list[str]:
+    """The files of the `compare_with` result sets: the tables are redone when one changes."""
+    return [f for _, path in COMPARE_WITH for f in compare_with_inputs(path)]
 
 
 def report_record(wildcards) -> str:

@@ -44,6 +44,8 @@ rule train_tinycnn:
         f"{LOGS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.log",
     benchmark:
         f"{BENCHMARKS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.tsv"
+    group:
+        TRAIN_GROUP
     shadow:
         "minimal"
     conda:

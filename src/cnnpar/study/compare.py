@@ -91,17 +91,26 @@ def _distinct(frame: pd.DataFrame, column: str, missing: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def opened(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[ResultSet]]:
+def opened(
+    paths: Sequence[str | os.PathLike[str]], names: Sequence[str] | None = None
+) -> Iterator[list[ResultSet]]:
     """Read every result set (a directory, or an archive unpacked into a temporary directory
-    that is removed on exit)."""
+    that is removed on exit); `names` (default: the paths as given) name them in the output."""
+    names = [str(p) for p in paths] if names is None else list(names)
     with tempfile.TemporaryDirectory(prefix="cnnpar-compare-") as scratch:
-        sets = [read_set(path, Path(scratch) / str(i)) for i, path in enumerate(paths)]
+        sets = [
+            read_set(path, Path(scratch) / str(i), name=name)
+            for i, (path, name) in enumerate(zip(paths, names, strict=True))
+        ]
         yield sets
 
 
-def read_set(path: str | os.PathLike[str], scratch: Path | None = None) -> ResultSet:
+def read_set(
+    path: str | os.PathLike[str], scratch: Path | None = None, name: str | None = None
+) -> ResultSet:
     """A result set from a results directory or a `cnnpar pack` archive (unpacked under
-    `scratch`). Raises CompareError naming the path and the fix."""
+    `scratch`), named `name` (default: the path as given). Raises CompareError naming the path
+    and the fix."""
     given = Path(path)
     if not given.exists():
         raise CompareError(f"{given} does not exist; give a results directory or a pack archive")
@@ -126,7 +135,7 @@ def read_set(path: str | os.PathLike[str], scratch: Path | None = None) -> Resul
     summary = read_table(summary_csv, "summary") if summary_csv.is_file() else pd.DataFrame()
     config = root / "tables" / CONFIG_NAME
     result = ResultSet(
-        name=str(path),
+        name=str(path) if name is None else name,
         root=root,
         jobs=jobs,
         summary=summary,
@@ -392,4 +401,141 @@ def pack(results: str | os.PathLike[str], out: str | os.PathLike[str]) -> tuple[
     return target, len(dict.fromkeys(files))
 
 
-__all__ = ["TABLE_NAMES", "CompareError", "ResultSet", "compare_sets", "pack", "read_set", "run"]
+# --- machines side by side (the report's Machines section) ----------------------------------
+
+THIS_RUN = "this run"
+MACHINE_COLUMNS = [
+    "side", "set", "machine", "machine_name", "git_revision", "cnnpar_version", "key",
+    "configuration", "workload", "study", "model", "engine", "mode", "filters", "grid", "cells",
+    "batch_size", "parallelism_requested", "parallelism", "blocks", "rate_unit", "rate",
+    "rate_low", "rate_high", "baseline", "speedup", "speedup_low", "speedup_high",
+    "roofline_gflops", "roofline_device", "roofline_fraction", "roofline_fraction_low",
+    "roofline_fraction_high", "fastest", "fastest_side", "vs_fastest", "vs_fastest_low",
+    "vs_fastest_high", "vs_fastest_verdict", "side_best", "workload_fastest", "vs_workload",
+    "vs_workload_low", "vs_workload_high", "vs_workload_verdict",
+]  # fmt: skip
+
+
+def _side_rates(jobs: pd.DataFrame, default_machine: str) -> dict[tuple[str, str], list[float]]:
+    """Per-block rates of a jobs table by (machine, configuration key)."""
+    rates: dict[tuple[str, str], list[float]] = {}
+    if jobs.empty:
+        return rates
+    if "machine" in jobs.columns:
+        machines = jobs["machine"].astype(str)
+    else:
+        machines = pd.Series(default_machine, index=jobs.index)
+    keys = (" | ".join(_key(j)) for j in jobs.to_dict("records"))
+    for machine, key, rate in zip(machines, keys, jobs["rate"], strict=True):
+        rates.setdefault((machine, key), []).append(float(rate))
+    return rates
+
+
+def _per_machine(jobs: pd.DataFrame, column: str, default: str) -> dict[str, str]:
+    """machine -> the distinct values of a jobs column there, joined ('abc123' or 'a, b')."""
+    if jobs.empty or column not in jobs.columns or "machine" not in jobs.columns:
+        return {}
+    return {
+        str(m): ", ".join(sorted({str(v) for v in part[column].dropna()})) or default
+        for m, part in jobs.groupby("machine", sort=False)
+    }
+
+
+def machines_frame(
+    summary: pd.DataFrame,
+    jobs: pd.DataFrame,
+    others: Sequence[ResultSet] = (),
+    this: str = THIS_RUN,
+) -> pd.DataFrame:
+    """The `machines` table: every summary row of this run and of the `others` result sets,
+    one *side* per (set, machine), each with its own rates, speedups and roofline fraction (a
+    machine's roofline is its own jobs' probes, never another's: the summary row's own columns,
+    formed inside that set's tables).
+
+    Per configuration (`key`: what was asked, `_key`) present on several sides, `fastest` marks
+    the side with the highest rate and `vs_fastest` gives every other side's rate over the
+    fastest's with an unpaired 95% interval (`unpaired_ratio_interval`: Welch's t on the log
+    rates over blocks; the sides were measured at different moments, so nothing pairs them);
+    `vs_fastest_verdict` is faster, slower or not resolved. `workload` is the configuration
+    without its engine or mode and parallelism (what was computed: 'train tinycnn F=8, B=32');
+    per workload on several sides, `side_best` marks each side's fastest configuration,
+    `workload_fastest` the fastest of those, and `vs_workload` (same interval, same verdicts)
+    each other side's best over it.
+    """
+    parts = []
+    for name, summ, jb in [(this, summary, jobs), *((s.name, s.summary, s.jobs) for s in others)]:
+        if summ.empty:
+            continue
+        part = summ.copy()
+        for column, default in (("machine", name), ("machine_name", "unknown machine")):
+            if column not in part.columns:
+                part[column] = default
+        part["set"] = name
+        part["side"] = part["machine_name"].astype(str) + f" in {name}"
+        for column, default in (("git_revision", "unknown"), ("cnnpar_version", "unknown")):
+            found = _per_machine(jb, column, default)
+            part[column] = [found.get(str(m), default) for m in part["machine"]]
+        records = part.to_dict("records")
+        part["key"] = [" | ".join(_key(r)) for r in records]
+        part["configuration"] = [f"{r['study']} {KINDS[r['study']].describe(r)}" for r in records]
+        part["workload"] = [
+            f"{r['study']} {r['model']} {KINDS[r['study']].family_text(r)}" for r in records
+        ]
+        rates = _side_rates(jb, name)
+        part["rates"] = [
+            rates.get((str(r["machine"]), key), [])
+            for r, key in zip(records, part["key"], strict=True)
+        ]
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=MACHINE_COLUMNS)
+    frame = pd.concat(parts, ignore_index=True, sort=False)
+    _versus(frame, "key", "fastest", "fastest_side", "vs_fastest")
+    frame["side_best"] = False
+    for _, group in frame.groupby(["workload", "side"], sort=False):
+        frame.loc[group["rate"].idxmax(), "side_best"] = True
+    _versus(frame[frame["side_best"]], "workload", "workload_fastest", None, "vs_workload", frame)
+    frame["side_best"] = frame["side_best"] & frame["workload"].map(
+        frame.groupby("workload")["side"].nunique() > 1
+    )
+    return frame.reindex(columns=MACHINE_COLUMNS)
+
+
+def _versus(
+    rows: pd.DataFrame,
+    by: str,
+    mark: str,
+    mark_side: str | None,
+    name: str,
+    into: pd.DataFrame | None = None,
+) -> None:
+    """Per group of `rows` (column `by`) measured on two sides or more: set `mark` on the row
+    with the highest rate (`mark_side`: its side, on every row of the group) and the columns
+    `name`, `name`_low, `name`_high, `name`_verdict on the others: their rate over the best's,
+    unpaired (`unpaired_ratio_interval` on the per-block rates). Writes into `into` (default
+    `rows`), whose index `rows` shares."""
+    into = rows if into is None else into
+    into[mark] = False
+    if mark_side is not None:
+        into[mark_side] = ""
+    into[f"{name}_verdict"] = ""
+    for column in (name, f"{name}_low", f"{name}_high"):
+        into[column] = math.nan
+    for _, group in rows.groupby(by, sort=False):
+        if group["side"].nunique() < 2:
+            continue  # measured on one side only: nothing to put beside it
+        best = group["rate"].idxmax()
+        into.loc[best, mark] = True
+        if mark_side is not None:
+            into.loc[group.index, mark_side] = into.at[best, "side"]
+        for index in group.index.drop(best):
+            ratio = unpaired_ratio_interval(into.at[index, "rates"], into.at[best, "rates"])
+            for column, value in ratio.columns(name).items():
+                into.loc[index, column] = value
+            into.loc[index, f"{name}_verdict"] = ratio.direction("faster", "slower")
+
+
+__all__ = [
+    "MACHINE_COLUMNS", "TABLE_NAMES", "THIS_RUN", "CompareError", "ResultSet", "compare_sets",
+    "machines_frame", "opened", "pack", "read_set", "run",
+]  # fmt: skip

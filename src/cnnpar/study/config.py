@@ -267,6 +267,47 @@ def check_thread_cap(
     )
 
 
+# --- other result sets ----------------------------------------------------------------------
+
+
+def check_compare_with(
+    paths: Sequence[str], results: str | os.PathLike[str], read: bool = True
+) -> list[tuple[str, Path]]:
+    """The config's `compare_with` result sets as (the path as given, the path resolved against
+    the working directory, which is Snakemake's workdir, as for `results` and `data.dir`).
+    With `read` each set is read once (its tables checked, an archive unpacked into a temporary
+    directory): a set that cannot be read, or this run's own results directory, raises
+    ConfigError with one line naming the key."""
+    from cnnpar.study.compare import opened
+
+    resolved = [(str(p), Path(p).expanduser().resolve()) for p in paths]
+    own = Path(results).resolve()
+    for i, (given, path) in enumerate(resolved):
+        key = f"config key 'compare_with[{i}]'"
+        if path == own:
+            raise ConfigError(
+                f"invalid config: {key}: {given!r} is this run's own results directory; name "
+                "another run's results (or a `cnnpar pack` archive of it)"
+            )
+        if not read:
+            continue
+        try:
+            with opened([path], [given]):
+                pass
+        except CnnparError as err:
+            raise ConfigError(f"invalid config: {key}: {err}") from None
+    return resolved
+
+
+def compare_with_inputs(path: Path) -> list[str]:
+    """The files of a result set whose change makes the tables step run again: the archive,
+    or the directory's jobs and summary tables."""
+    if path.is_file():
+        return [str(path)]
+    tables = path / "tables"
+    return [str(tables / name) for name in ("jobs.csv", "summary.csv") if (tables / name).is_file()]
+
+
 # --- what this machine can run -----------------------------------------------------------
 
 

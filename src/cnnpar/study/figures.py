@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter
 
 from cnnpar.io import atomic_path
 from cnnpar.registry import table_figures
-from cnnpar.study.kinds import KINDS
+from cnnpar.study.kinds import KINDS, plain_number
 from cnnpar.study.tables import TABLE_SCHEMAS, read_table
 
 log = logging.getLogger(__name__)
@@ -410,6 +410,100 @@ def roofline(summary: pd.DataFrame) -> Figure:
         _roofline_panel(ax, part, kind.subject, extra[kind.name], f"{kind.unit}s")
         ax.set_title(titles[kind.name])
     fig.suptitle("Achieved GFLOP/s as a fraction of the jobs' own matmul probes", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+# --- machines side by side ------------------------------------------------------------------
+
+
+def _machine_bars(machines: pd.DataFrame, value: str, scale: float, ylabel: str) -> Figure:
+    """One panel per study kind: configurations along x, one bar per side (set and machine)
+    with its 95% interval."""
+    data = machines[machines[value].notna()]
+    fig, axes = plt.subplots(1, len(KINDS), figsize=(12, 4.8), squeeze=False)
+    sides = sorted(data["side"].unique()) if not data.empty else []
+    for ax, kind in zip(axes.flat, KINDS.values(), strict=True):
+        part = data[data["study"] == kind.name]
+        if part.empty:
+            _no_data(ax, f"{kind.name} rows")
+            continue
+        configs = sorted(part["configuration"].unique())
+        width = 0.8 / max(1, len(sides))
+        for j, side in enumerate(sides):
+            rows = part[part["side"] == side].drop_duplicates("configuration")
+            rows = rows.set_index("configuration").reindex(configs)
+            x = np.arange(len(configs)) + (j - (len(sides) - 1) / 2) * width
+            ax.bar(
+                x, scale * rows[value].to_numpy(dtype=float), width,
+                yerr=_interval_err(rows, value, scale), capsize=2, color=f"C{j % 10}",
+                edgecolor="black", linewidth=0.4, label=side,
+            )  # fmt: skip
+        labels = [c.removeprefix(f"{kind.name} ") for c in configs]
+        ax.set_xticks(np.arange(len(configs)), labels, rotation=35, ha="right", fontsize=7)
+        ax.set_ylabel(ylabel.format(unit=part["rate_unit"].iloc[0]))
+        ax.set_title(kind.name)
+        rates = part[value].dropna()
+        if len(rates) and rates.max() / max(rates.min(), 1e-12) > 30:
+            _plain_log(ax, "y")
+    axes.flat[0].legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def machines_throughput(machines: pd.DataFrame) -> Figure:
+    """Rate of every configuration on every side (result set and machine), 95% intervals."""
+    fig = _machine_bars(machines, "rate", 1.0, "throughput ({unit})")
+    fig.suptitle("Throughput per machine (95% intervals over each machine's blocks)", y=1.02)
+    return fig
+
+
+def machines_roofline(machines: pd.DataFrame) -> Figure:
+    """Each side's GFLOP/s over its own jobs' matmul probes (percent), 95% intervals."""
+    fig = _machine_bars(machines, "roofline_fraction", 100.0, "% of its own matmul probe")
+    fig.suptitle("Fraction of each machine's own roofline", y=1.02)
+    return fig
+
+
+def machines_scaling(machines: pd.DataFrame) -> Figure:
+    """Speedup over each machine's own baseline against the parallelism asked for, one line per
+    side and engine or mode; both panels share the y axis."""
+    data = machines[machines["speedup"].notna()]
+    fig, axes = plt.subplots(1, len(KINDS), figsize=(12, 4.5), squeeze=False, sharey=True)
+    sides = sorted(data["side"].unique()) if not data.empty else []
+    for ax, kind in zip(axes.flat, KINDS.values(), strict=True):
+        part = data[data["study"] == kind.name]
+        if kind.baseline_subject is not None:
+            part = part[part[kind.subject] != kind.baseline_subject]
+        if part.empty:
+            _no_data(ax, f"{kind.name} scaling")
+            continue
+        varying = [k for k in kind.peers if k != "cells" and part[k].nunique(dropna=True) > 1]
+        lines = part.groupby(["side", kind.subject, *varying], dropna=False, sort=True)
+        for i, (key, line) in enumerate(lines):
+            if (line[PAR] == 1).all() and kind.baseline_subject is None:
+                continue  # a 1-thread-only engine is its own baseline
+            line = line.sort_values(PAR)
+            x, y = line[PAR].to_numpy(dtype=float), line["speedup"].to_numpy(dtype=float)
+            err = _interval_err(line, "speedup")
+            if kind.baseline_subject is not None:  # start at the baseline: 1 worker, 1×
+                x, y = np.r_[1.0, x], np.r_[1.0, y]
+                err = np.hstack([np.zeros((2, 1)), err])
+            side = sides.index(key[0])
+            ax.errorbar(
+                x, y, yerr=err, capsize=3, marker=MARKERS[side % len(MARKERS)],
+                color=COLORS.get(key[1], f"C{i % 10}"), ls=["-", "--", ":", "-."][side % 4],
+                label=" ".join([key[0], *(plain_number(k) for k in key[1:])]),
+            )  # fmt: skip
+        top = max(2.0, float(part[PAR].max()))
+        ax.plot([1, top], [1, top], "k--", lw=1, label="ideal (linear)")
+        ticks = sorted({1, *(int(v) for v in part[PAR].unique())})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlabel(f"{kind.unit}s asked for")
+        ax.set_title(kind.name)
+        ax.legend(loc="upper left", fontsize=6)
+    axes.flat[0].set_ylabel("speedup over the machine's own baseline (×)")
+    fig.suptitle("Scaling per machine (line style and marker: machine; colour: engine or mode)")
     fig.tight_layout()
     return fig
 

@@ -244,6 +244,107 @@ def _capped_findings(summary: pd.DataFrame) -> list[str]:
     ]
 
 
+# --- machines side by side ------------------------------------------------------------------
+
+
+def _who(row: pd.Series) -> str:
+    """'numba 2 threads' of a machines-table row."""
+    kind = KINDS[row["study"]]
+    return f"{row[kind.subject]} {kind.parallelism_text(row['parallelism_requested'])}"
+
+
+def _side_rate(row: pd.Series) -> str:
+    rate = Interval.from_columns(row, "rate").text("{:,.0f}", "")
+    return f"{rate} {row['rate_unit']}"
+
+
+def machine_findings(machines: pd.DataFrame) -> list[str]:
+    """Sentences over the machines table: which sides it holds, the fastest side per workload
+    (its best configuration against every other side's best), and, per configuration, only the
+    differences from the fastest side whose 95% interval resolves; the rest are counted."""
+    if machines.empty:
+        return ["No result set to put side by side: the summary table is empty."]
+    sides = list(dict.fromkeys(machines["side"]))
+    if len(sides) == 1:
+        return [
+            f"One machine in this report: {sides[0]}. Name other result sets (results "
+            "directories, or archives made by `cnnpar pack`) in the config's compare_with to "
+            "put other machines or commits beside it."
+        ]
+    out = [
+        f"{len(sides)} machines side by side: "
+        + "; ".join(
+            f"{side} (git {rev}, cnnpar {ver})"
+            for side, rev, ver in machines.drop_duplicates("side")[
+                ["side", "git_revision", "cnnpar_version"]
+            ].itertuples(index=False)
+        )
+        + "."
+    ]
+    for workload, part in machines[machines["side_best"].astype(bool)].groupby("workload"):
+        top = part[part["workload_fastest"].astype(bool)].iloc[0]
+        lead = f"Fastest machine for {workload}: {top['side']}, {_who(top)} at {_side_rate(top)}"
+        behind, unresolved = [], []
+        for _, row in part[~part["workload_fastest"].astype(bool)].iterrows():
+            if row["vs_workload_verdict"] in ("faster", "slower"):
+                ratio = Interval.from_columns(row, "vs_workload").text()
+                behind.append(f"{row['side']} reaches {ratio} of it at best ({_who(row)})")
+            else:
+                unresolved.append(row["side"])
+        if unresolved:
+            lead = lead.replace("Fastest machine", "Highest estimate", 1)
+            behind.append(f"its lead over {' and '.join(unresolved)} does not resolve")
+        out.append(f"{lead}; {'; '.join(behind)}.")
+    rest = 0
+    for _, row in machines[machines["vs_fastest_verdict"].astype(str) != ""].iterrows():
+        if row["vs_fastest_verdict"] not in ("faster", "slower"):
+            rest += 1
+            continue
+        ratio = Interval.from_columns(row, "vs_fastest").text()
+        out.append(
+            f"{row['configuration']}: {row['side']} runs at {ratio} the rate of "
+            f"{row['fastest_side']} ({_side_rate(row)}; unpaired, Welch's t on the log rates)."
+        )
+    if rest:
+        out.append(
+            f"{rest} other difference(s) from the fastest machine do not resolve: their 95% "
+            "intervals admit both a gain and a loss (see the table)."
+        )
+    return out
+
+
+def _fmt_machines(machines: pd.DataFrame) -> pd.DataFrame:
+    """The machines table as people read it: one row per configuration and side."""
+    rows = []
+    for _, r in machines.sort_values(["configuration", "side"]).iterrows():
+        vs = ""
+        if r["fastest"]:
+            vs = "fastest"
+        elif r["vs_fastest_verdict"]:
+            ratio = Interval.from_columns(r, "vs_fastest")
+            vs = f"{ratio.text()} ({r['vs_fastest_verdict']})" if pd.notna(r["vs_fastest"]) else ""
+        par = plain_number(r["parallelism"])
+        if r["parallelism"] != r["parallelism_requested"]:
+            par += f" (asked {plain_number(r['parallelism_requested'])})"
+        roof = ""
+        if pd.notna(r["roofline_fraction"]):
+            roof = Interval.from_columns(r, "roofline_fraction").text("{:.0f}", "%", scale=100.0)
+        speedup = "" if pd.isna(r["speedup"]) else Interval.from_columns(r, "speedup").text()
+        rows.append(
+            {
+                "configuration": r["configuration"],
+                "machine (result set)": r["side"],
+                "ran with": par,
+                "rate [95% CI]": _side_rate(r),
+                "speedup over its own baseline": speedup,
+                "% own roofline": roof,
+                "against the fastest machine": vs,
+                "blocks": int(r["blocks"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def banner_html(jobs: pd.DataFrame) -> str:
     """The warning that opens the report when any timed job saw interference."""
     if jobs.empty or not jobs["flagged"].astype(bool).any():
@@ -334,7 +435,9 @@ def _img(path: str | os.PathLike[str], alt: str) -> str:
     return f'<img src="data:{mime};base64,{data}" alt="{html.escape(alt)}">'
 
 
-def figures_html(figures: Sequence[str | os.PathLike[str]]) -> str:
+def figures_html(figures: Sequence[str | os.PathLike[str]], section: str = "figures") -> str:
+    """The figures the registry places in `section` (figures, machines), in registry order;
+    a file the registry does not know goes to the figures section."""
     order = list(FIGURES)
     blocks = []
     for path in sorted(
@@ -342,6 +445,8 @@ def figures_html(figures: Sequence[str | os.PathLike[str]]) -> str:
     ):
         stem = Path(path).stem
         figure = FIGURES.get(stem)
+        if (figure.section if figure else "figures") != section:
+            continue
         title = figure.title if figure else stem
         css = "figure mask" if stem == "mask" else "figure"
         blocks.append(
@@ -438,6 +543,8 @@ def render(
     items = "\n".join(
         f"<li>{html.escape(s)}</li>" for s in findings(summary, tables.get("comparisons"))
     )
+    machines = tables.get("machines", pd.DataFrame())
+    machine_items = "\n".join(f"<li>{html.escape(s)}</li>" for s in machine_findings(machines))
     return template.substitute(
         title=html.escape(title),
         meta=html.escape(meta),
@@ -445,6 +552,9 @@ def render(
         findings=items,
         method=method_html(),
         figures=figures_html(figures),
+        machine_findings=machine_items,
+        machine_figures=figures_html(figures, "machines"),
+        machines_table=table_html(_fmt_machines(machines)) if not machines.empty else "",
         summary_table=table_html(_fmt_summary(summary)) if not summary.empty else "",
         train_rows=len(tables["train"]),
         classify_rows=len(tables["classify"]),

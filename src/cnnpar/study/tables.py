@@ -13,7 +13,9 @@ never from where a file lives. Five tables come out:
   fraction of its own roofline, and for classification end-to-end rate and start-up payback,
   each ratio formed inside a block and summarised over blocks with a 95% interval
   (`cnnpar.measure.intervals`);
-- ``comparisons.csv``: engine against engine and mode against mode, paired the same way.
+- ``comparisons.csv``: engine against engine and mode against mode, paired the same way;
+- ``machines.csv``: the summary rows of this run and of the result sets named in the config's
+  ``compare_with``, one side per set and machine (`cnnpar.study.compare.machines_frame`).
 
 Nothing here times or runs a model: it only reads files the jobs wrote. `read_table` checks
 every table it reads back (columns, numbers, rows) and fails with one line naming the file.
@@ -133,6 +135,10 @@ TABLE_SCHEMAS: dict[str, tuple[list[str], list[str]]] = {
     "comparisons": (
         ["study", "subject", "reference", "ratio", "ratio_low", "ratio_high", "verdict"],
         [],
+    ),
+    "machines": (  # this run's summary beside other result sets' (config key compare_with)
+        ["side", "set", "machine_name", "configuration", "study", "rate", "fastest"],
+        ["rate"],
     ),
 }  # fmt: skip
 TABLE_NAMES = list(TABLE_SCHEMAS)
@@ -627,11 +633,18 @@ def build_tables(
     records: Sequence[str | os.PathLike[str]],
     out: Mapping[str, str | os.PathLike[str]],
     config: tuple[str | os.PathLike[str], str] | None = None,
+    compare_with: Sequence[str | os.PathLike[str]] = (),
+    compare_names: Sequence[str] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Read every job's run record and outputs and write the tables named in `out`
-    (train, classify, jobs, summary, comparisons); returns them too. `config` = (path, text)
-    also writes the config the study ran with beside them, so the tables and records make a
-    self-contained result set (`cnnpar compare`, `cnnpar pack`)."""
+    (train, classify, jobs, summary, comparisons, machines); returns them too.
+    `config` = (path, text) also writes the config the study ran with beside them, so the
+    tables and records make a self-contained result set (`cnnpar compare`, `cnnpar pack`).
+    `compare_with` lists other result sets (directories or `cnnpar pack` archives) whose
+    summaries the machines table puts beside this run's, named `compare_names` (default: the
+    paths); one that cannot be read raises `cnnpar.study.compare.CompareError`."""
+    from cnnpar.study import compare as sets
+
     runs = read_records(records)
     train = train_frame(runs)
     classify = classify_frame(runs)
@@ -645,6 +658,8 @@ def build_tables(
         if not jobs.empty
         else pd.DataFrame(columns=COMPARISON_COLUMNS),
     }
+    with sets.opened(compare_with, compare_names) as others:
+        tables["machines"] = sets.machines_frame(tables["summary"], jobs, others)
     for name, target in out.items():
         write_frame(target, tables[name])
     if config is not None:
