@@ -45,7 +45,8 @@ class Parallelism:
 
     `requested` is the thread count (train) or worker count (classify) the command was given;
     `effective` the number of cores' worth of workers that actually ran: the engine's threads,
-    or processes × torch threads per process.
+    or processes × torch threads per process, at most the CPUs the process could use (workers
+    beyond them take turns, as under `taskset`).
     """
 
     requested: int
@@ -160,10 +161,10 @@ class RunRecord:
             isinstance(cpus, int)
             and isinstance(at_start, int)
             and cpus < at_start
-            and self.parallelism.effective > cpus
+            and self.parallelism.requested > cpus
         ):
             reasons.append(
-                f"its {self.parallelism.effective} threads ran on {cpus} CPU(s), not the "
+                f"its {self.parallelism.requested} threads ran on {cpus} CPU(s), not the "
                 f"{at_start} it started with (OMP_PROC_BIND or a library bound it)"
             )
         return reasons

@@ -387,7 +387,11 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     record = run_record(
         cfg,
         Parallelism(
-            requested=cfg.threads, effective=int(engine.threads), processes=1, threads=threads
+            requested=cfg.threads,
+            # Threads beyond the CPUs this process may use take turns (a taskset-confined run).
+            effective=min(int(engine.threads), int(load["cpus_available"])),
+            processes=1,
+            threads=threads,
         ),
         results={
             "numba_threading_layer": numba_threading_layer() if cfg.engine == "numba" else None,

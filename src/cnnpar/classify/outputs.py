@@ -47,9 +47,12 @@ class Classification:
     @property
     def parallelism(self) -> Parallelism:
         torch_threads = self.threads.get("torch_threads") or 1
+        # More processes than CPUs (a taskset-confined run) take turns: they are worth no more
+        # cores than the CPUs they may use.
+        cores = self.processes * int(torch_threads)
         return Parallelism(
             requested=self.config.workers,
-            effective=self.processes * int(torch_threads),
+            effective=min(cores, int(self.load.get("cpus_available") or cores)),
             processes=self.processes,
             threads=dict(self.threads),
         )
