@@ -13,6 +13,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 Device = Literal["cpu", "cuda"]
+# The library that drives an engine's device: what decides whether a GPU engine can run here.
+Runtime = Literal["numpy", "numba", "torch"]
+# How a command's work is laid out over processes and threads:
+#   "threads"    one process, its own threads (--threads, or --workers as threads)
+#   "processes"  worker processes started by the command, one thread each (--workers)
+#   "ranks"      torch.distributed ranks (--ranks), each with --threads threads (cnnpar.ranks)
+Layout = Literal["threads", "processes", "ranks"]
 
 
 @dataclass(frozen=True)
@@ -23,9 +30,20 @@ class Engine:
     module: str  # the module holding `cls`, imported only when the engine is used
     cls: str
     parallel: bool  # whether host threads mean anything to it (else it runs at 1)
-    device: Device
+    device: Device  # decides availability (a GPU engine needs one) and cluster GPU resources
+    runtime: Runtime  # which library is asked whether `device` is there
     models: tuple[str, ...]  # which models it can train
     summary: str
+    layout: Layout = "threads"
+
+    @property
+    def gpu(self) -> bool:
+        return self.device == "cuda"
+
+    @property
+    def ranks(self) -> bool:
+        """Whether it trains as torch.distributed ranks (`--ranks`)."""
+        return self.layout == "ranks"
 
 
 @dataclass(frozen=True)
@@ -37,11 +55,25 @@ class Mode:
     parallel: bool  # whether --workers means anything to it (else it runs 1 worker)
     device: Device
     summary: str
+    layout: Layout = "threads"
+
+    @property
+    def gpu(self) -> bool:
+        return self.device == "cuda"
+
+    @property
+    def ranks(self) -> bool:
+        """Whether it classifies as torch.distributed ranks (`--ranks`, `--threads`)."""
+        return self.layout == "ranks"
 
     def host_threads(self, workers: int) -> int:
         """Torch threads of the classifying process itself: the workers when they are its
         threads, else 1 (worker processes pin their own)."""
-        return workers if self.parallel and self.runner == "InProcessRunner" else 1
+        return workers if self.parallel and self.layout == "threads" else 1
+
+    def worker_processes(self, workers: int) -> int:
+        """Classifying processes the command starts besides itself (0 unless processes)."""
+        return workers if self.layout == "processes" else 0
 
 
 @dataclass(frozen=True)
@@ -55,10 +87,17 @@ class Backend:
 
 @dataclass(frozen=True)
 class Model:
+    """A network `cnnpar train` trains. `trainer` names the class in cnnpar.nets.training that
+    builds its engine, estimates its memory and writes its outputs."""
+
     name: str
     default_engine: str
     defaults: dict[str, object]  # what `cnnpar train` fills in for an option left out
     summary: str
+    trainer: str
+    outputs: tuple[str, ...]  # what its run directory holds besides run.json, in order
+    options: tuple[str, ...] = ()  # model-specific options of `cnnpar train` (dests)
+    shrink: str = "use a smaller --batch-size"  # how to make a run fit in memory
 
 
 @dataclass(frozen=True)
@@ -87,6 +126,7 @@ ENGINES: dict[str, Engine] = {
             "NumpyEngine",
             parallel=False,
             device="cpu",
+            runtime="numpy",
             models=("tinycnn",),
             summary="the float64-accumulating NumPy reference",
         ),
@@ -96,6 +136,7 @@ ENGINES: dict[str, Engine] = {
             "NumbaEngine",
             parallel=True,
             device="cpu",
+            runtime="numba",
             models=("tinycnn",),
             summary="numba CPU threads, one fused pass per image",
         ),
@@ -105,6 +146,7 @@ ENGINES: dict[str, Engine] = {
             "CudaEngine",
             parallel=False,
             device="cuda",
+            runtime="numba",
             models=("tinycnn",),
             summary="numba.cuda kernels, the batch kept on the device",
         ),
@@ -114,6 +156,7 @@ ENGINES: dict[str, Engine] = {
             "TorchEngine",
             parallel=True,
             device="cpu",
+            runtime="torch",
             models=("tinycnn", "mosaicnet"),
             summary="PyTorch on the CPU",
         ),
@@ -123,6 +166,7 @@ ENGINES: dict[str, Engine] = {
             "TorchCudaEngine",
             parallel=False,
             device="cuda",
+            runtime="torch",
             models=("tinycnn", "mosaicnet"),
             summary="PyTorch on the first CUDA device",
         ),
@@ -152,6 +196,7 @@ MODES: dict[str, Mode] = {
             parallel=True,
             device="cpu",
             summary="N spawned worker processes, one torch thread each",
+            layout="processes",
         ),
         Mode(
             "cuda",
@@ -182,6 +227,10 @@ MODELS: dict[str, Model] = {
             default_engine="numba",
             defaults={"filters": 8, "batch_size": 32, "epochs": 3, "lr": 0.05},
             summary="conv3x3 F → ReLU → maxpool 2 → FC 10, plain SGD",
+            trainer="TinyCNNTrainer",
+            outputs=("weights_init.npz", "weights_final.npz", "metrics.csv"),
+            options=("filters",),
+            shrink="use a smaller --filters or --batch-size",
         ),
         Model(
             "mosaicnet",
@@ -189,6 +238,8 @@ MODELS: dict[str, Model] = {
             # Adam at its usual 1e-3; MosaicNet has no width to choose.
             defaults={"filters": None, "batch_size": 64, "epochs": 2, "lr": 1e-3},
             summary="conv5x5 16 → pool → conv5x5 32 → pool → FC 1568-512-256-10, Adam",
+            trainer="MosaicNetTrainer",
+            outputs=("model.pt", "metrics.csv"),
         ),
     )
 }
@@ -273,6 +324,16 @@ def names(registry: dict[str, object]) -> list[str]:
 
 def engines_for(model: str) -> list[str]:
     return [e.name for e in ENGINES.values() if model in e.models]
+
+
+def gpu_engines() -> list[str]:
+    """The engines that need a GPU (cluster jobs ask for one)."""
+    return [e.name for e in ENGINES.values() if e.gpu]
+
+
+def gpu_modes() -> list[str]:
+    """The classify modes that need a GPU."""
+    return [m.name for m in MODES.values() if m.gpu]
 
 
 def table_figures() -> list[Figure]:

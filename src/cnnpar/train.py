@@ -28,8 +28,9 @@ from cnnpar.errors import CnnparError
 from cnnpar.measure.environment import environment
 from cnnpar.measure.interference import DEFAULT_LOCK, Interference, Limits, TimedRegion
 from cnnpar.measure.threads import numba_threading_layer, set_threads
-from cnnpar.nets import tinycnn
+from cnnpar.nets import tinycnn, training
 from cnnpar.nets.tinycnn import spec
+from cnnpar.nets.training import EVAL_CHUNK
 from cnnpar.record import Parallelism, RunRecord
 from cnnpar.registry import ENGINES, MODELS, engines_for
 
@@ -43,7 +44,6 @@ METRIC_FIELDS = (
     "test_loss",
     "test_acc",
 )
-EVAL_CHUNK = 1000  # test images per predict call: bounds the numpy engine's im2col memory
 
 
 class TrainConfigError(CnnparError):
@@ -115,7 +115,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             f"--test-size must be in 1..{COUNTS['test']} (got {cfg.test_size})",
         ),
     ]
-    if cfg.model == "tinycnn":
+    model = MODELS[cfg.model]
+    if "filters" in model.options:
         checks.append((cfg.filters >= 1, f"--filters must be >= 1 (got {cfg.filters})"))
     for ok, message in checks:
         if not ok:
@@ -127,44 +128,26 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         )
     tinycnn.get_engine(cfg.engine)  # unknown or unavailable engine: a one-line error
     limits.check_parallelism(cfg.threads, "--threads")
-    what = f"--model {cfg.model}" + (f" --filters {cfg.filters}" if cfg.model == "tinycnn" else "")
+    what = f"--model {cfg.model}" + "".join(
+        f" --{option} {getattr(cfg, option)}" for option in model.options
+    )
     limits.check_memory(
         memory_estimate(cfg),
         f"training {what} --batch-size {cfg.batch_size} --threads {cfg.threads}",
-        "use a smaller --filters or --batch-size"
-        if cfg.model == "tinycnn"
-        else "use a smaller --batch-size",
+        model.shrink,
     )
-    io.check_run_directory(cfg.out, OUTPUTS[cfg.model])
+    io.check_run_directory(cfg.out, MODELS[cfg.model].outputs)
     return cfg
 
 
-# Everything a run directory of each model holds besides run.json, in the record's order.
-OUTPUTS = {
-    "tinycnn": ("weights_init.npz", "weights_final.npz", "metrics.csv"),
-    "mosaicnet": ("model.pt", "metrics.csv"),
-}
+def trainer(cfg: TrainConfig) -> training.Trainer:
+    """The model's trainer (`registry.Model.trainer`): memory estimate, engine, outputs."""
+    return getattr(training, MODELS[cfg.model].trainer)
 
 
 def memory_estimate(cfg: TrainConfig) -> int:
-    """Bytes a training run with the resolved `cfg` needs at least: the digits (and the epoch's
-    shuffled copy), the weights with their gradients and optimizer state, and one batch's
-    activations; an order-of-magnitude check, not a budget."""
-    batch = min(cfg.batch_size, cfg.train_size)
-    pixels = spec.IMAGE * spec.IMAGE
-    data = (2 * cfg.train_size + cfg.test_size) * pixels
-    if cfg.model == "tinycnn":
-        params = spec.n_parameters(cfg.filters)
-        per_image = cfg.filters * (spec.CONV * spec.CONV + 3 * spec.CELLS)  # conv, pool, grads
-        # weights, gradients, the initial copy, and a gradient accumulator per thread (numba)
-        weights = params * (3 + cfg.threads)
-        activations = (batch + EVAL_CHUNK) * per_image
-    else:
-        from cnnpar.nets import mosaicnet
-
-        weights = 4 * mosaicnet.N_PARAMETERS  # weights, gradients, Adam's two moments
-        activations = 2 * batch * mosaicnet.ACTIVATION_FLOATS  # forward kept + gradients
-    return data + 4 * (weights + activations)
+    """Bytes a training run with the resolved `cfg` needs at least (the model's estimate)."""
+    return trainer(cfg).memory_estimate(cfg)
 
 
 # --- the loop -----------------------------------------------------------------------------
@@ -276,34 +259,6 @@ class TrainResult:
     record: RunRecord
 
 
-def _build_engine(cfg: TrainConfig, host_threads: int) -> tuple[tinycnn.Engine, int, int, dict]:
-    """The engine, its training FLOPs per image, its parameter count and (TinyCNN) the initial
-    weights."""
-    if cfg.model == "tinycnn":
-        init = spec.init_params(cfg.filters, cfg.seed)
-        engine = tinycnn.get_engine(cfg.engine).from_params(init, lr=cfg.lr, threads=host_threads)
-        return (
-            engine,
-            spec.flops_per_image(cfg.filters, training=True),
-            spec.n_parameters(cfg.filters),
-            init,
-        )
-    import torch
-
-    from cnnpar.nets import mosaicnet
-    from cnnpar.nets.torch_step import TorchTrainer
-
-    device = ENGINES[cfg.engine].device
-    torch.manual_seed(cfg.seed)  # the initial weights come from the seed alone
-    engine = TorchTrainer(
-        mosaicnet.MosaicNet(),
-        lambda parameters: torch.optim.Adam(parameters, lr=cfg.lr),
-        device,
-        host_threads,
-    )
-    return engine, mosaicnet.flops_per_image(training=True), mosaicnet.N_PARAMETERS, {}
-
-
 def run_record(
     cfg: TrainConfig,
     parallelism: Parallelism,
@@ -338,7 +293,8 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     source = cfg.data_source
     train = _first(load_mnist("train", source), cfg.train_size)
     test = _first(load_mnist("test", source), cfg.test_size)
-    engine, flops, n_params, init = _build_engine(cfg, host_threads)
+    built = trainer(cfg).build(cfg, host_threads)
+    engine = built.engine
 
     # Warm-up and every epoch run inside the guarded region: the lock keeps other timed runs
     # out, and the probes and CPU accounting tell whether anything else got in.
@@ -365,7 +321,7 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
         )
 
     out = Path(cfg.out)
-    outputs = list(OUTPUTS[cfg.model])
+    outputs = list(MODELS[cfg.model].outputs)
     record = run_record(
         cfg,
         Parallelism(
@@ -373,8 +329,8 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
         ),
         results={
             "numba_threading_layer": numba_threading_layer() if cfg.engine == "numba" else None,
-            "parameters": n_params,
-            "flops_per_image": flops,
+            "parameters": built.parameters,
+            "flops_per_image": built.flops_per_image,
             "warmup_s": warmup_s,
             "train_seconds": sum(r["seconds"] for r in rows),
             "train_images": sum(r["images"] for r in rows),
@@ -386,26 +342,10 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
         interference=region.result,
     )
     with io.run_directory(out) as tmp:
-        if cfg.model == "tinycnn":
-            io.write_npz(tmp / "weights_init.npz", **init)
-            io.write_npz(tmp / "weights_final.npz", **engine.params())
-        else:
-            io.write_bytes(tmp / "model.pt", _torch_bytes(engine.model.state_dict()))
+        trainer(cfg).write(tmp, built)
         io.write_csv(tmp / "metrics.csv", rows, fieldnames=METRIC_FIELDS)
         record.write(tmp)  # last: its presence means the directory is complete
     return TrainResult(out=out, rows=rows, record=record)
-
-
-def _torch_bytes(obj: object) -> bytes:
-    """torch.save into memory: written to a full disk, torch.save fails with a RuntimeError
-    about zip positions; a plain write fails with ENOSPC, which names the real cause."""
-    import io as bytes_io
-
-    import torch
-
-    buffer = bytes_io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
 
 
 def _first(data: Mnist, n: int) -> Mnist:
@@ -425,7 +365,9 @@ def engines_table() -> list[tuple[str, str]]:
     rows = []
     for name, reason in tinycnn.available_engines().items():
         status = reason or "available"
-        if name == "cuda" and reason is None and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        entry = ENGINES[name]
+        simulated = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+        if entry.gpu and entry.runtime == "numba" and reason is None and simulated:
             status = "available (CUDA simulator: NUMBA_ENABLE_CUDASIM=1)"
         rows.append((name, status))
     return rows

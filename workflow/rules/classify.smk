@@ -21,6 +21,7 @@ rule classify:
     threads: lambda wildcards: int(wildcards.workers)
     resources:
         bench=1,
+        gpu=mode_gpus,
     params:
         out=lambda wildcards, output: Path(output.result).parent,
         rows=lambda wildcards: parse_grid(wildcards.grid)[0],

@@ -269,3 +269,17 @@ def figure_caption(figure_id: str) -> str:
         tmp.write_text(text)
         tmp.replace(path)
     return str(path.resolve())
+
+
+# --- cluster resources -------------------------------------------------------------------------
+
+
+def engine_gpus(wildcards) -> int:
+    """GPUs a training job asks a cluster for: one where the registry says its engine runs on
+    CUDA (the SLURM plugin turns gpu=1 into sbatch --gpus=1)."""
+    return int(registry.ENGINES[wildcards.engine].gpu)
+
+
+def mode_gpus(wildcards) -> int:
+    """GPUs a classify job asks a cluster for, from its mode's registry entry."""
+    return int(registry.MODES[wildcards.mode].gpu)

@@ -49,6 +49,7 @@ rule train_tinycnn:
     threads: lambda wildcards: int(wildcards.threads)
     resources:
         bench=1,
+        gpu=engine_gpus,
     params:
         **TINYCNN_PARAMS,
         out=lambda wildcards, output: Path(output.run).parent,
@@ -74,6 +75,7 @@ rule train_tinycnn_full:
     threads: lambda wildcards: int(wildcards.threads)
     resources:
         bench=1,
+        gpu=engine_gpus,
     params:
         **TINYCNN_PARAMS,
         out=lambda wildcards, output: Path(output.run).parent,
@@ -99,9 +101,8 @@ rule train_mosaicnet:
     threads: MOSAICNET["threads"]
     resources:
         bench=1,
-        # For cluster executors (the SLURM plugin turns it into sbatch --gpus=1). It depends on
-        # the config, not on a wildcard, so profiles/slurm cannot compute it.
-        gpu=int(MOSAICNET["engine"] == "torch-cuda"),
+        # For cluster executors (the SLURM plugin turns it into sbatch --gpus=1).
+        gpu=int(registry.ENGINES[MOSAICNET["engine"]].gpu),
     params:
         out=lambda wildcards, output: Path(output.model).parent,
         engine=MOSAICNET["engine"],

@@ -54,7 +54,7 @@ class ClassifyConfig:
     @property
     def processes(self) -> int:
         """Classifying processes besides this one (workers in processes mode)."""
-        return self.workers if MODES[self.mode].runner == "ProcessRunner" else 0
+        return MODES[self.mode].worker_processes(self.workers)
 
     @property
     def resolved_backend(self) -> str:

@@ -49,9 +49,6 @@ class Engine(Protocol):
     def params(self) -> Params: ...
 
 
-CUDA_MISSING = "engine 'cuda' needs a CUDA GPU; none found (set NUMBA_ENABLE_CUDASIM=1 to simulate)"
-
-
 class EngineUnavailable(CnnparError):
     """The engine exists but cannot run here (no GPU, say)."""
 
@@ -61,17 +58,30 @@ class UnknownEngine(CnnparError):
 
 
 def unavailable_reason(name: str) -> str | None:
-    """None if engine `name` can run here, else a one-line reason naming the fix."""
+    """None if engine `name` can run here, else a one-line reason naming the fix.
+
+    A CPU engine always can; a GPU engine asks its own runtime (numba.cuda or torch.cuda)."""
     if name not in ENGINES:
         raise UnknownEngine(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
-    if name == "cuda":
+    entry = ENGINES[name]
+    if not entry.gpu:
+        return None
+    if entry.runtime == "numba":
         if not _numba_cuda_available():
-            return CUDA_MISSING
-    elif name == "torch-cuda":
-        import torch
+            return (
+                f"engine {name!r} needs a CUDA GPU; none found "
+                "(set NUMBA_ENABLE_CUDASIM=1 to simulate)"
+            )
+        return None
+    import torch
 
-        if not torch.cuda.is_available():
-            return "engine 'torch-cuda' needs a CUDA GPU; none found (use --engine torch)"
+    if not torch.cuda.is_available():
+        cpu = " or ".join(
+            e.name
+            for e in ENGINES.values()
+            if not e.gpu and e.runtime == entry.runtime and e.layout == entry.layout
+        )
+        return f"engine {name!r} needs a CUDA GPU; none found (use --engine {cpu})"
     return None
 
 
