@@ -237,6 +237,24 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 # numeric options here only parse.
 
 
+def _add_rank_options(p: argparse.ArgumentParser, what: str) -> None:
+    from cnnpar.ranks import DEFAULT_TIMEOUT_S
+
+    p.add_argument(
+        "--ranks",
+        type=_positive_int,
+        default=1,
+        help=f"torch.distributed ranks ({what}; under srun, its task count); default 1",
+    )
+    p.add_argument(
+        "--rank-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds a rank waits for the others in a collective before the job ends "
+        f"(default {DEFAULT_TIMEOUT_S:g})",
+    )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from cnnpar import train
 
@@ -255,9 +273,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         shuffle=args.shuffle,
         data_source=args.data_source,
         time_budget=args.time_budget,
+        ranks=args.ranks,
+        rank_timeout=args.rank_timeout,
         **_timing_kwargs(args),
     )
     result = train.run(cfg)
+    if result is None:  # a rank other than 0 of an srun step: rank 0 reports
+        return 0
     for row in result.rows:
         print(train.format_row(row))
     print(f"wrote {', '.join([*result.record.outputs, 'run.json'])} to {result.out}")
@@ -276,7 +298,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         choices=list(ENGINES),
         help="default: " + ", ".join(f"{m.default_engine} ({m.name})" for m in MODELS.values()),
     )
-    p.add_argument("--threads", type=_positive_int, default=1, help="CPU threads (default 1)")
+    p.add_argument(
+        "--threads", type=_positive_int, default=1, help="CPU threads (per rank; default 1)"
+    )
+    _add_rank_options(p, "engine torch-ddp")
     p.add_argument(
         "--filters", type=_positive_int, default=None, help="TinyCNN conv filters F (default 8)"
     )

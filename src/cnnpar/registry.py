@@ -170,6 +170,17 @@ ENGINES: dict[str, Engine] = {
             models=("tinycnn", "mosaicnet"),
             summary="PyTorch on the first CUDA device",
         ),
+        Engine(
+            "torch-ddp",
+            f"{TINYCNN_ENGINE_MODULE}.ddp_engine",
+            "DdpEngine",
+            parallel=True,
+            device="cpu",
+            runtime="torch",
+            models=("tinycnn", "mosaicnet"),
+            summary="PyTorch DistributedDataParallel: --ranks processes x --threads (Gloo)",
+            layout="ranks",
+        ),
     )
 }
 

@@ -19,10 +19,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cnnpar import io, limits
+from cnnpar import ranks as ranks_mod
 from cnnpar.data import COUNTS, Mnist, load_mnist
 from cnnpar.errors import CnnparError
 from cnnpar.measure.environment import environment
@@ -71,6 +73,8 @@ class TrainConfig:
     data_source: str = "bundled"
     block: int | None = None  # the study's paired block this run belongs to, if any
     time_budget: float | None = None  # stop at the first step after this many timed seconds
+    ranks: int = 1  # torch.distributed ranks (engines whose layout is "ranks"), --threads each
+    rank_timeout: float = ranks_mod.DEFAULT_TIMEOUT_S  # a collective waits this long for a rank
     timing_lock: str | None = str(DEFAULT_LOCK)
     limits: Limits = field(default_factory=Limits)
 
@@ -115,6 +119,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             f"--test-size must be in 1..{COUNTS['test']} (got {cfg.test_size})",
         ),
     ]
+    engine = ENGINES.get(cfg.engine)
+    if engine is not None and engine.ranks:
+        checks.append(
+            (
+                math.isfinite(cfg.rank_timeout) and cfg.rank_timeout > 0,
+                f"--rank-timeout must be a positive number of seconds (got {cfg.rank_timeout})",
+            )
+        )
+    elif engine is not None and cfg.ranks != 1:
+        ranked = " or ".join(e.name for e in ENGINES.values() if e.ranks)
+        checks.append((False, f"--ranks applies to --engine {ranked} only (got {cfg.ranks})"))
     model = MODELS[cfg.model]
     if "filters" in model.options:
         checks.append((cfg.filters >= 1, f"--filters must be >= 1 (got {cfg.filters})"))
@@ -128,6 +143,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         )
     tinycnn.get_engine(cfg.engine)  # unknown or unavailable engine: a one-line error
     limits.check_parallelism(cfg.threads, "--threads")
+    if ENGINES[cfg.engine].ranks:
+        limits.check_parallelism(cfg.ranks, "--ranks")
+        ranks_mod.check_layout(cfg.ranks, cfg.threads)  # before any rank starts
     what = f"--model {cfg.model}" + "".join(
         f" --{option} {getattr(cfg, option)}" for option in model.options
     )
@@ -194,6 +212,13 @@ def train_epochs(
     n = len(train.labels)
     rows = []
     spent = 0.0
+    # Data-parallel ranks must run the same steps: they agree on stopping (engine.agree).
+    agree = getattr(engine, "agree", None) if time_budget is not None else None
+    if agree is None:
+
+        def agree(stop: bool) -> bool:
+            return stop
+
     for epoch in range(epochs):
         order = spec.epoch_order(n, epoch, seed, shuffle)
         images, labels = train.images[order], train.labels[order].astype(np.int64)
@@ -216,7 +241,7 @@ def train_epochs(
                 engine.train_step(start, stop)
                 steps += 1
                 bar.update()
-                if time.perf_counter() - start_time >= deadline:
+                if agree(time.perf_counter() - start_time >= deadline):
                     break
             losses, correct = engine.epoch_stats()
         seconds = time.perf_counter() - start_time
@@ -244,7 +269,7 @@ def train_epochs(
             }
         )
         spent += seconds
-        if spent >= (time_budget or math.inf):
+        if agree(spent >= (time_budget or math.inf)):
             break
     return rows
 
@@ -273,7 +298,8 @@ def run_record(
         params={
             k: v
             for k, v in dataclasses.asdict(cfg).items()
-            if k not in ("out", "timing_lock", "limits")  # how it was guarded, not what ran
+            # how it was guarded, not what ran
+            if k not in ("out", "timing_lock", "limits", "rank_timeout")
         },
         parallelism=parallelism,
         results=results,
@@ -283,9 +309,12 @@ def run_record(
     )
 
 
-def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
-    """`cnnpar train`: validate, train, and write the run directory."""
+def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult | None:
+    """`cnnpar train`: validate, train, and write the run directory. None on the ranks other
+    than 0 of a data-parallel run under srun (rank 0 writes)."""
     cfg = validate(cfg)
+    if ENGINES[cfg.engine].ranks:
+        return _run_ranks(cfg, progress)
     # The numpy reference and the GPU engines use one host thread; the others get --threads.
     host_threads = cfg.threads if ENGINES[cfg.engine].parallel else 1
     load = limits.oversubscription(processes=1, threads_per_process=host_threads)
@@ -341,6 +370,108 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
         outputs=outputs,
         interference=region.result,
     )
+    with io.run_directory(out) as tmp:
+        trainer(cfg).write(tmp, built)
+        io.write_csv(tmp / "metrics.csv", rows, fieldnames=METRIC_FIELDS)
+        record.write(tmp)  # last: its presence means the directory is complete
+    return TrainResult(out=out, rows=rows, record=record)
+
+
+def _run_ranks(cfg: TrainConfig, progress: bool | None) -> TrainResult | None:
+    """`cnnpar train` on `cfg.ranks` torch.distributed ranks (cnnpar.ranks starts them, or srun
+    did): rank 0's result, None on the other ranks of an srun step."""
+    from functools import partial
+
+    region = partial(
+        TimedRegion,
+        threads=cfg.ranks * cfg.threads,
+        device=ENGINES[cfg.engine].device,
+        limits=cfg.limits,
+        lock=cfg.timing_lock,
+    )
+    # Locally the ranks share this process's CPUs; under srun each has its own allocation.
+    if ranks_mod.slurm_step_tasks() > 1:
+        load = limits.oversubscription(processes=1, threads_per_process=cfg.threads)
+    else:
+        load = limits.oversubscription(processes=cfg.ranks, threads_per_process=cfg.threads)
+    return ranks_mod.run(
+        _train_rank,
+        (cfg, progress, load),
+        ranks=cfg.ranks,
+        threads=cfg.threads,
+        timeout_s=cfg.rank_timeout,
+        region=region,
+    )
+
+
+def _train_rank(
+    ctx: ranks_mod.RankContext, cfg: TrainConfig, progress: bool | None, load: dict
+) -> Any:
+    """One rank of a data-parallel run: every rank trains its shards; rank 0 gathers what every
+    rank saw and writes the run directory."""
+    import torch.distributed as dist
+
+    from cnnpar.measure.threads import effective_threads
+
+    threads = effective_threads()
+    train = _first(load_mnist("train", cfg.data_source), cfg.train_size)
+    test = _first(load_mnist("test", cfg.data_source), cfg.test_size)
+    built = trainer(cfg).build(cfg, cfg.threads)
+    engine = built.engine
+    dist.barrier()  # every rank built: the clock starts together
+    warm_start = time.perf_counter()
+    engine.warm_up()
+    warmup_s = time.perf_counter() - warm_start
+    rows = train_epochs(
+        engine,
+        train,
+        test,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        seed=cfg.seed,
+        shuffle=cfg.shuffle,
+        progress=bool(progress) and ctx.rank == 0,
+        time_budget=cfg.time_budget,
+    )
+    interference = ctx.end_timed()
+    per_rank = ctx.gather_ranks()
+    timings = engine.timings()
+    totals: list[Any] | None = [None] * ctx.world_size if ctx.rank == 0 else None
+    dist.gather_object(
+        {k: timings[k] for k in ("compute_s", "comm_s", "comm_share")}, totals, dst=0
+    )
+    if ctx.rank != 0:
+        return None
+    for info, total in zip(per_rank, totals, strict=True):
+        info.update(total)
+    record = run_record(
+        cfg,
+        Parallelism(
+            requested=cfg.threads,
+            effective=sum(int(r["torch_threads"]) for r in per_rank),
+            processes=cfg.ranks,
+            threads=threads,
+        ),
+        results={
+            "numba_threading_layer": None,
+            "parameters": built.parameters,
+            "flops_per_image": built.flops_per_image,
+            "warmup_s": warmup_s,
+            "train_seconds": sum(r["seconds"] for r in rows),
+            "train_images": sum(r["images"] for r in rows),
+            "final_test_acc": rows[-1]["test_acc"],
+            "final_test_loss": rows[-1]["test_loss"],
+            "launcher": ctx.placement.launcher,
+            "world_size": ctx.world_size,
+            # rank 0's steps: compute vs all-reduce seconds (the rate counts the whole step)
+            **timings,
+            "ranks": per_rank,
+            **load,
+        },
+        outputs=list(MODELS[cfg.model].outputs),
+        interference=interference,
+    )
+    out = Path(cfg.out)
     with io.run_directory(out) as tmp:
         trainer(cfg).write(tmp, built)
         io.write_csv(tmp / "metrics.csv", rows, fieldnames=METRIC_FIELDS)

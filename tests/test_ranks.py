@@ -1,0 +1,157 @@
+"""cnnpar.ranks: starting, confining and stopping torch.distributed ranks, and the torch-ddp
+engine end to end (MosaicNet with Adam against --engine torch, the run record)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import ranks_faults
+
+from cnnpar import ranks, train
+
+TESTS = Path(__file__).parent
+
+
+def _no_ranks_left() -> None:
+    children = psutil.Process().children(recursive=True)
+    alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not [c for c in alive if "spawn" in " ".join(c.cmdline())], alive
+
+
+def test_ranks_are_confined_and_described():
+    value = ranks.run(ranks_faults.rank_ok, ranks=2, threads=1, timeout_s=30)
+    assert value["rank"] == 0
+    described = value["ranks"]
+    assert [r["rank"] for r in described] == [0, 1]
+    cpus = sorted(os.sched_getaffinity(0))
+    assert [r["cpu_affinity"] for r in described] == [[cpus[0]], [cpus[1]]]
+    assert all(r["torch_threads"] == 1 for r in described)
+    assert len({r["pid"] for r in described}) == 2
+    _no_ranks_left()
+
+
+def test_a_rank_that_dies_ends_the_job_naming_it():
+    start = time.monotonic()
+    with pytest.raises(ranks.RankError, match=r"^rank 1 died \(exit code 7\)$"):
+        ranks.run(ranks_faults.rank_dies, ranks=2, threads=1, timeout_s=30)
+    assert time.monotonic() - start < 30  # at once, not after the collective timeout
+    _no_ranks_left()
+
+
+def test_a_rank_that_hangs_ends_the_job_after_the_timeout():
+    start = time.monotonic()
+    with pytest.raises(ranks.RankError, match=r"^rank 1 stopped responding: .* waited 3 s"):
+        ranks.run(ranks_faults.rank_hangs, ranks=2, threads=1, timeout_s=3)
+    assert time.monotonic() - start < 3 + ranks.FAILURE_GRACE_S + ranks.STOP_GRACE_S + 20
+    _no_ranks_left()
+
+
+def test_more_threads_than_cpus_is_refused_before_any_rank_starts(tmp_path):
+    cpus = len(os.sched_getaffinity(0))
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnpar", "train", "--engine", "torch-ddp", "--ranks",
+         str(cpus), "--threads", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"cnnpar train: error: --ranks {cpus} x --threads 2 = {2 * cpus} threads, more than "
+        f"the {cpus} CPU(s) available; use fewer --ranks or --threads"
+    ]
+    assert not out.exists()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_cli_a_dying_rank_exits_2_with_one_line(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(TESTS / "ranks_faults.py"), "train", "--engine", "torch-ddp",
+         "--ranks", "2", "--train-size", "64", "--test-size", "10", "--epochs", "1",
+         "--timing-lock", str(tmp_path / "lock"), "--out", str(out)],
+        capture_output=True, text=True, timeout=180, env=_env(),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == ["cnnpar train: error: rank 1 died (exit code 7)"], result.stderr
+    assert not out.exists()
+
+
+def test_cli_ctrl_c_ends_every_rank_with_130(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnpar", "train", "--engine", "torch-ddp", "--ranks", "2",
+         "--epochs", "50", "--train-size", "6000", "--test-size", "10",
+         "--timing-lock", str(tmp_path / "lock"), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )  # fmt: skip
+    parent = psutil.Process(proc.pid)
+    try:
+        deadline = time.monotonic() + 120
+        while len(parent.children(recursive=True)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # the ranks are training
+        rank_pids = [c.pid for c in parent.children(recursive=True)]
+        assert rank_pids, "no rank ever started"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "cnnpar: interrupted" in stderr
+    time.sleep(0.5)
+    assert not [p for p in rank_pids if psutil.pid_exists(p)
+                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+    assert not out.exists()
+
+
+def test_mosaicnet_ddp_matches_torch_with_adam(tmp_path):
+    import torch
+
+    common = dict(model="mosaicnet", train_size=96, test_size=20, epochs=1, batch_size=32,
+                  seed=3, timing_lock=None)  # fmt: skip
+    single = train.run(train.TrainConfig(out=str(tmp_path / "torch"), engine="torch", **common))
+    ddp = train.run(
+        train.TrainConfig(out=str(tmp_path / "ddp"), engine="torch-ddp", ranks=2, **common)
+    )
+    a = torch.load(tmp_path / "torch" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=1e-4, atol=1e-5)
+    assert ddp.rows[0]["train_loss"] == pytest.approx(single.rows[0]["train_loss"], rel=1e-4)
+
+
+def test_ddp_run_record_lists_every_rank_and_its_communication(tmp_path):
+    out = tmp_path / "run"
+    result = train.run(
+        train.TrainConfig(out=str(out), engine="torch-ddp", ranks=2, threads=1, train_size=100,
+                          test_size=20, epochs=1, batch_size=30, timing_lock=None)
+    )  # fmt: skip
+    record = json.loads((out / "run.json").read_text())
+    results = record["results"]
+    assert record["parallelism"]["processes"] == 2
+    assert [r["rank"] for r in results["ranks"]] == [0, 1]
+    for r in results["ranks"]:
+        assert r["host"] and r["cpu_affinity"] and r["torch_threads"] == 1
+    steps = 4  # 100 digits in batches of 30
+    assert len(results["step_comm_s"]) == len(results["step_compute_s"]) == steps
+    assert all(c >= 0 for c in results["step_comm_s"]) and results["comm_s"] > 0
+    assert 0 < results["comm_share"] < 1
+    assert record["interference"] is not None
+    assert result.rows[0]["images"] == 100
