@@ -35,13 +35,18 @@ def rank_ok(ctx, *args):
     return {"rank": ctx.rank, "ranks": ctx.gather_ranks()}
 
 
-def main_with_dying_rank(argv: list[str]) -> int:
-    """`cnnpar train ...` whose training ranks run `rank_dies` (a shim for the CLI test)."""
-    from cnnpar import cli, train
+def main_with_faulty_rank(argv: list[str]) -> int:
+    """`cnnpar train|classify ...` whose ranks run `rank_dies`, or `rank_hangs` when argv starts
+    with "hang" (a shim for the CLI tests: spawned ranks import the target from here)."""
+    from cnnpar import classify, cli, train
 
-    train._train_rank = rank_dies
+    target = rank_dies
+    if argv[:1] == ["hang"]:
+        target, argv = rank_hangs, argv[1:]
+    train._train_rank = target
+    classify._classify_rank = target
     return cli.main(argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main_with_dying_rank(sys.argv[1:]))
+    sys.exit(main_with_faulty_rank(sys.argv[1:]))

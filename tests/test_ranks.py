@@ -3,6 +3,7 @@ engine end to end (MosaicNet with Adam against --engine torch, the run record)."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -77,18 +78,78 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _run_watching(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run a command, noting every process it starts (its ranks) while it runs; after it ends,
+    assert none of them is left (ranks orphaned by their launcher would outlive it)."""
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    )
+    parent = psutil.Process(proc.pid)
+    seen: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(psutil.Error):
+                for child in parent.children(recursive=True):
+                    seen.setdefault(child.pid, child)
+            time.sleep(0.1)
+        stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(seen) >= 2, "never saw the ranks run"  # the watch itself must see something
+    left = []
+    for child in seen.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            # is_running() compares creation times: a recycled pid is not our rank
+            if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                left.append(child)
+    assert not left, f"processes left behind: {left}"
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
 def test_cli_a_dying_rank_exits_2_with_one_line(tmp_path):
     out = tmp_path / "run"
-    result = subprocess.run(
+    result = _run_watching(
         [sys.executable, str(TESTS / "ranks_faults.py"), "train", "--engine", "torch-ddp",
          "--ranks", "2", "--train-size", "64", "--test-size", "10", "--epochs", "1",
-         "--timing-lock", str(tmp_path / "lock"), "--out", str(out)],
-        capture_output=True, text=True, timeout=180, env=_env(),
+         "--timing-lock", str(tmp_path / "lock"), "--out", str(out)]
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert errors == ["cnnpar train: error: rank 1 died (exit code 7)"], result.stderr
     assert not out.exists()
+
+
+def test_cli_classify_a_hanging_rank_exits_2_within_the_timeout(weights, tmp_path):
+    out = tmp_path / "run"
+    start = time.monotonic()
+    result = _run_watching(
+        [sys.executable, str(TESTS / "ranks_faults.py"), "hang", "classify",
+         f"--weights={weights}", "--rows=4", "--cols=5", "--mode=ranks", "--ranks=2",
+         "--rank-timeout=3", f"--timing-lock={tmp_path / 'lock'}", f"--out={out}"]
+    )  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("cnnpar classify: error: rank 1 stopped responding: "), errors
+    # the timeout, the grace for the others' reports and the stop, plus start-up (spawn, torch)
+    assert elapsed < 3 + ranks.FAILURE_GRACE_S + ranks.STOP_GRACE_S + 60
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_classify_a_dying_rank_exits_2_with_one_line(weights, tmp_path):
+    out = tmp_path / "run"
+    result = _run_watching(
+        [sys.executable, str(TESTS / "ranks_faults.py"), "classify", f"--weights={weights}",
+         "--rows=4", "--cols=5", "--mode=ranks", "--ranks=2",
+         f"--timing-lock={tmp_path / 'lock'}", f"--out={out}"]
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == ["cnnpar classify: error: rank 1 died (exit code 7)"], result.stderr
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_cli_ctrl_c_ends_every_rank_with_130(tmp_path):
@@ -155,3 +216,32 @@ def test_ddp_run_record_lists_every_rank_and_its_communication(tmp_path):
     assert 0 < results["comm_share"] < 1
     assert record["interference"] is not None
     assert result.rows[0]["images"] == 100
+
+
+def test_classify_ranks_mode_writes_what_sequential_writes(weights, tmp_path):
+    from cnnpar import classify
+
+    out = tmp_path / "ranks"
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnpar", "classify", f"--weights={weights}", "--rows=7",
+         "--cols=9", "--mode=ranks", "--ranks=2", "--threads=1", "--batch-size=8",
+         f"--timing-lock={tmp_path / 'lock'}", f"--out={out}"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "mode: ranks (2 ranks, 2 processes × 1 torch thread" in done.stdout
+    sequential = classify.run(
+        classify.ClassifyConfig(weights=weights, rows=7, cols=9, batch_size=8, timing_lock=None)
+    )
+    saved = np.load(out / "predictions.npz")
+    assert np.array_equal(saved["pred"], sequential.pred)
+    record = json.loads((out / "run.json").read_text())
+    results = record["results"]
+    assert [r["rank"] for r in results["ranks"]] == [0, 1]
+    assert [r["cells"] for r in results["ranks"]] == [32, 31]  # 8 batches of 8: 4 and 4
+    assert len(results["repeat_comm_s"]) == 1 and results["comm_s"] >= 0
+    assert record["parallelism"]["processes"] == 2
+    assert record["params"]["ranks"] == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["predictions.npz", "result.csv", "mask.png", "run.json"]
+    )

@@ -436,9 +436,14 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         backend=args.backend,
         data_source=args.data_source,
         tune_malloc=args.tune_malloc,
+        ranks=args.ranks,
+        threads=args.threads,
+        rank_timeout=args.rank_timeout,
         **_timing_kwargs(args),
     )
     result = classify.run(cfg, progress=sys.stderr.isatty())
+    if result is None:  # a rank other than 0 of an srun step: rank 0 reports
+        return 0
     for line in classify.summary_lines(result):
         print(line)
     print(f"wrote {', '.join([*classify.outputs.RESULT_FILES, 'run.json'])} to {cfg.out}")
@@ -448,7 +453,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 def _add_classify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "classify",
-        help="classify a mosaic of test digits with MosaicNet (sequential/threads/processes/cuda)",
+        help="classify a mosaic of test digits with MosaicNet (" + "/".join(MODES) + ")",
     )
     p.add_argument(
         "--weights", required=True, help="model.pt from `cnnpar train --model mosaicnet`"
@@ -461,6 +466,10 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
         type=_positive_int,
         default=1,
         help="torch threads (threads) or processes (default 1)",
+    )
+    _add_rank_options(p, "mode ranks")
+    p.add_argument(
+        "--threads", type=_positive_int, default=1, help="torch threads per rank (mode ranks)"
     )
     p.add_argument(
         "--batch-size", type=_positive_int, default=256, help="cells per batch (default 256)"

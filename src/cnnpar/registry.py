@@ -210,6 +210,14 @@ MODES: dict[str, Mode] = {
             layout="processes",
         ),
         Mode(
+            "ranks",
+            "RanksRunner",
+            parallel=False,  # --workers means nothing to it: --ranks and --threads do
+            device="cpu",
+            summary="N torch.distributed ranks x T threads, cells sharded, gathered on rank 0",
+            layout="ranks",
+        ),
+        Mode(
             "cuda",
             "CudaRunner",
             parallel=False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from cnnpar.measure.timing import Measurement
 from cnnpar.mosaic import Mosaic, render_mask, write_png
 from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
 from cnnpar.record import Parallelism, RunRecord
+from cnnpar.registry import MODES
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Classification:
     malloc: str
     load: dict[str, bool | int]  # oversubscribed, cpus_available (limits.oversubscription)
     interference: Interference | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # mode-specific results (ranks mode)
 
     @property
     def accuracy(self) -> float:
@@ -46,7 +48,7 @@ class Classification:
     def parallelism(self) -> Parallelism:
         torch_threads = self.threads.get("torch_threads") or 1
         return Parallelism(
-            requested=self.config.workers,
+            requested=self.config.cores,
             effective=self.processes * int(torch_threads),
             processes=self.processes,
             threads=dict(self.threads),
@@ -105,6 +107,7 @@ class Classification:
                 "malloc": self.malloc,
                 "mask_shape": list(mask_shape),
                 **self.load,
+                **self.extra,
             },
             interference=self.interference,
         )
@@ -164,8 +167,13 @@ def summary_lines(result: Classification) -> Iterator[str]:
     """The original study's printout (mode, workers, items, runtime, accuracy) plus throughput."""
     c, m, mosaic = result.config, result.measurement, result.mosaic
     threads = result.threads.get("torch_threads")
+    shape = (
+        f"{c.ranks} rank{'s' if c.ranks > 1 else ''}"
+        if MODES[c.mode].ranks
+        else f"{c.workers} worker{'s' if c.workers > 1 else ''}"
+    )
     yield (
-        f"mode: {c.mode} ({c.workers} worker{'s' if c.workers > 1 else ''}, "
+        f"mode: {c.mode} ({shape}, "
         f"{result.processes} process{'es' if result.processes > 1 else ''} × "
         f"{threads} torch thread{'s' if threads != 1 else ''}, backend {c.resolved_backend}, "
         f"batch size {c.batch_size})"
