@@ -207,6 +207,7 @@ def test_ddp_run_record_lists_every_rank_and_its_communication(tmp_path):
     record = json.loads((out / "run.json").read_text())
     results = record["results"]
     assert record["parallelism"]["processes"] == 2
+    assert record["parallelism"]["requested"] == record["parallelism"]["effective"] == 2
     assert [r["rank"] for r in results["ranks"]] == [0, 1]
     for r in results["ranks"]:
         assert r["host"] and r["cpu_affinity"] and r["torch_threads"] == 1
@@ -241,6 +242,7 @@ def test_classify_ranks_mode_writes_what_sequential_writes(weights, tmp_path):
     assert [r["cells"] for r in results["ranks"]] == [32, 31]  # 8 batches of 8: 4 and 4
     assert len(results["repeat_comm_s"]) == 1 and results["comm_s"] >= 0
     assert record["parallelism"]["processes"] == 2
+    assert record["parallelism"]["requested"] == record["parallelism"]["effective"] == 2
     assert record["params"]["ranks"] == 2
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["predictions.npz", "result.csv", "mask.png", "run.json"]

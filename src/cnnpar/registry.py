@@ -325,6 +325,18 @@ FIGURES: dict[str, Figure] = {
             tables=("summary",),
         ),
         Figure(
+            "layouts",
+            "Layouts at equal cores",
+            "Throughput of every way the study laid the same number of cores out: training "
+            "(TinyCNN, images/s) as torch-ddp ranks x threads per rank beside one process of "
+            "threads (numba, torch); classification (the largest grid, cells/s) as ranks beside "
+            "worker processes and threads. Error bars are 95% intervals over blocks; the hatched "
+            "foot of a ranked layout's bar is its communication share (all-reduce per step, or "
+            "gather per repeat, over the whole step or repeat, median over blocks), which "
+            "includes waiting for the slowest rank.",
+            tables=("summary",),
+        ),
+        Figure(
             "mask",
             "Mask of the largest mosaic",
             "Classification mask of the largest grid: each cell is green when MosaicNet "

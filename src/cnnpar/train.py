@@ -447,7 +447,7 @@ def _train_rank(
     record = run_record(
         cfg,
         Parallelism(
-            requested=cfg.threads,
+            requested=cfg.ranks * cfg.threads,  # the job's cores, as for the other engines
             effective=sum(int(r["torch_threads"]) for r in per_rank),
             processes=cfg.ranks,
             threads=threads,

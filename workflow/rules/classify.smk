@@ -11,9 +11,9 @@ rule classify:
             for name in CLASSIFY_FILES
         },
     log:
-        f"{LOGS}/classify/mode~{{mode}}/workers~{{workers}}/grid~{{grid}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.log",
+        f"{LOGS}/classify/{CLASSIFY_TAIL}/block~{{block}}.log",
     benchmark:
-        f"{BENCHMARKS}/classify/mode~{{mode}}/workers~{{workers}}/grid~{{grid}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.tsv"
+        f"{BENCHMARKS}/classify/{CLASSIFY_TAIL}/block~{{block}}.tsv"
     shadow:
         "minimal"
     conda:
@@ -24,6 +24,7 @@ rule classify:
         gpu=mode_gpus,
     params:
         out=lambda wildcards, output: Path(output.result).parent,
+        layout=classify_layout_args,
         rows=lambda wildcards: parse_grid(wildcards.grid)[0],
         cols=lambda wildcards: parse_grid(wildcards.grid)[1],
         repeats=CLASSIFY["repeats"],
@@ -34,7 +35,7 @@ rule classify:
     shell:
         f"{LOGGED} {{log:q}}"
         " cnnpar classify --weights {input.weights:q} --rows {params.rows} --cols {params.cols}"
-        " --mode {wildcards.mode} --workers {threads} --batch-size {wildcards.batch}"
+        " --mode {wildcards.mode} {params.layout} --batch-size {wildcards.batch}"
         " --seed {wildcards.seed} --repeats {params.repeats} --data-source {params.data:q}"
         " --block {wildcards.block} --timing-lock {params.lock:q}"
         " --max-others-share {params.max_others} --max-probe-change {params.max_probe}"

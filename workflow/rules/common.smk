@@ -14,7 +14,7 @@ from snakemake.logging import logger
 from cnnpar import registry
 from cnnpar.errors import CnnparError
 from cnnpar.mosaic import parse_grid
-from cnnpar.study.config import check_results_dir, usable, validate_config
+from cnnpar.study.config import check_results_dir, layouts, usable, validate_config
 
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -97,9 +97,15 @@ def sweep() -> tuple[list[str], list[str]]:
 # Parameters are named in the path (key~value), so a result is self-describing; the tables
 # read them from each job's run record, never from the path. A timed job runs once per paired
 # block (block~N); a tinycnn configuration also has one full-length run for time to accuracy.
-TINYCNN_DIR = f"{RESULTS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}"
+# threads (train) and workers (classify) are the job's cores; ranks~R splits them over R
+# torch.distributed ranks (torch-ddp, mode ranks), ranks~1 everywhere else.
+TINYCNN_TAIL = "engine~{engine}/ranks~{ranks}/threads~{threads}/filters~{filters}/batch~{batch}/seed~{seed}"
+CLASSIFY_TAIL = (
+    "mode~{mode}/ranks~{ranks}/workers~{workers}/grid~{grid}/batch~{batch}/seed~{seed}"
+)
+TINYCNN_DIR = f"{RESULTS}/train/tinycnn/{TINYCNN_TAIL}"
 MOSAICNET_DIR = f"{RESULTS}/train/mosaicnet/seed~{{seed}}"
-CLASSIFY_DIR = f"{RESULTS}/classify/mode~{{mode}}/workers~{{workers}}/grid~{{grid}}/batch~{{batch}}/seed~{{seed}}"
+CLASSIFY_DIR = f"{RESULTS}/classify/{CLASSIFY_TAIL}"
 BLOCK_DONE = f"{RESULTS}/blocks/block~{{block}}.done"
 DATA_CHECK = f"{RESULTS}/data/verify.txt"
 TABLES = f"{RESULTS}/tables"
@@ -118,28 +124,60 @@ TABLE_NAMES = ["train", "classify", "jobs", "summary", "comparisons"]
 FIGURE_IDS = [figure.id for figure in registry.table_figures()]
 
 
+def job_layouts(
+    entry, cores: list[int], ranks: list[int], what: str
+) -> list[tuple[int, int]]:
+    """(ranks, cores) of each job of an engine or mode (study.config.layouts); a ranked one
+    that no rank count fits is skipped with a warning."""
+    found = layouts(cores, ranks, parallel=entry.parallel, ranked=entry.ranks)
+    if not found:
+        logger.warning(
+            f"cnnpar: skipping {what} {entry.name!r}: no rank count in {ranks} divides a "
+            f"core count in {cores}"
+        )
+    return [(r, r * t) for r, t in found]
+
+
 @cache
 def tinycnn_configs() -> list[dict]:
-    """One dict of wildcards per tinycnn configuration (engine, threads, filters, batch, seed)."""
+    """One dict of wildcards per tinycnn configuration (engine, ranks, threads = the job's
+    cores, filters, batch, seed)."""
     configs = []
     for engine in sweep()[0]:
-        threads = TINYCNN["threads"] if registry.ENGINES[engine].parallel else [1]
-        for t, f, b, s in product(
-            threads, TINYCNN["filters"], TINYCNN["batch_sizes"], TINYCNN["seeds"]
+        shapes = job_layouts(
+            registry.ENGINES[engine],
+            TINYCNN["threads"],
+            TINYCNN["ranks"],
+            "train engine",
+        )
+        for (r, t), f, b, s in product(
+            shapes, TINYCNN["filters"], TINYCNN["batch_sizes"], TINYCNN["seeds"]
         ):
-            configs.append(dict(engine=engine, threads=t, filters=f, batch=b, seed=s))
+            configs.append(
+                dict(engine=engine, ranks=r, threads=t, filters=f, batch=b, seed=s)
+            )
     return configs
 
 
 @cache
 def classify_configs() -> list[dict]:
-    """One dict of wildcards per classify configuration; the largest grids come last."""
+    """One dict of wildcards per classify configuration (workers = the job's cores); the
+    largest grids come last."""
     configs = []
     for grid in GRIDS:
         for mode in sweep()[1]:
-            workers = CLASSIFY["workers"] if registry.MODES[mode].parallel else [1]
-            for w, b, s in product(workers, CLASSIFY["batch_sizes"], CLASSIFY["seeds"]):
-                configs.append(dict(mode=mode, workers=w, grid=grid, batch=b, seed=s))
+            shapes = job_layouts(
+                registry.MODES[mode],
+                CLASSIFY["workers"],
+                CLASSIFY["ranks"],
+                "classify mode",
+            )
+            for (r, w), b, s in product(
+                shapes, CLASSIFY["batch_sizes"], CLASSIFY["seeds"]
+            ):
+                configs.append(
+                    dict(mode=mode, ranks=r, workers=w, grid=grid, batch=b, seed=s)
+                )
     return configs
 
 
@@ -148,7 +186,9 @@ def tinycnn_full_configs() -> list[dict]:
     largest = {}
     for c in tinycnn_configs():
         key = (c["engine"], c["filters"], c["batch"], c["seed"])
-        if key not in largest or c["threads"] > largest[key]["threads"]:
+        if (
+            key not in largest or c["threads"] > largest[key]["threads"]
+        ):  # first at a tie
             largest[key] = c
     return list(largest.values())
 
@@ -283,3 +323,25 @@ def engine_gpus(wildcards) -> int:
 def mode_gpus(wildcards) -> int:
     """GPUs a classify job asks a cluster for, from its mode's registry entry."""
     return int(registry.MODES[wildcards.mode].gpu)
+
+
+# --- layouts: ranks x threads per rank -------------------------------------------------------
+
+
+def rank_threads(wildcards) -> int:
+    """Threads per rank (per task on a cluster): the job's cores over its ranks."""
+    cores = int(getattr(wildcards, "threads", None) or wildcards.workers)
+    return cores // int(wildcards.ranks)
+
+
+def train_layout_args(wildcards) -> str:
+    """`cnnpar train`'s layout options: --ranks R --threads T (T per rank)."""
+    return f"--ranks {int(wildcards.ranks)} --threads {rank_threads(wildcards)}"
+
+
+def classify_layout_args(wildcards) -> str:
+    """`cnnpar classify`'s layout options: --ranks R --threads T in a ranked mode, else
+    --workers W."""
+    if registry.MODES[wildcards.mode].ranks:
+        return f"--ranks {int(wildcards.ranks)} --threads {rank_threads(wildcards)}"
+    return f"--workers {int(wildcards.workers)}"

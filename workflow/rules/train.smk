@@ -9,7 +9,7 @@
 
 TINYCNN_SHELL = (
     f"{LOGGED} {{log:q}}"
-    " cnnpar train --model tinycnn --engine {wildcards.engine} --threads {threads}"
+    " cnnpar train --model tinycnn --engine {wildcards.engine} {params.layout}"
     " --filters {wildcards.filters} --batch-size {wildcards.batch} --epochs {params.epochs}"
     " --lr {params.lr} --seed {wildcards.seed} --train-size {params.train_size}"
     " --test-size {params.test_size} --shuffle {params.shuffle} --data-source {params.data:q}"
@@ -17,6 +17,7 @@ TINYCNN_SHELL = (
     " --max-probe-change {params.max_probe} --out {params.out:q}"
 )
 TINYCNN_PARAMS = dict(
+    layout=train_layout_args,
     epochs=TINYCNN["epochs"],
     lr=TINYCNN["lr"],
     train_size=TINYCNN["train_size"],
@@ -39,9 +40,9 @@ rule train_tinycnn:
             for name in TINYCNN_FILES
         },
     log:
-        f"{LOGS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.log",
+        f"{LOGS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.log",
     benchmark:
-        f"{BENCHMARKS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.tsv"
+        f"{BENCHMARKS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.tsv"
     shadow:
         "minimal"
     conda:
@@ -65,9 +66,9 @@ rule train_tinycnn_full:
     output:
         **{name.split(".")[0]: f"{TINYCNN_DIR}/full/{name}" for name in TINYCNN_FILES},
     log:
-        f"{LOGS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}/full.log",
+        f"{LOGS}/train/tinycnn/{TINYCNN_TAIL}/full.log",
     benchmark:
-        f"{BENCHMARKS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}/full.tsv"
+        f"{BENCHMARKS}/train/tinycnn/{TINYCNN_TAIL}/full.tsv"
     shadow:
         "minimal"
     conda:

@@ -57,6 +57,8 @@ SUMMARY_COLUMNS = [
     "batch_size",
     "parallelism_requested",  # threads (train) or workers (classify) the config asked for
     "parallelism",  # what the job ran with, from its run record
+    "ranks",  # torch.distributed ranks sharing those cores (torch-ddp, mode ranks), else 1
+    "comm_share",  # ranked jobs: all-reduce or gather seconds / (compute + those), median
     "cpus_available",  # the job's CPU affinity
     "blocks",  # pairing units (block × seed) summarised
     "rate_unit",  # images/s or cells/s
@@ -272,15 +274,28 @@ GUARD_COLUMNS = [
 ]  # fmt: skip
 
 
+def layout_text(name: str, cores: int, ranks: int, unit: str) -> str:
+    """'numba 2 threads', or for ranks 'torch-ddp 2 ranks x 1 thread' (cores = ranks x threads)."""
+    if ranks > 1:
+        per = cores // ranks
+        return f"{name} {ranks} ranks x {per} thread{'s' * (per > 1)}"
+    return f"{name} {cores} {unit}{'s' * (cores > 1)}"
+
+
+def _ranks(value: Any) -> int:
+    """A record's rank count; records from before ranks existed ran 1."""
+    return 1 if value is None or pd.isna(value) else int(value)
+
+
 def _label(row: Mapping[str, Any]) -> str:
     par = int(row["parallelism_requested"])
     if row["study"] == "train":
-        what = f"{row['engine']} {par} thread{'s' * (par > 1)}"
+        what = layout_text(row["engine"], par, row["ranks"], "thread")
         if row["model"] == "tinycnn":
             what += f" F={plain_number(row['filters'])}"
         what += f" B={plain_number(row['batch_size'])}"
     else:
-        what = f"{row['mode']} {par} worker{'s' * (par > 1)} {row['grid']}"
+        what = f"{layout_text(row['mode'], par, row['ranks'], 'worker')} {row['grid']}"
         what += f" B={plain_number(row['batch_size'])}"
     seed, block = plain_number(row["seed"]), plain_number(row["block"])
     return f"{row['study']} {what} seed {seed} block {block}"
@@ -349,6 +364,8 @@ def _common(first: pd.Series, study: str, unit: str) -> dict[str, Any]:
         "block": int(first["block"]),
         "parallelism_requested": int(first[f"{unit}_requested"]),
         "parallelism": int(first[unit]),
+        "ranks": _ranks(first.get("ranks")),
+        "comm_share": first.get("comm_share"),
         "cpus_available": first.get("env.cpus_available"),
         "flops_per_item": float(first["flops_per_image"]),
         "finished_utc": first.get("env.utc_time"),
@@ -385,8 +402,8 @@ def _flag_out_of_order(jobs: pd.DataFrame) -> None:
 
 FAMILIES = {
     # study: (family keys, configuration keys, what the baseline is, its label)
-    "train": (["model", "engine", "filters", "batch_size"], ["parallelism_requested"]),
-    "classify": (["grid", "cells", "batch_size"], ["mode", "parallelism_requested"]),
+    "train": (["model", "engine", "filters", "batch_size"], ["ranks", "parallelism_requested"]),
+    "classify": (["grid", "cells", "batch_size"], ["mode", "ranks", "parallelism_requested"]),
 }
 
 
@@ -446,7 +463,17 @@ def summarize(jobs: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
                 rows.append(_summary_row(group, base_units, train))
     summary = pd.DataFrame(rows)
     summary = summary.sort_values(
-        ["study", "model", "engine", "mode", "filters", "cells", "batch_size", "parallelism"],
+        [
+            "study",
+            "model",
+            "engine",
+            "mode",
+            "filters",
+            "cells",
+            "batch_size",
+            "parallelism",
+            "ranks",
+        ],
         na_position="first",
     )
     return summary.reindex(columns=SUMMARY_COLUMNS).reset_index(drop=True)
@@ -461,9 +488,11 @@ def _summary_row(
         key: first.get(key)
         for key in (
             "study", "model", "engine", "mode", "filters", "grid", "cells", "batch_size",
-            "parallelism_requested", "rate_unit", "roofline_device",
+            "parallelism_requested", "ranks", "rate_unit", "roofline_device",
         )
     }  # fmt: skip
+    if units["comm_share"].notna().any():
+        out["comm_share"] = float(units["comm_share"].median())
     out["parallelism"] = int(group["parallelism"].median())
     out["cpus_available"] = group["cpus_available"].min()
     out["blocks"] = len(units)
@@ -544,9 +573,9 @@ def compare(jobs: pd.DataFrame) -> pd.DataFrame:
         if part.empty:
             continue
         for key, fam in part.groupby(family, dropna=False, sort=True):
-            tops = {
+            tops = {  # (engine or mode, ranks): a layout at its largest parallelism
                 name: _units(g[g["parallelism_requested"] == g["parallelism_requested"].max()])
-                for name, g in fam.groupby(who, sort=True)
+                for name, g in fam.groupby([who, "ranks"], sort=True)
             }
             names = sorted(tops, key=lambda n: -log_interval(tops[n]["rate"]).estimate)
             where = _family_text(study, dict(zip(family, key, strict=True)))
@@ -585,10 +614,9 @@ def _family_text(study: str, values: Mapping[str, Any]) -> str:
     return f"{values['grid']}, B={plain_number(values['batch_size'])}"
 
 
-def _top_text(study: str, name: str, units: pd.DataFrame) -> str:
+def _top_text(study: str, name: tuple[str, int], units: pd.DataFrame) -> str:
     par = int(units["parallelism_requested"].iloc[0])
-    unit = "thread" if study == "train" else "worker"
-    return f"{name} {par} {unit}{'s' * (par > 1)}"
+    return layout_text(name[0], par, int(name[1]), "thread" if study == "train" else "worker")
 
 
 # --- writing ------------------------------------------------------------------------------
