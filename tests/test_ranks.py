@@ -247,3 +247,16 @@ def test_classify_ranks_mode_writes_what_sequential_writes(weights, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["predictions.npz", "result.csv", "mask.png", "run.json"]
     )
+
+
+def test_an_srun_task_left_every_cpu_pins_itself_to_its_share():
+    """A cluster without task binding gives each task the whole allocation: local task 1 of
+    1-thread tasks takes the second CPU (in a child, so this process keeps its CPUs)."""
+    code = (
+        "import os; from cnnpar import ranks; ranks._confine_task(1, 1); "
+        "print(sorted(os.sched_getaffinity(0)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(done.stdout) == [sorted(os.sched_getaffinity(0))[1]]

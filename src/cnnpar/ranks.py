@@ -20,7 +20,8 @@ Two launchers, chosen by the environment:
   rank, world size and local rank come from SLURM_PROCID, SLURM_STEP_NUM_TASKS and
   SLURM_LOCALID, the master address is the step's first node (`scontrol show hostnames`). Rank 0
   hosts the store on that node's address only, on a port derived from the job and step id, for the
-  step's lifetime; it holds the timed region itself. SLURM binds the task to its cpus_per_task.
+  step's lifetime; it holds the timed region itself. A task SLURM left more CPUs than its
+  threads (no task binding) pins itself to its local rank's share, as a local rank is pinned.
 
 Faults: every collective (and the rendezvous) gives up after `timeout_s` (torch's own process
 group timeout). Locally, a rank that exits abnormally ends the job at once, and a rank that hangs
@@ -127,7 +128,7 @@ TIMED_RESULT = "cnnpar/timed-result"
 
 def describe_rank(placement: Placement, threads: int) -> dict[str, Any]:
     """This rank as the run record lists it: host, CPUs it may run on (read now, after torch
-    started), the thread counts the libraries report."""
+    started), the thread counts the libraries report, and its SLURM job, step and task."""
     from cnnpar.measure.threads import effective_threads
 
     return {
@@ -139,6 +140,11 @@ def describe_rank(placement: Placement, threads: int) -> dict[str, Any]:
         "cpu_affinity": sorted(os.sched_getaffinity(0)),
         "threads_requested": threads,
         **effective_threads(),
+        # under srun: which job, step and task this rank was (None elsewhere)
+        **{
+            f"slurm_{key}": os.environ.get(f"SLURM_{key.upper()}")
+            for key in ("job_id", "step_id", "procid")
+        },
     }
 
 
@@ -511,6 +517,16 @@ def run(
     return _run_srun_task(placement, target, args, threads, timeout_s, region)
 
 
+def _confine_task(local_rank: int, threads: int) -> None:
+    """Pin an srun task to its own `threads` CPUs when SLURM left it more (a cluster without
+    task binding gives every task of a node the whole allocation): local task r takes CPUs
+    [r*T, (r+1)*T) of what it may use, as the local launcher places its ranks."""
+    cpus = sorted(os.sched_getaffinity(0))
+    mine = cpus[local_rank * threads : (local_rank + 1) * threads]
+    if len(cpus) > threads and len(mine) == threads:
+        os.sched_setaffinity(0, mine)
+
+
 def _run_srun_task(
     placement: Placement,
     target: Callable[..., Any],
@@ -521,6 +537,7 @@ def _run_srun_task(
 ) -> Any:
     from cnnpar.measure.threads import set_threads
 
+    _confine_task(placement.local_rank, threads)
     set_threads(threads)
     import torch.distributed as dist
 

@@ -22,8 +22,11 @@ rule classify:
     resources:
         bench=1,
         gpu=mode_gpus,
+        tasks=rank_tasks,
+        nodes=rank_nodes,
     params:
         out=lambda wildcards, output: Path(output.result).parent,
+        launch=rank_launch,
         layout=classify_layout_args,
         rows=lambda wildcards: parse_grid(wildcards.grid)[0],
         cols=lambda wildcards: parse_grid(wildcards.grid)[1],
@@ -34,7 +37,7 @@ rule classify:
         max_probe=TIMING["max_probe_change"],
     shell:
         f"{LOGGED} {{log:q}}"
-        " cnnpar classify --weights {input.weights:q} --rows {params.rows} --cols {params.cols}"
+        " {params.launch}cnnpar classify --weights {input.weights:q} --rows {params.rows} --cols {params.cols}"
         " --mode {wildcards.mode} {params.layout} --batch-size {wildcards.batch}"
         " --seed {wildcards.seed} --repeats {params.repeats} --data-source {params.data:q}"
         " --block {wildcards.block} --timing-lock {params.lock:q}"

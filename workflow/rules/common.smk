@@ -339,6 +339,29 @@ def train_layout_args(wildcards) -> str:
     return f"--ranks {int(wildcards.ranks)} --threads {rank_threads(wildcards)}"
 
 
+def rank_tasks(wildcards) -> int:
+    """Tasks a cluster job asks for (the SLURM plugin's `tasks`): one per rank."""
+    return int(wildcards.ranks)
+
+
+def rank_nodes(wildcards) -> int | None:
+    """Nodes a ranked job spreads its tasks over (sbatch --nodes), when the config's `nodes`
+    asks for more than one; None (no such resource) otherwise."""
+    if int(wildcards.ranks) > 1 and config["nodes"] > 1:
+        return config["nodes"]
+    return None
+
+
+def rank_launch(wildcards, resources) -> str:
+    """What starts a ranked job's command: nothing where cnnpar starts its ranks itself (a
+    local run); `<mpi> -n <tasks>` where the cluster profile sets the `mpi` resource (srun),
+    as the SLURM executor plugin documents for multi-task jobs."""
+    launcher = resources.get("mpi")
+    if not launcher or int(wildcards.ranks) == 1:
+        return ""
+    return f"{launcher} -n {int(wildcards.ranks)} "
+
+
 def classify_layout_args(wildcards) -> str:
     """`cnnpar classify`'s layout options: --ranks R --threads T in a ranked mode, else
     --workers W."""

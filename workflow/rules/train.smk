@@ -9,7 +9,7 @@
 
 TINYCNN_SHELL = (
     f"{LOGGED} {{log:q}}"
-    " cnnpar train --model tinycnn --engine {wildcards.engine} {params.layout}"
+    " {params.launch}cnnpar train --model tinycnn --engine {wildcards.engine} {params.layout}"
     " --filters {wildcards.filters} --batch-size {wildcards.batch} --epochs {params.epochs}"
     " --lr {params.lr} --seed {wildcards.seed} --train-size {params.train_size}"
     " --test-size {params.test_size} --shuffle {params.shuffle} --data-source {params.data:q}"
@@ -17,6 +17,7 @@ TINYCNN_SHELL = (
     " --max-probe-change {params.max_probe} --out {params.out:q}"
 )
 TINYCNN_PARAMS = dict(
+    launch=rank_launch,
     layout=train_layout_args,
     epochs=TINYCNN["epochs"],
     lr=TINYCNN["lr"],
@@ -51,6 +52,8 @@ rule train_tinycnn:
     resources:
         bench=1,
         gpu=engine_gpus,
+        tasks=rank_tasks,
+        nodes=rank_nodes,
     params:
         **TINYCNN_PARAMS,
         out=lambda wildcards, output: Path(output.run).parent,
@@ -77,6 +80,8 @@ rule train_tinycnn_full:
     resources:
         bench=1,
         gpu=engine_gpus,
+        tasks=rank_tasks,
+        nodes=rank_nodes,
     params:
         **TINYCNN_PARAMS,
         out=lambda wildcards, output: Path(output.run).parent,
