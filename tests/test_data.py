@@ -149,3 +149,104 @@ def test_atomic_writes_leave_no_temp_files_and_normal_permissions(tmp_path: Path
     assert (tmp_path / "a.csv").read_text().splitlines() == ["x,y", "1,2"]
     np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["x"], np.arange(3))
     assert (tmp_path / "a.csv").stat().st_mode & 0o644 == 0o644
+
+
+# --- files from elsewhere: named, packed or filled differently ---------------------------
+
+
+def _cli_error(capsys: pytest.CaptureFixture[str], directory: Path) -> str:
+    assert main(["data", "verify", "--data-source", str(directory)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def _both_splits(directory: Path) -> Path:
+    for names in data.FILES.values():
+        for name in names.values():
+            (directory / name).write_bytes(_raw(name))
+    return directory
+
+
+def test_gzip_data_under_a_raw_name_says_so_and_how_to_fix_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _both_splits(tmp_path)
+    path = tmp_path / data.FILES["train"]["images"]
+    shutil.copy(Path(data.resolve_source("bundled")) / f"{path.name}.gz", path)
+    assert _cli_error(capsys, tmp_path) == (
+        f"cnnpar data: error: {path} holds gzip data under a raw IDX name; rename it to "
+        f"{path.name}.gz or decompress it (gunzip < {path.name}.gz > {path.name})"
+    )
+    path.rename(tmp_path / f"{path.name}.gz")  # the fix it names
+    assert main(["data", "verify", "--data-source", str(tmp_path)]) == 0
+
+
+def test_raw_or_html_data_under_a_gz_name_says_so(
+    raw_test_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = raw_test_dir / LABELS
+    gz = raw.rename(raw_test_dir / f"{LABELS}.gz")
+    with pytest.raises(MnistError) as info:
+        load_mnist("test", raw_test_dir)
+    assert str(info.value) == (
+        f"{gz} is an uncompressed IDX file under a .gz name; rename it to {LABELS}"
+    )
+    gz.write_bytes(b"<!DOCTYPE html>\n<html><body>Please log in</body></html>")
+    with pytest.raises(MnistError) as info:
+        load_mnist("test", raw_test_dir)
+    assert str(info.value) == (
+        f"{gz} is an HTML page, not gzip data (a proxy's or a login page?); replace it with "
+        "the original file"
+    )
+
+
+def test_dotted_names_as_some_unpackers_write_them_are_read(
+    raw_test_dir: Path, test_split: data.Mnist
+) -> None:
+    for name in data.FILES["test"].values():
+        stem, _, kind = name.rpartition("-idx")
+        (raw_test_dir / name).rename(raw_test_dir / f"{stem}.idx{kind}")
+    assert sorted(p.name for p in raw_test_dir.iterdir()) == [
+        "t10k-images.idx3-ubyte",
+        "t10k-labels.idx1-ubyte",
+    ]
+    np.testing.assert_array_equal(load_mnist("test", raw_test_dir).labels, test_split.labels)
+
+
+def test_other_names_are_named_with_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _both_splits(tmp_path)
+    path = tmp_path / data.FILES["train"]["labels"]
+    path.rename(tmp_path / "train_labels_idx1_ubyte.bin")
+    assert _cli_error(capsys, tmp_path) == (
+        f"cnnpar data: error: {path}[.gz] not found, but {tmp_path} holds "
+        f"train_labels_idx1_ubyte.bin; rename it to {path.name} (raw) or {path.name}.gz "
+        "(gzipped), or unpack the archive it is in"
+    )
+
+
+@pytest.mark.parametrize("kind", ["labels", "images"])
+def test_intact_idx_files_of_other_content_are_not_called_corrupt(
+    raw_test_dir: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """Fashion-MNIST has MNIST's names, magic numbers and shapes: a valid IDX file whose bytes
+    differ is another data set (or altered), and the message says so."""
+    path = raw_test_dir / data.FILES["test"][kind]
+    raw = bytearray(path.read_bytes())
+    header = 8 if kind == "labels" else 16
+    body = np.frombuffer(bytes(raw[header:]), np.uint8)
+    raw[header:] = ((body + 1) % 10 if kind == "labels" else 255 - body).tobytes()
+    path.write_bytes(bytes(raw))
+    with pytest.raises(MnistError) as info:
+        load_mnist("test", raw_test_dir)
+    message = str(info.value)
+    assert message.startswith(
+        f"{path}: an intact IDX file of MNIST's shape, but not the original MNIST (sha256 "
+    )
+    assert message.endswith(
+        "another data set under MNIST's names (Fashion-MNIST has the same ones) or altered "
+        "bytes; use the original MNIST files or --data-source bundled"
+    )
+    assert "corrupt" not in message

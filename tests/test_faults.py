@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from mounts import tmpfs
 from workflow_helpers import REPO, SNAKEFILE, TINY
 
 from cnnpar import cli, io, limits
@@ -294,27 +295,12 @@ def test_only_the_config_crosses_the_spawn_pipe(weights: Path) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MB tmpfs, unmounted afterwards (needs root)."""
-    yield from _tmpfs(tmp_path / "disk", "size=2m")
+    yield from tmpfs(tmp_path / "disk", "size=2m")
 
 
 @pytest.fixture
 def read_only_disk(tmp_path: Path) -> Iterator[Path]:
-    yield from _tmpfs(tmp_path / "ro", "size=2m,ro")
-
-
-def _tmpfs(where: Path, options: str) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
+    yield from tmpfs(tmp_path / "ro", "size=2m,ro")
 
 
 def _fill(disk: Path, leave: int) -> None:
@@ -569,7 +555,9 @@ def test_oversubscription_is_warned_about_and_recorded(
     }[command]
     argv += ["--mode=threads", "--workers=2"] if command == "classify" else ["--test-size=100"]
     for cpus, oversubscribed in ((2, False), (1, True)):
+        # a job granted `cpus` CPUs from the start (taskset, SLURM)
         monkeypatch.setattr(limits, "cpus_available", lambda cpus=cpus: cpus)
+        monkeypatch.setattr(limits, "CPUS_AT_START", cpus)
         assert cli.main([*argv, f"--out={out}"]) == 0
         err = capsys.readouterr().err
         # A busy machine may also disturb the timings: that warning is not what is tested here.
@@ -600,6 +588,40 @@ def test_a_nan_loss_stops_training(model_args: list[str], tmp_path: Path, capsys
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("cnnpar train: error: training diverged: the training loss is ")
     assert "in epoch 1" in line and line.endswith("; use a smaller --lr")
+    _assert_nothing_left(tmp_path, "out")
+
+
+@pytest.mark.parametrize(
+    ("model_args", "loss"),
+    [
+        # The case as reported: 4.3e29 at 9% accuracy used to exit 0.
+        (["--engine=numpy", "--filters=4", "--lr=1e30", "--train-size=256"], "4.269e+29"),
+        # A loss that blew up far less, on every engine (TinyCNN's are equal step by step).
+        (["--engine=numpy", "--filters=4", "--lr=100", "--train-size=512"], "192.4"),
+        (["--engine=numba", "--filters=4", "--lr=100", "--train-size=512"], "192.5"),
+        (["--engine=torch", "--filters=4", "--lr=100", "--train-size=512"], "192.4"),
+        # MosaicNet with Adam at a too-large step.
+        (["--model=mosaicnet", "--lr=0.1", "--train-size=512", "--batch-size=16"], ""),
+    ],
+    ids=["numpy-1e30", "numpy", "numba", "torch", "mosaicnet"],
+)
+def test_a_finite_loss_far_above_ln10_stops_training(
+    model_args: list[str], loss: str, tmp_path: Path, capsys
+) -> None:
+    """Divergence without a NaN: an epoch's mean cross-entropy above 10 × ln 10 (training
+    starts at ln 10 and moves down) is refused like a NaN, on every engine."""
+    out = tmp_path / "out"
+    argv = ["train", *model_args, "--batch-size=16", "--epochs=1", "--test-size=100"]
+    argv += [f"--timing-lock={tmp_path / 'lock'}", f"--out={out}"]
+    assert cli.main(argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    match = re.fullmatch(
+        r"cnnpar train: error: training diverged: the training loss is (\S+) "
+        r"\(over 10 × ln 10 = 23\.0\) in epoch 1; use a smaller --lr",
+        line,
+    )
+    assert match, line
+    assert float(match[1]) > 23.0 and match[1].startswith(loss)
     _assert_nothing_left(tmp_path, "out")
 
 

@@ -73,3 +73,21 @@ def test_verdict_only_states_a_direction_the_interval_supports():
     assert verdict(Interval(0.7, 0.6, 0.9, 3)) == "lower"
     assert verdict(Interval(1.2, 0.8, 1.6, 3)) == "not resolved"
     assert Interval(2.0, 1.0, 3.0, 3).scaled(0.5) == Interval(1.0, 0.5, 1.5, 3)
+
+
+def test_unpaired_ratio_interval_is_welch_on_the_logs():
+    from scipy import stats
+
+    from cnnpar.measure.intervals import unpaired_ratio_interval
+
+    base = [100.0, 110.0, 95.0, 105.0]
+    other = [50.0, 56.0, 47.0]
+    got = unpaired_ratio_interval(other, base)
+    a, b = np.log(other), np.log(base)
+    low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert got.estimate == pytest.approx(np.exp(a.mean() - b.mean()))
+    assert (got.low, got.high) == pytest.approx((np.exp(low), np.exp(high)))
+    assert got.direction("faster", "slower") == "slower" and got.n == 3
+    assert not unpaired_ratio_interval([1.0], base).resolved
+    same = unpaired_ratio_interval([2.0, 2.0], [1.0, 1.0])
+    assert (same.estimate, same.low, same.high) == (2.0, 2.0, 2.0)

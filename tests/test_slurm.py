@@ -71,9 +71,18 @@ CLUSTER_FLAGS = (
 # One paired block is enough to show scheduling, failure and resumption through SLURM, and
 # halves the jobs the cluster runs (the local workflow test runs the tiny config's two).
 BLOCKS = 1
-# "Job 3 has been submitted with SLURM jobid 17 (log: /abs/.snakemake/slurm_logs/...)."
-SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+# "Job 3 has been submitted with SLURM jobid 17 (log: /abs/.snakemake/slurm_logs/...)."; a
+# group job is named by a UUID instead of a number.
+SUBMITTED = re.compile(
+    r"Job (?:\d+|[0-9a-f-]{36}) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\."
+)
 LOCAL_RULES = ("all", "block_done", "mask_figure")  # the Snakefile's localrules
+# Each comparison family of a block is one job group (one submission): its timed jobs and the
+# marker closing it.
+GROUPS = {
+    "group_train": ("train_tinycnn", "train_family_done"),
+    "group_classify": ("classify", "classify_family_done"),
+}
 
 
 @dataclass
@@ -83,8 +92,12 @@ class Submission:
 
     @property
     def rule(self) -> str:
-        """The rule name, from the log path .snakemake/slurm_logs/rule_<rule>/..."""
-        part = next(p for p in self.log.parts if p.startswith("rule_"))
+        """The rule name, from the log path .snakemake/slurm_logs/rule_<rule>/...; a job group
+        (one comparison family of one block, .../group_train-block~1-.../...) gives its kind,
+        group_train or group_classify."""
+        part = next(p for p in self.log.parts if p.startswith(("rule_", "group_")))
+        if part.startswith("group_"):
+            return part.split("-block~", 1)[0]
         return part.removeprefix("rule_")
 
     @property
@@ -163,14 +176,15 @@ def test_failed_job_is_reported_with_its_slurm_log(
     run = faulted_then_rerun.first
     assert run.returncode != 0, run.output[-3000:]
     assert faulted_then_rerun.marker.exists(), "the fault was never injected"
-    assert "Error in rule train_tinycnn" in run.output, run.output[-3000:]
+    assert "Error in group train-block~1" in run.output, run.output[-3000:]
     failed = [
         s for s in run.submissions if slurm_cluster.job_fields(s.slurm_id)["JobState"] == "FAILED"
     ]
-    # Exactly one job failed; its SLURM log (kept because it failed) is named in the error,
-    # and show-failed-logs prints the job's own log, where the shim wrote why it failed.
-    assert [s.rule for s in failed] == ["train_tinycnn"], [str(s.log) for s in failed]
-    error_block = run.output[run.output.index("Error in rule train_tinycnn") :]
+    # Exactly one job failed: the group of the failed training job. Its SLURM log (kept
+    # because it failed) is named in the error, and show-failed-logs prints the job's own log,
+    # where the shim wrote why it failed.
+    assert [s.rule for s in failed] == ["group_train"], [str(s.log) for s in failed]
+    error_block = run.output[run.output.index("Error in group train-block~1") :]
     assert str(failed[0].log) in error_block
     assert failed[0].log.exists()
     assert SHIM_MESSAGE in error_block, error_block[-3000:]
@@ -182,8 +196,8 @@ def test_rerun_completes_without_redoing_finished_jobs(
 ) -> None:
     run = faulted_then_rerun.second
     assert run.returncode == 0, run.output[-3000:]
-    # Only the failed job, the jobs waiting on its block and the untimed aggregation ran
-    # again: no job that finished in the first run was submitted a second time.
+    # Only the failed job's group, the jobs waiting on its block and the untimed aggregation
+    # ran again: no job that finished in the first run was submitted a second time.
     first = faulted_then_rerun.first.submissions
     failed = [s.job for s in first if slurm_cluster.job_fields(s.slurm_id)["JobState"] == "FAILED"]
     finished = {s.job for s in first} - set(failed)
@@ -191,12 +205,15 @@ def test_rerun_completes_without_redoing_finished_jobs(
     assert len(failed) == 1 and failed[0] in again, (failed, again)
     assert finished.isdisjoint(again), sorted(finished & set(again))
     assert len(again) == len(set(again)), again
+    # A job group fails and runs again as a whole: the failed job's comparison family in its
+    # block (so its ratios stay pairs of jobs run together). Nothing else was written again.
     redone = [
         str(path)
         for path, mtime in faulted_then_rerun.mtimes_after_first.items()
         if "/logs/" not in str(path) and path.stat().st_mtime != mtime
     ]
-    assert redone == [], redone
+    family = re.compile(r"/train/tinycnn/.*/block~1(?:/|\.tsv$)")
+    assert all(family.search(path) for path in redone), redone
 
 
 def test_every_job_ran_through_slurm(
@@ -210,7 +227,10 @@ def test_every_job_ran_through_slurm(
     )
     for rule in LOCAL_RULES:  # run by Snakemake itself, not submitted
         del expected[rule]
-    expected["train_tinycnn"] += 1  # the injected failure, submitted again by the re-run
+    for group, (timed, marker) in GROUPS.items():  # one submission per family and block
+        expected[group] = expected.pop(marker)
+        del expected[timed]
+    expected["group_train"] += 1  # the injected failure's group, submitted again by the re-run
     assert per_rule == expected
     # SLURM's own record of each job: where and how it ran, and how it ended.
     states = []
@@ -248,7 +268,7 @@ def test_outputs_and_tables_are_complete(faulted_then_rerun: FaultedThenRerun) -
     assert classify["job_dir"].nunique() == expected["classify"]
 
 
-TIMED_RULES = ("train_tinycnn", "train_tinycnn_full", "train_mosaicnet", "classify")
+TIMED_RULES = ("group_train", "group_classify", "train_tinycnn_full", "train_mosaicnet")
 
 
 def test_timed_jobs_queue_together_but_run_alone(
@@ -276,8 +296,9 @@ def test_timed_jobs_queue_together_but_run_alone(
 
 # Which wildcards hold the rank count and the job's cores (threads or workers), in the order the
 # plugin joins them into the job comment "rule_<rule>_wildcards_<w1>_<w2>_...": each rank is a
-# task of cores / ranks CPUs. train_mosaicnet's count is in the config.
-THREADS_WILDCARD = {"train_tinycnn": (1, 2), "train_tinycnn_full": (1, 2), "classify": (1, 2)}
+# task of cores / ranks CPUs. train_mosaicnet's count is in the config; the paired jobs run in
+# group jobs (below).
+THREADS_WILDCARD = {"train_tinycnn_full": (1, 2)}
 
 
 def test_each_timed_job_reserves_the_cores_it_measures(
@@ -285,10 +306,15 @@ def test_each_timed_job_reserves_the_cores_it_measures(
 ) -> None:
     runs = (faulted_then_rerun.first, faulted_then_rerun.second)
     timed = [s for run in runs for s in run.submissions if s.rule in TIMED_RULES]
+    config = faulted_then_rerun.config
     for submission in timed:
         fields = slurm_cluster.job_fields(submission.slurm_id)
         if submission.rule == "train_mosaicnet":
-            threads = faulted_then_rerun.config["train"]["mosaicnet"]["threads"]
+            threads = config["train"]["mosaicnet"]["threads"]
+        elif submission.rule == "group_train":  # its jobs run one after another: the widest
+            threads = max(config["train"]["tinycnn"]["threads"])
+        elif submission.rule == "group_classify":
+            threads = max(config["classify"]["workers"])
         else:
             wildcards = fields["Comment"].split("_wildcards_", 1)[1].split("_")
             ranks, cores = THREADS_WILDCARD[submission.rule]
@@ -323,14 +349,17 @@ def test_gpu_engines_request_a_gpu(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    # "rule train_tinycnn:" ... "wildcards: engine=cuda, ..." ... "resources: ..., gpu=1, ..."
+    # "rule train_tinycnn:" ... "wildcards: engine=cuda, ..." ... "resources: ..., gpu=1, ...",
+    # indented once more inside a group job
     jobs = re.findall(
-        r"rule (\w+):\n(?:    .*\n)*?    wildcards: (.*)\n(?:    .*\n)*?    resources: (.*)\n",
+        r"^( *)rule (\w+):\n(?:\1    .*\n)*?\1    wildcards: (.*)\n(?:\1    .*\n)*?"
+        r"\1    resources: (.*)\n",
         result.stdout,
+        re.M,
     )
     gpu = {
         (rule, wildcards.split(",")[0]): re.search(r"\bgpu=(\d+)", resources).group(1)
-        for rule, wildcards, resources in jobs
+        for _, rule, wildcards, resources in jobs
         if rule in ("train_tinycnn", "classify")
     }
     assert gpu[("train_tinycnn", "engine=cuda")] == "1", gpu

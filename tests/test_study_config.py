@@ -11,7 +11,13 @@ from workflow_helpers import REPO
 
 from cnnpar.errors import CnnparError
 from cnnpar.study import config as study_config
-from cnnpar.study.config import ConfigError, usable, validate_config
+from cnnpar.study.config import (
+    ConfigError,
+    check_thread_cap,
+    resolve_paths,
+    usable,
+    validate_config,
+)
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 DEFAULT = yaml.safe_load((REPO / "config/config.yaml").read_text())
@@ -41,7 +47,7 @@ def test_defaults_are_filled_in_like_snakemake_validate():
     config: dict = {"train": {"tinycnn": {"engines": ["numba"]}}}
     validate_config(config, SCHEMA)
     assert config["results"] == "results" and config["strict"] is False
-    assert config["data"] == {"source": "bundled", "dir": None}
+    assert config["data"] == {"source": "bundled", "dir": None, "mirror": None}
     assert config["train"]["tinycnn"]["engines"] == ["numba"]  # kept
     assert config["train"]["tinycnn"]["threads"] == [1, 2]  # filled next to it
     assert config["train"]["mosaicnet"]["engine"] == "torch"  # a defaulted {} filled in turn
@@ -105,6 +111,106 @@ def test_empty_list_and_duplicates():
     assert "lists a value twice" in check({"classify": {"workers": [2, 2]}})
 
 
+# --- paths, resolved against the directory Snakemake runs in ---------------------------------
+
+
+def resolved(tmp_path, **override: object) -> dict:
+    config: dict = {"data": {}, "timing": {}, **override}
+    validate_config(config, SCHEMA)
+    resolve_paths(config, tmp_path)
+    return config
+
+
+def test_relative_paths_become_absolute_against_the_workdir(tmp_path, monkeypatch):
+    """Jobs run in shadow directories: a relative data.dir or timing.lock named nothing there
+    (the data check failed; every job locked a lock file of its own)."""
+    (tmp_path / "mnist_raw").mkdir()
+    (tmp_path / "locks").mkdir()
+    monkeypatch.chdir("/")  # the workdir is the argument, not the caller's directory
+    config = resolved(
+        tmp_path,
+        data={"source": "dir", "dir": "mnist_raw/"},
+        timing={"lock": "locks/../locks/timing.lock"},
+    )
+    assert config["data"]["dir"] == str(tmp_path / "mnist_raw")
+    assert config["timing"]["lock"] == str(tmp_path / "locks/timing.lock")
+    assert config["results"] == "results"  # outputs: Snakemake places them by relative path
+
+
+def test_home_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home/mnist").mkdir(parents=True)
+    config = resolved(tmp_path, data={"source": "dir", "dir": "~/mnist"}, results="~/out")
+    assert config["data"]["dir"] == str(tmp_path / "home/mnist")
+    assert config["results"] == "home/out"  # inside the workdir: relative
+
+
+def test_results_outside_the_workdir_become_absolute(tmp_path):
+    """A shadow rule refuses an output path that climbs out of the workdir with '..'."""
+    work = tmp_path / "work"
+    work.mkdir()
+    config: dict = {"results": "../elsewhere/results"}
+    validate_config(config, SCHEMA)
+    resolve_paths(config, work)
+    assert config["results"] == str(tmp_path / "elsewhere/results")
+    config = {"results": str(work / "sub" / "results")}  # absolute but inside: relative
+    validate_config(config, SCHEMA)
+    resolve_paths(config, work)
+    assert config["results"] == "sub/results"
+
+
+def test_missing_data_dir_and_lock_directory_are_named_at_start_up(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        resolved(tmp_path, data={"source": "dir", "dir": "mnist_raw"})
+    assert str(err.value) == (
+        f"invalid config: config key 'data.dir': '{tmp_path}/mnist_raw' is not a directory "
+        f"(a relative path is taken from '{tmp_path}', where snakemake runs); name the "
+        "directory that holds the four MNIST IDX files"
+    )
+    with pytest.raises(ConfigError, match=r"^invalid config: config key 'timing.lock': the dir"):
+        resolved(tmp_path, timing={"lock": "no/such/dir/timing.lock"})
+    # data.dir is only checked when it is the source
+    assert resolved(tmp_path, data={"dir": "mnist_raw"})["data"]["source"] == "bundled"
+
+
+# --- the thread cap ----------------------------------------------------------------------
+
+ASKED = {"train.tinycnn.threads": 2, "classify.workers": 2, "train.mosaicnet.threads": 1}
+
+
+def test_a_sweep_above_cores_is_refused_naming_the_keys_and_the_fix():
+    with pytest.raises(ConfigError) as err:
+        check_thread_cap(ASKED, cores=1)
+    assert str(err.value) == (
+        "cannot run this sweep: train.tinycnn.threads and classify.workers ask for 2 threads "
+        "per job but --cores 1 caps every job at 1, so Snakemake would silently run them as "
+        "1-thread jobs; run with --cores 2 or more, or lower those counts to 1"
+    )
+    with pytest.raises(ConfigError, match=r"^cannot run this sweep: classify.workers asks for 8 "):
+        check_thread_cap({"classify.workers": 8, "train.tinycnn.threads": 4}, cores=4)
+
+
+def test_max_threads_is_a_cap_as_well():
+    with pytest.raises(ConfigError, match=r"but --max-threads 1 caps .*; run with --max-threads 2"):
+        check_thread_cap(ASKED, cores=8, max_threads=1)
+
+
+def test_set_threads_on_a_timed_rule_is_refused():
+    with pytest.raises(ConfigError) as err:
+        check_thread_cap(ASKED, cores=2, set_threads=["classify=1"])
+    assert str(err.value).startswith(
+        "cannot run this sweep: --set-threads classify=1 replaces the thread counts the config "
+        "gives timed jobs"
+    )
+
+
+def test_runs_within_the_cap_or_without_one_are_left_alone():
+    check_thread_cap(ASKED, cores=2)
+    check_thread_cap(ASKED, cores=2, max_threads=4)
+    # A cluster executor without --cores: each job's cores come from the profile.
+    check_thread_cap(ASKED, cores=None, max_threads=None)
+
+
 # --- availability -----------------------------------------------------------------------
 
 
@@ -159,3 +265,24 @@ def test_without_probing_the_config_is_trusted(no_gpu: None):
 )
 def test_layouts_split_each_core_count_over_ranks(cores, ranks, parallel, ranked, expected):
     assert study_config.layouts(cores, ranks, parallel=parallel, ranked=ranked) == expected
+
+
+def test_data_mirror_is_a_url_or_a_list_of_urls_for_source_download():
+    for mirror in ("https://mirror.example.org/mnist/", ["http://a.example/m", "file:///srv/m/"]):
+        config = copy.deepcopy(DEFAULT)
+        config["data"] = {"source": "download", "mirror": mirror}
+        validate_config(config, SCHEMA)
+        assert study_config.mirrors(config) == ([mirror] if isinstance(mirror, str) else mirror)
+    assert study_config.mirrors(DEFAULT | {"data": {"mirror": None}}) == []
+    message = check({"data": {"source": "download", "mirror": "mirror.example.org/mnist"}})
+    assert message == (
+        "invalid config: config key 'data.mirror': 'mirror.example.org/mnist' is invalid; a "
+        "mirror is the URL of a directory serving the MNIST .gz files (http, https, ftp or "
+        "file), e.g. 'https://mirror.example.org/mnist/', or a list of such URLs"
+    )
+    assert "'data.mirror': []" in check({"data": {"source": "download", "mirror": []}})
+    # A mirror the source would ignore is refused, not silently dropped.
+    assert check({"data": {"mirror": "https://mirror.example.org/mnist/"}}) == (
+        "invalid config: config key 'data.mirror' is used only when data.source is 'download' "
+        "(got 'bundled'); set data.source: download or remove data.mirror"
+    )

@@ -92,7 +92,7 @@ def test_paired_ratio_is_round_by_round() -> None:
 def test_set_threads_reports_effective_counts() -> None:
     before = threads.effective_threads()
     try:
-        counts = threads.set_threads(1)
+        counts = threads.set_threads(1, numba=True)
         assert counts["torch_threads"] == 1
         assert counts["numba_threads"] == 1
         assert counts["blas_threads"] in (1, None)

@@ -64,7 +64,8 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
     assert run.params["lr"] == 0.05 and run.params["shuffle"] is True
     assert run.parallelism.requested == 1 and run.parallelism.effective == 1
     threads = run.parallelism.threads
-    assert threads["numba_threads"] >= 1 and threads["torch_threads"] >= 1
+    # numba's pool is read only where it started: the numpy engine does not start it
+    assert "numba_threads" in threads and threads["torch_threads"] >= 1
     assert run.environment["malloc"] and run.environment["cpu_model"]
     assert run.results["flops_per_image"] == spec.flops_per_image(2)
     assert run.results["final_test_acc"] == pytest.approx(float(rows[-1]["test_acc"]))

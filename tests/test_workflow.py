@@ -175,6 +175,119 @@ def test_dry_run_lays_ranked_jobs_out_over_their_cores(tmp_path: Path):
     assert "--mode ranks" not in output and "--mode processes --workers 2" in output
 
 
+def test_data_mirror_reaches_every_job_that_reads_data(tmp_path: Path):
+    cfg = tmp_path / "mirror.yaml"
+    mirrors = ["https://mirror.example.org/mnist/", "file:///srv/my mnist/"]
+    cfg.write_text(yaml.safe_dump({"data": {"source": "download", "mirror": mirrors}}))
+    result = snakemake(
+        tmp_path, "-n", "-p", "--configfile", str(TINY), str(cfg), "--cores", "2", timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    commands = [line for line in result.stdout.splitlines() if " cnnpar " in f" {line}"]
+    reading = [c for c in commands if re.search(r"cnnpar (data verify|train|classify) ", c)]
+    assert reading and len(reading) == len(commands)
+    options = "--data-source download --mirror https://mirror.example.org/mnist/ --mirror "
+    options += "'file:///srv/my mnist/'"
+    for command in reading:
+        assert options in command, command
+
+
+# --- config paths, the thread cap, a re-run from another shell -------------------------------
+
+
+CAPPED = (
+    "cannot run this sweep: train.tinycnn.threads, classify.workers and train.mosaicnet.threads "
+    "ask for 2 threads per job but {} caps every job at 1"
+)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--cores", "1"], CAPPED.format("--cores 1")),
+        (["--cores", "2", "--max-threads", "1"], CAPPED.format("--max-threads 1")),
+        (["--cores", "2", "--set-threads", "train_tinycnn=1"], "--set-threads train_tinycnn=1 "),
+    ],
+)
+def test_a_sweep_snakemake_would_cap_is_refused_before_any_job(
+    tmp_path: Path, flags: list[str], message: str
+):
+    """Snakemake silently lowers {threads} to its cap: the 2-thread and 2-worker jobs would run
+    as 1-thread ones and collide with those in the tables, after every job had run."""
+    result = snakemake(tmp_path, *flags, "--configfile", str(TINY))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in output, output[-2000:]
+    assert not list((tmp_path / "results").rglob("*"))  # no job ran
+
+
+def mnist_dir(where: Path) -> Path:
+    """A directory of the four MNIST IDX files (the package's own gzipped copies)."""
+    shutil.copytree(REPO / "src/cnnpar/data", where, ignore=shutil.ignore_patterns("*.py"))
+    return where
+
+
+def test_jobs_get_every_config_path_resolved_and_no_lock_of_the_shell(tmp_path: Path):
+    """Jobs run in shadow directories: relative config paths reach them absolute, against the
+    directory Snakemake runs in; a null timing.lock reaches them as no --timing-lock at all
+    (each cnnpar works its default out where it runs)."""
+    mnist_dir(tmp_path / "mnist_raw")
+    (tmp_path / "locks").mkdir()
+    cfg = tmp_path / "paths.yaml"
+    plans = {}
+    for lock in ("locks/timing.lock", None):
+        data = {"source": "dir", "dir": "mnist_raw"}
+        cfg.write_text(yaml.safe_dump({"data": data, "timing": {"lock": lock}}))
+        plan = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile", str(TINY), str(cfg))
+        assert plan.returncode == 0, plan.stderr[-2000:]
+        plans[lock] = re.findall(r"^Shell command: (.*\bcnnpar (?:train|classify|data) .*)$",
+                                 plan.stdout, re.M)  # fmt: skip
+    commands = plans["locks/timing.lock"]
+    assert commands and all(f"--data-source {tmp_path}/mnist_raw " in c for c in commands)
+    timed = [c for c in commands if " data verify " not in c]
+    assert timed and all(f"--timing-lock {tmp_path}/locks/timing.lock " in c for c in timed)
+    assert not any("--timing-lock" in c for c in plans[None]), plans[None][0]
+
+
+def test_a_relative_data_dir_works_and_a_rerun_from_another_shell_keeps_finished_work(
+    tmp_path: Path,
+):
+    """`data.dir: mnist_raw` and `results: ../out` run in shadowed jobs; a re-run from another
+    directory (-d) with another TMPDIR, as from a new login on a cluster, plans nothing."""
+    work = tmp_path / "work"
+    mnist_dir(work / "mnist_raw")
+    cfg = work / "paths.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"source": "dir", "dir": "mnist_raw"},
+                                   "results": "../out"}))  # fmt: skip
+    target = tmp_path / "out/train/mosaicnet/seed~0/model.pt"
+    args = [str(target), "--cores", "2", "--configfile", str(TINY), str(cfg)]
+    env = venv_env()
+    runs = []
+    for name, cwd, extra in (("tmp-a", work, []), ("tmp-b", tmp_path, ["-n"])):
+        (tmp_path / name).mkdir()
+        env["TMPDIR"] = str(tmp_path / name)
+        runs.append(subprocess.run(snakemake_cmd(work, *extra, *args), cwd=cwd, env=env,
+                                   capture_output=True, text=True, timeout=300))  # fmt: skip
+    first, again = runs
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    assert target.is_file() and (tmp_path / "out/data/verify.txt").is_file()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
+
+
+def test_a_bad_compare_with_set_fails_at_start_up(tmp_path: Path):
+    not_a_set = tmp_path / "elsewhere"
+    not_a_set.mkdir()
+    for value, named in ((str(not_a_set), "not a result set"), ("results", "own results")):
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text(yaml.safe_dump({"compare_with": [value]}))
+        result = snakemake(tmp_path, "-n", "--configfile", str(cfg), timeout=60)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert "config key 'compare_with[0]'" in output and named in output, output[-2000:]
+        assert "Traceback" not in output
+
+
 # --- a real run, interrupted twice ----------------------------------------------------------
 
 
@@ -307,9 +420,9 @@ def test_tiny_run_tables_have_exactly_the_expected_rows(tiny_run: dict):
     assert set(classify["block"]) == set(range(1, config["blocks"] + 1))
     summary = pd.read_csv(tables / "summary.csv")
     assert (summary["blocks"] == config["blocks"]).all()
-    # Requested and effective thread counts are both recorded.
-    assert {"threads_requested", "threads"} <= set(train.columns)
-    assert {"workers_requested", "workers"} <= set(classify.columns)
+    # Requested and effective parallelism are both recorded, named the same in both tables.
+    for frame in (train, classify):
+        assert {"parallelism_requested", "parallelism"} <= set(frame.columns)
     assert summary["speedup"].notna().any()
     assert train["env.cpu_model"].notna().all()
 
@@ -379,12 +492,15 @@ def test_a_deleted_job_output_is_rebuilt_with_what_depends_on_it(
     stats = job_stats(plan.stdout + plan.stderr)
     assert stats.pop(rule) == 1, stats
     downstream = {"block_done", "mask_figure", "tables", "figures", "report", "all", "total"}
+    downstream |= {"train_family_done", "classify_family_done"}  # the deleted job's family
     assert set(stats) <= downstream | dependents, stats
     expected = expected_jobs(load_config(TINY))
     for dependent in dependents:  # every job of the rule, none twice
         assert stats[dependent] == expected[dependent], stats
     if not dependents:
         assert stats.get("block_done", 0) <= 1, stats
+        families = stats.get("train_family_done", 0) + stats.get("classify_family_done", 0)
+        assert families <= 1, stats
 
 
 def test_snakemake_report_renders(tiny_run: dict):
@@ -411,7 +527,10 @@ def test_report_opens_in_chromium_with_every_figure_loaded(tiny_run: dict, tmp_p
     """Headless Chromium loads the report; a probe script records each image's naturalWidth."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+        reason = "chromium is not installed (as root: apt-get install -y chromium)"
+        if os.environ.get("CI") == "true":  # .ci/run installs it: a missing one is a failure
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
     page = (tiny_run["results"] / "report.html").read_text()
     probe = (
         "<script>window.addEventListener('load', () => { document.body.dataset.widths = "
@@ -455,7 +574,7 @@ def test_fail_once_shim_fails_one_training_job_once(tmp_path: Path):
         "results/train/tinycnn/engine~numpy/ranks~1/threads~1/filters~4/batch~32/seed~0/"
         "block~1/metrics.csv"
     )
-    args = [target, "--cores", "1", "--configfile", str(TINY)]  # --configfile takes nargs
+    args = [target, "--cores", "2", "--configfile", str(TINY)]  # --configfile takes nargs
     first = subprocess.run(
         snakemake_cmd(tmp_path, *args), cwd=tmp_path, env=env, capture_output=True, text=True,
         timeout=300,

@@ -25,6 +25,7 @@ from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
 from cnnpar.nets.tinycnn.spec import flops_per_image
 from cnnpar.record import Parallelism, RecordError, RunRecord
 from cnnpar.study import figures, report, tables
+from cnnpar.study.kinds import KINDS
 from cnnpar.train import TrainConfig
 
 ENV = {"cpu_model": "Test CPU", "logical_cores": 2, "cpus_available": 2, "hostname": "testhost",
@@ -101,11 +102,18 @@ def _epochs(rate: float, images: int = 20000) -> list[dict]:
 
 
 def fake_results(
-    root: Path, seeds: tuple[int, ...] = (0,), flag: tuple[str, int] | None = None
+    root: Path,
+    seeds: tuple[int, ...] = (0,),
+    flag: tuple[str, int] | None = None,
+    cpus: int | None = None,
 ) -> list[Path]:
     """A results/ tree of run records as the train and classify commands write them: every
     configuration once per block, plus full-length runs and MosaicNet. `flag` = (job name,
-    block) marks that job as disturbed."""
+    block) marks that job as disturbed; `cpus` caps what every job ran with (taskset)."""
+
+    def ran(asked: int) -> int:
+        return min(asked, cpus) if cpus else asked
+
     records = []
     for block, speed in DRIFT.items():
         for (engine, threads), rate in TRAIN_RATES.items():
@@ -115,7 +123,7 @@ def fake_results(
                     out="", engine=engine, threads=threads, filters=8, batch_size=32,
                     seed=seed, block=block, time_budget=2.0,
                 )  # fmt: skip
-                records.append(train_job(root / f"{name}-b{block}", cfg, threads,
+                records.append(train_job(root / f"{name}-b{block}", cfg, ran(threads),
                                          _epochs(rate * speed), flag == (name, block)))  # fmt: skip
         for grid in GRIDS:
             rows_, cols = (int(v) for v in grid.split("x"))
@@ -141,17 +149,17 @@ def fake_results(
                     )  # fmt: skip
                     processes = workers if mode == "processes" else 1
                     parallelism = Parallelism(
-                        requested=workers, effective=workers, processes=processes,
+                        requested=workers, effective=ran(workers), processes=processes,
                         threads={"torch_threads": workers // processes},
                     )  # fmt: skip
                     results = {"cells": cells, "accuracy": 0.99, "flops_per_image": FLOPS_PER_IMAGE}
                     record = classify_outputs.run_record(
-                        config, parallelism, results, guard(workers, flag == (name, block))
+                        config, parallelism, results, guard(ran(workers), flag == (name, block))
                     )
                     records.append(_with_env(record).write(job))
     for engine, threads in (("numpy", 1), ("numba", 2), ("torch", 2)):
         cfg = TrainConfig(out="", engine=engine, threads=threads, filters=8, batch_size=32)
-        records.append(train_job(root / f"full-{engine}", cfg, threads,
+        records.append(train_job(root / f"full-{engine}", cfg, ran(threads),
                                  _epochs(TRAIN_RATES[engine, threads], 60000)))  # fmt: skip
     for seed in seeds:
         cfg = TrainConfig(
@@ -205,16 +213,17 @@ def test_tidy_tables_have_one_row_per_job_epoch_repeat_and_block(built):
     for name, frame in t.items():
         on_disk = tables.read_table(tmp_path / f"results/tables/{name}.csv")
         assert len(on_disk) == len(frame), name
-    for column in ["engine", "threads_requested", "threads", "filters", "batch_size", "seed",
-                   "block", "run", "epoch", "images", "cum_seconds", "cum_seconds_with_warmup",
-                   "env.cpu_model", "roofline_gflops", "others_cpu_share", "flagged",
+    for column in ["engine", "parallelism_requested", "parallelism", "filters", "batch_size",
+                   "seed", "block", "run", "epoch", "images", "cum_seconds",
+                   "cum_seconds_with_warmup", "env.cpu_model", "roofline_gflops",
+                   "others_cpu_share", "flagged",
                    "numba_threads", "flops_per_image", "warmup_s"]:  # fmt: skip
         assert column in t["train"].columns, column
     full = t["train"][(t["train"]["run"] == "full") & (t["train"]["engine"] == "numba")]
     assert full["cum_seconds_with_warmup"].tolist() == pytest.approx(
         [0.25 + 60000 / 7600 * e for e in (1, 2)]
     )
-    for column in ["mode", "workers_requested", "workers", "grid", "repeat", "block",
+    for column in ["mode", "parallelism_requested", "parallelism", "grid", "repeat", "block",
                    "end_to_end_cells_per_s", "env.hostname"]:  # fmt: skip
         assert column in t["classify"].columns, column
 
@@ -392,9 +401,90 @@ def test_effective_threads_below_requested_are_recorded(tmp_path: Path):
     path = train_job(tmp_path / "job", cfg, effective=2, metrics=[row])
     runs = tables.read_records([path])
     frame = tables.train_frame(runs)
-    assert frame.loc[0, "threads_requested"] == 4
-    assert frame.loc[0, "threads"] == 2
+    assert frame.loc[0, "parallelism_requested"] == 4
+    assert frame.loc[0, "parallelism"] == 2
+    assert frame.loc[0, "threads"] == 4  # the parameter as asked, never overwritten
     summary = tables.summarize(tables.jobs_frame(frame, pd.DataFrame()), frame)
     assert summary.loc[0, "parallelism"] == 2 and summary.loc[0, "parallelism_requested"] == 4
     assert np.isnan(summary.loc[0, "speedup"])  # no 1-thread baseline in this family
     assert any("asked for 4" in s for s in report.findings(summary))
+
+
+def test_a_repeated_option_is_one_cell(tmp_path: Path):
+    """`--mirror` given twice is a list in the record's parameters: one table cell holds it."""
+    cfg = TrainConfig(out="", engine="numpy", threads=1, filters=8, batch_size=32, block=1)
+    job = train_job(tmp_path / "job", cfg, 1, _epochs(1000.0))
+    record = RunRecord.read(job)
+    mirrors = ["https://a.example/mnist/", "file:///srv/mnist/"]
+    record = dataclasses.replace(record, params={**record.params, "mirror": mirrors})
+    assert record.columns()["mirror"] == " ".join(mirrors)
+    record.write(tmp_path / "job")
+    assert tables.train_frame([(RunRecord.read(job), job.parent)])["mirror"].nunique() == 1
+
+
+def test_jobs_confined_to_fewer_cpus_keep_their_configurations_apart(tmp_path: Path):
+    """Run under `taskset -c 0`, the 2-thread jobs ran with 1 CPU: they stay the 2-thread
+    configuration (asked 2, ran 1) in every table and figure, never merged with the 1-thread one."""
+    t = build(tmp_path, cpus=1)
+    summary = t["summary"]
+    numba = summary[(summary["study"] == "train") & (summary["engine"] == "numba")]
+    assert sorted(numba["parallelism_requested"]) == [1, 2]
+    assert list(numba["parallelism"]) == [1, 1]
+    assert len(summary) == len(TRAIN_RATES) + len(GRIDS) * len(CLASSIFY_RATES)
+    tdir = tmp_path / "results/tables"
+    written = figures.draw_all({n: tdir / f"{n}.csv" for n in tables.TABLE_SCHEMAS}, tmp_path)
+    assert {p.stem for p in written} == {f.id for f in registry.table_figures()}
+
+
+def _move_to_other_machine(path: Path) -> None:
+    """Rewrite one run record as if its job had run on a different CPU."""
+    data = json.loads(path.read_text())
+    data["machine"]["cpu_model"] = "Other CPU"
+    data["environment"]["cpu_model"] = "Other CPU"
+    path.write_text(json.dumps(data))
+
+
+def test_no_ratio_is_formed_across_two_machines(tmp_path: Path):
+    """The numba 1-thread baseline and every processes job ran on another CPU: each machine
+    gets its own summary rows, and no speedup or comparison divides one machine by the other."""
+    records = fake_results(tmp_path / "results")
+    moved = []
+    for path in records:
+        params = json.loads(path.read_text())["params"]
+        numba_1 = params.get("engine") == "numba" and params["threads"] == 1
+        if (numba_1 and params.get("block")) or params.get("mode") == "processes":
+            _move_to_other_machine(path)
+            moved.append(path)
+    assert moved
+    out = {name: tmp_path / f"tables/{name}.csv" for name in tables.TABLE_SCHEMAS}
+    t = tables.build_tables(records=records, out=out)
+    jobs, summary, comparisons = t["jobs"], t["summary"], t["comparisons"]
+    assert jobs["machine"].nunique() == 2
+    other = jobs[jobs["machine"].str.contains("Other CPU")]
+    assert set(other["engine"].dropna()) == {"numba"} and set(other["mode"].dropna()) == {
+        "processes"
+    }
+    # Every formed ratio pairs jobs of one machine: the speedup's baseline is on its row's machine.
+    for _, row in summary[summary["speedup"].notna()].iterrows():
+        kind = KINDS[row["study"]]
+        base = jobs[(jobs["study"] == row["study"]) & (jobs["machine"] == row["machine"])]
+        assert any(kind.is_baseline(r) for r in base.to_dict("records")), row["engine"]
+    # numba 2 threads ran here, its 1-thread baseline only there: not formed, with the reason.
+    numba2 = summary[(summary["engine"] == "numba") & (summary["parallelism_requested"] == 2)]
+    assert len(numba2) == 1 and np.isnan(numba2["speedup"].iloc[0])
+    assert numba2["speedup_verdict"].iloc[0] == "not formed"
+    assert "ran only on" in numba2["speedup_not_formed"].iloc[0]
+    assert "Other CPU" in numba2["speedup_not_formed"].iloc[0]
+    # processes ran only there, sequential only here: listed as not formed, never computed.
+    procs = comparisons[comparisons["subject"].str.startswith("processes")]
+    assert len(procs) and (procs["verdict"] == "not formed").all()
+    assert procs["ratio"].isna().all()
+    assert (procs["not_formed"].str.contains("different machines")).all()
+    # Formed comparisons stay on one machine and keep their exact ratios.
+    formed = comparisons[comparisons["verdict"] != "not formed"]
+    assert formed["machine"].notna().all() and len(formed)
+    text = " ".join(report.findings(summary, comparisons))
+    assert "no speedup over numba 1 thread formed" in text and "not formed" in text
+    tdir = tmp_path / "tables"
+    written = figures.draw_all({n: tdir / f"{n}.csv" for n in tables.TABLE_SCHEMAS}, tmp_path)
+    assert {p.stem for p in written} == {f.id for f in registry.table_figures()}

@@ -46,7 +46,8 @@ def expected_jobs(config: dict) -> dict[str, int]:
     """Job counts computed from the config by the rules the workflow documents: engines and
     modes that are not parallel run once (at 1 thread or worker), ranked ones (torch-ddp, mode
     ranks) once per ranks x threads split of a core count, GPU ones are dropped where
-    unavailable (a local run), one MosaicNet per seed and one roofline per thread count."""
+    unavailable (a local run), one MosaicNet per seed, and one marker per comparison family
+    (training: filters × batch × seed; classification: grid × batch × seed) and block."""
     tiny, cls = config["train"]["tinycnn"], config["classify"]
     engines = [e for e in tiny["engines"] if unavailable_reason(e, "train engine") is None]
     modes = [m for m in cls["modes"] if unavailable_reason(m, "classify mode") is None]
@@ -63,10 +64,15 @@ def expected_jobs(config: dict) -> dict[str, int]:
         n_classify += shapes * len(grids) * len(cls["batch_sizes"]) * len(cls["seeds"])
     blocks = config["blocks"]
     n_full = trained * len(tiny["filters"]) * len(tiny["batch_sizes"]) * len(tiny["seeds"])
+    # One job group per comparison family and block, closed by a marker job.
+    train_families = len(tiny["filters"]) * len(tiny["batch_sizes"]) * len(tiny["seeds"])
+    classify_families = len(grids) * len(cls["batch_sizes"]) * len(cls["seeds"])
     return {
         "verify_data": 1,
         "train_mosaicnet": len(cls["seeds"]),
         "block_done": blocks + 1,
+        "train_family_done": train_families * blocks if engines else 0,
+        "classify_family_done": classify_families * blocks if modes else 0,
         "train_tinycnn": n_train * blocks,
         "train_tinycnn_full": n_full,
         "classify": n_classify * blocks,

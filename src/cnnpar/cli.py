@@ -32,7 +32,8 @@ EPILOG = (
     f"{EXIT_USAGE} bad arguments or input, refused before any work (thread or worker counts "
     f"above {PARALLELISM_PER_CPU} x the CPU count, sizes whose memory estimate exceeds the "
     "available memory), or a run that failed (a worker process died, the training loss became "
-    f"NaN or infinite); {EXIT_INTERRUPTED} interrupted (Ctrl-C); {EXIT_TERMINATED} terminated "
+    "NaN, infinite or more than 10 x ln 10, ten times its value at random guessing; every data "
+    f"mirror failed); {EXIT_INTERRUPTED} interrupted (Ctrl-C); {EXIT_TERMINATED} terminated "
     "(SIGTERM). A run that fails or is stopped leaves no run directory and no temporary files "
     "behind: each is written as a hidden sibling (.NAME.tmp-PID-*) and renamed into place at "
     "the end."
@@ -104,6 +105,15 @@ def _add_data_source(p: argparse.ArgumentParser, aliases: Sequence[str] = ()) ->
         help="bundled (default, shipped with cnnpar), download, or a directory of MNIST IDX "
         "files, raw or .gz" + (f" ({' and '.join(aliases)} is an alias)" if aliases else ""),
     )
+    p.add_argument(
+        "--mirror",
+        dest="mirrors",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="with --data-source download: a mirror serving the MNIST .gz files (an institutional "
+        "mirror or proxy), tried instead of the public ones; repeat to try several in order",
+    )
 
 
 def _share(text: str) -> float:
@@ -121,6 +131,7 @@ def _add_timing(p: argparse.ArgumentParser) -> None:
     from cnnpar.measure.interference import DEFAULT_LOCK, Limits
 
     g = p.add_argument_group("timing guard")
+    _add_machine_label(g)
     g.add_argument(
         "--block",
         type=_positive_int,
@@ -149,10 +160,31 @@ def _add_timing(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _machine_label(text: str) -> str:
+    from cnnpar.measure.machine import check_label
+
+    try:
+        return str(check_label(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_machine_label(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--machine-label",
+        type=_machine_label,
+        default=None,
+        metavar="LABEL",
+        help="name this machine in the run record; part of its identity, with the CPU model, "
+        "usable CPUs, memory and GPU (the workflow sets it from machine_label)",
+    )
+
+
 def _timing_kwargs(args: argparse.Namespace) -> dict:
     from cnnpar.measure.interference import Limits
 
     return {
+        "machine_label": args.machine_label,
         "block": args.block,
         "timing_lock": args.timing_lock,
         "limits": Limits(args.max_others_share, args.max_probe_change),
@@ -163,26 +195,54 @@ def _timing_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from cnnpar import limits
+    from cnnpar.measure import numba_settings
     from cnnpar.measure.environment import environment
     from cnnpar.measure.roofline import sgemm_peak
     from cnnpar.measure.threads import set_threads
 
     check_parallelism(args.threads, "--threads")
-    record = environment().as_dict()
-    record["threads"] = set_threads(args.threads)
+    # A numba setting that cannot work is reported after the record, which shows the rest.
+    try:
+        problem = numba_settings.threading_problem()
+    except numba_settings.NumbaSettingError as err:
+        problem = str(err)
+    threads = set_threads(args.threads, numba=problem is None)
+    if problem is None:  # sets up the numba engine's cache, whose state the record shows
+        import cnnpar.nets.tinycnn.numba_engine  # noqa: F401
+    record = environment().as_dict()  # after torch and numba started: their CPUs, settings
+    record["threads"] = threads
+    limits.warn_if_narrowed(record["cpus_available"])
     if not args.no_sgemm:
         record.update(sgemm_peak(args.threads))
     if args.json:
         print(json.dumps(record, indent=2, sort_keys=True))
     else:
-        width = max(len(k) for k in record)
-        for key, value in record.items():
+        rows = [
+            (f"{key}.{sub}" if isinstance(value, dict) and key != "threads" else key, item)
+            for key, value in record.items()
+            for sub, item in (
+                value.items() if isinstance(value, dict) and key != "threads" else [(key, value)]
+            )
+        ]
+        width = max(len(k) for k, _ in rows)
+        for key, value in rows:
             print(f"{key:<{width}}  {value}")
+    if problem is not None:
+        raise numba_settings.NumbaSettingError(problem)
     return 0
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="print the environment record and the sgemm roofline")
+    p = sub.add_parser(
+        "info",
+        help="print the environment record (machine, limits, numba's effective settings) and "
+        "the sgemm roofline",
+        description="Print the environment record every run stores: the machine, the CPUs this "
+        "process may use once torch and numba started, cgroup and SLURM limits, numba's "
+        "effective settings (threading layer, JIT, CUDA simulator, cache) and the thread "
+        "counts. Exits 2 after the record when a numba setting cannot work here.",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
         "--threads",
@@ -198,8 +258,8 @@ def _cmd_data_verify(args: argparse.Namespace) -> int:
     from cnnpar import data
 
     source = args.data_source
-    counts = data.verify(source)
-    print(f"source: {data.resolve_source(source)}")
+    counts = data.verify(source, args.mirrors)
+    print(f"source: {data.resolve_source(source, args.mirrors)}")
     for split, per_label in counts.items():
         print(
             f"{split}: {sum(per_label)} images, sha256 ok; per label 0-9: "
@@ -272,6 +332,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         test_size=args.test_size,
         shuffle=args.shuffle,
         data_source=args.data_source,
+        mirrors=tuple(args.mirrors or ()),
         time_budget=args.time_budget,
         ranks=args.ranks,
         rank_timeout=args.rank_timeout,
@@ -435,6 +496,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         backend=args.backend,
         data_source=args.data_source,
+        mirrors=tuple(args.mirrors or ()),
         tune_malloc=args.tune_malloc,
         ranks=args.ranks,
         threads=args.threads,
@@ -564,6 +626,67 @@ BENCH_REGISTRARS.append(_add_bench_classify)
 
 # --- parser -----------------------------------------------------------------------------
 
+# --- compare / pack --------------------------------------------------------------------------
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"must be a percentage in 0..100 (got {value:g})")
+    return value
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from cnnpar.study import compare
+
+    return compare.run(args.base, args.others, fail_slower=args.fail_slower, csv=args.csv)
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="result sets side by side (other machines or commits): rates, ratios, verdicts",
+        description="Align the configurations present in every result set by what was asked "
+        "and print each set's rate and the ratio OTHER/BASE with a 95% interval (Welch's t "
+        "on the log rates over blocks: the sets were measured at different moments). Exit "
+        "status: 0 no regression (or no --fail-slower), 1 a configuration is significantly "
+        "slower than BASE by more than --fail-slower percent, 2 bad input.",
+    )
+    p.add_argument("base", metavar="BASE", help="results directory or `cnnpar pack` archive")
+    p.add_argument("others", nargs="+", metavar="OTHER", help="result sets compared with BASE")
+    p.add_argument(
+        "--fail-slower",
+        type=_percent,
+        default=None,
+        metavar="PCT",
+        help="exit 1 when a configuration is significantly slower than BASE (its interval "
+        "below 1) and more than PCT percent slower; without it, report only",
+    )
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the rows to FILE")
+    p.set_defaults(func=_cmd_compare)
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    from cnnpar.study import compare
+
+    out = args.out or f"{args.results.rstrip('/') or 'results'}.tar.gz"
+    target, count = compare.pack(args.results, out)
+    print(f"wrote {target} ({count} files): copy it anywhere and `cnnpar compare` it")
+    return 0
+
+
+def _add_pack(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pack", help="one archive of a result set (tables, config, run records) to compare"
+    )
+    p.add_argument("results", nargs="?", default="results", help="results directory")
+    p.add_argument("-o", "--out", default=None, help="archive to write (default RESULTS.tar.gz)")
+    p.set_defaults(func=_cmd_pack)
+
+
 REGISTRARS: list[Registrar] = [
     _add_info,
     _add_data,
@@ -571,6 +694,8 @@ REGISTRARS: list[Registrar] = [
     _add_train,
     _add_engines,
     _add_classify,
+    _add_compare,
+    _add_pack,
 ]
 
 

@@ -45,6 +45,13 @@ class Engine:
         """Whether it trains as torch.distributed ranks (`--ranks`)."""
         return self.layout == "ranks"
 
+    @property
+    def numba_target(self) -> Literal["cpu", "cuda"] | None:
+        """The numba target it compiles for ("cpu": JIT with numba's threads, "cuda":
+        numba.cuda), so numba's settings (JIT off, the CUDA simulator) decide whether it runs
+        as named; None for an engine numba does not compile."""
+        return self.device if self.runtime == "numba" else None
+
 
 @dataclass(frozen=True)
 class Mode:
@@ -109,6 +116,7 @@ class Figure:
     title: str
     caption: str
     tables: tuple[str, ...]  # which of the tidy tables (train, classify, summary) it reads
+    section: str = "figures"  # where the report shows it: figures, or machines
 
     @property
     def from_tables(self) -> bool:
@@ -337,6 +345,34 @@ FIGURES: dict[str, Figure] = {
             tables=("summary",),
         ),
         Figure(
+            "machines_throughput",
+            "Machines: throughput per engine and mode",
+            "Throughput of every configuration on each machine (one bar per result set and "
+            "machine; the config key compare_with adds sets from other machines or commits): "
+            "geometric mean over that machine's own blocks, with 95% intervals.",
+            tables=("machines",),
+            section="machines",
+        ),
+        Figure(
+            "machines_scaling",
+            "Machines: scaling per machine",
+            "Speedup over each machine's own baseline (the same engine at 1 thread, or "
+            "sequential classification), formed inside that machine's paired blocks, against "
+            "the threads or workers asked for, one line per machine and engine or mode on "
+            "shared axes, with 95% intervals; the dashed line is ideal linear scaling.",
+            tables=("machines",),
+            section="machines",
+        ),
+        Figure(
+            "machines_roofline",
+            "Machines: fraction of each machine's own roofline",
+            "Achieved GFLOP/s as a fraction of each job's own float32 matmul probe, per machine: "
+            "a machine's roofline is never applied to another machine's rows. 95% intervals "
+            "over blocks.",
+            tables=("machines",),
+            section="machines",
+        ),
+        Figure(
             "mask",
             "Mask of the largest mosaic",
             "Classification mask of the largest grid: each cell is green when MosaicNet "
@@ -346,6 +382,11 @@ FIGURES: dict[str, Figure] = {
         ),
     )
 }
+
+
+# What a `cnnpar classify` run directory holds besides run.json (declared here, not in
+# cnnpar.classify, so the workflow reads it without importing torch).
+CLASSIFY_OUTPUTS: tuple[str, ...] = ("predictions.npz", "result.csv", "mask.png")
 
 
 def names(registry: dict[str, object]) -> list[str]:

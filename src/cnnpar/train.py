@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -25,10 +24,11 @@ import numpy as np
 
 from cnnpar import io, limits
 from cnnpar import ranks as ranks_mod
-from cnnpar.data import COUNTS, Mnist, load_mnist
+from cnnpar.data import COUNTS, Mnist, check_mirrors, load_mnist
 from cnnpar.errors import CnnparError
 from cnnpar.measure.environment import environment
 from cnnpar.measure.interference import DEFAULT_LOCK, Interference, Limits, TimedRegion
+from cnnpar.measure.machine import this_machine
 from cnnpar.measure.threads import numba_threading_layer, set_threads
 from cnnpar.nets import tinycnn, training
 from cnnpar.nets.tinycnn import spec
@@ -46,6 +46,10 @@ METRIC_FIELDS = (
     "test_loss",
     "test_acc",
 )
+# An epoch's mean cross-entropy above this many times its value at random guessing, ln(10)
+# ≈ 2.30, is divergence as much as a NaN is: training moves the loss down from about ln(10),
+# so a mean of 23 means logits that blew up (a too-large --lr), however finite.
+DIVERGED_LOSS = 10 * math.log(spec.CLASSES)
 
 
 class TrainConfigError(CnnparError):
@@ -53,7 +57,7 @@ class TrainConfigError(CnnparError):
 
 
 class TrainDivergedError(CnnparError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or an epoch's mean rose above DIVERGED_LOSS."""
 
 
 @dataclass(frozen=True)
@@ -71,12 +75,14 @@ class TrainConfig:
     test_size: int = COUNTS["test"]
     shuffle: bool = True
     data_source: str = "bundled"
+    mirrors: tuple[str, ...] = ()  # for data_source "download"; empty: the public mirrors
     block: int | None = None  # the study's paired block this run belongs to, if any
     time_budget: float | None = None  # stop at the first step after this many timed seconds
     ranks: int = 1  # torch.distributed ranks (engines whose layout is "ranks"), --threads each
     rank_timeout: float = ranks_mod.DEFAULT_TIMEOUT_S  # a collective waits this long for a rank
     timing_lock: str | None = str(DEFAULT_LOCK)
     limits: Limits = field(default_factory=Limits)
+    machine_label: str | None = None  # part of the machine identity in the record
 
     def resolved(self) -> TrainConfig:
         """This config with the model's defaults filled in for every None."""
@@ -136,6 +142,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for ok, message in checks:
         if not ok:
             raise TrainConfigError(message)
+    check_mirrors(cfg.mirrors, cfg.data_source)
     if cfg.engine in ENGINES and cfg.model not in ENGINES[cfg.engine].models:
         raise TrainConfigError(
             f"--model {cfg.model} does not train with engine {cfg.engine}; "
@@ -232,7 +239,7 @@ def train_epochs(
         )
         deadline = math.inf if time_budget is None else time_budget - spent
         start_time = time.perf_counter()
-        # Overflow shows as a NaN or infinite loss, checked below; NumPy's warnings would only
+        # Overflow shows as a NaN, infinite or huge loss, checked below; NumPy's warnings would only
         # print source lines first.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             engine.load_epoch(images, labels)
@@ -250,10 +257,11 @@ def train_epochs(
         trained = int(sizes.sum())
         train_loss = float((losses * sizes).sum() / trained)  # mean over images
         # Once per epoch, from the statistics read back anyway: no extra sync per step.
-        if not math.isfinite(train_loss):
+        if not math.isfinite(train_loss) or train_loss > DIVERGED_LOSS:
+            bound = f" (over 10 × ln 10 = {DIVERGED_LOSS:.1f})" if math.isfinite(train_loss) else ""
             raise TrainDivergedError(
-                f"training diverged: the training loss is {train_loss} in epoch {epoch + 1}; "
-                "use a smaller --lr"
+                f"training diverged: the training loss is {train_loss:.4g}{bound} in epoch "
+                f"{epoch + 1}; use a smaller --lr"
             )
         test_loss, test_acc = evaluate(engine.predict, test)
         rows.append(
@@ -298,14 +306,15 @@ def run_record(
         params={
             k: v
             for k, v in dataclasses.asdict(cfg).items()
-            # how it was guarded, not what ran
-            if k not in ("out", "timing_lock", "limits", "rank_timeout")
+            # how it was guarded and where, not what ran
+            if k not in ("out", "timing_lock", "limits", "rank_timeout", "machine_label")
         },
         parallelism=parallelism,
         results=results,
         outputs=outputs,
         environment=environment().as_dict(),
         interference=interference,
+        machine=this_machine(cfg.machine_label),
     )
 
 
@@ -313,15 +322,23 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult | None:
     """`cnnpar train`: validate, train, and write the run directory. None on the ranks other
     than 0 of a data-parallel run under srun (rank 0 writes)."""
     cfg = validate(cfg)
+    if (how := tinycnn.not_as_named_here(cfg.engine)) is not None:
+        print(
+            f"cnnpar: warning: engine {cfg.engine} runs {how}; its timings do not measure the "
+            "engine (the run record and the report say so)",
+            file=sys.stderr,
+        )
     if ENGINES[cfg.engine].ranks:
         return _run_ranks(cfg, progress)
     # The numpy reference and the GPU engines use one host thread; the others get --threads.
     host_threads = cfg.threads if ENGINES[cfg.engine].parallel else 1
+    # Pools first: starting torch's (and numba's) OpenMP can narrow the CPUs this process may
+    # use, so the CPUs are counted after.
+    threads = set_threads(host_threads, numba=ENGINES[cfg.engine].numba_target == "cpu")
     load = limits.oversubscription(processes=1, threads_per_process=host_threads)
-    threads = set_threads(host_threads)
     source = cfg.data_source
-    train = _first(load_mnist("train", source), cfg.train_size)
-    test = _first(load_mnist("test", source), cfg.test_size)
+    train = _first(load_mnist("train", source, cfg.mirrors), cfg.train_size)
+    test = _first(load_mnist("test", source, cfg.mirrors), cfg.test_size)
     built = trainer(cfg).build(cfg, host_threads)
     engine = built.engine
 
@@ -354,7 +371,11 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult | None:
     record = run_record(
         cfg,
         Parallelism(
-            requested=cfg.threads, effective=int(engine.threads), processes=1, threads=threads
+            requested=cfg.threads,
+            # Threads beyond the CPUs this process may use take turns (a taskset-confined run).
+            effective=min(int(engine.threads), int(load["cpus_available"])),
+            processes=1,
+            threads=threads,
         ),
         results={
             "numba_threading_layer": numba_threading_layer() if cfg.engine == "numba" else None,
@@ -404,6 +425,17 @@ def _run_ranks(cfg: TrainConfig, progress: bool | None) -> TrainResult | None:
     )
 
 
+def _effective_cores(per_rank: list[dict[str, Any]], cpus: int) -> int:
+    """The cores' worth of threads the ranks ran with: their torch threads, summed per host,
+    each host's sum at most `cpus` (the CPUs rank 0's machine could use, taken as every
+    host's)."""
+    per_host: dict[str, int] = {}
+    for rank in per_rank:
+        host = str(rank.get("host"))
+        per_host[host] = per_host.get(host, 0) + int(rank["torch_threads"])
+    return sum(min(n, cpus) for n in per_host.values())
+
+
 def _train_rank(
     ctx: ranks_mod.RankContext, cfg: TrainConfig, progress: bool | None, load: dict
 ) -> Any:
@@ -414,8 +446,8 @@ def _train_rank(
     from cnnpar.measure.threads import effective_threads
 
     threads = effective_threads()
-    train = _first(load_mnist("train", cfg.data_source), cfg.train_size)
-    test = _first(load_mnist("test", cfg.data_source), cfg.test_size)
+    train = _first(load_mnist("train", cfg.data_source, cfg.mirrors), cfg.train_size)
+    test = _first(load_mnist("test", cfg.data_source, cfg.mirrors), cfg.test_size)
     built = trainer(cfg).build(cfg, cfg.threads)
     engine = built.engine
     dist.barrier()  # every rank built: the clock starts together
@@ -448,7 +480,8 @@ def _train_rank(
         cfg,
         Parallelism(
             requested=cfg.ranks * cfg.threads,  # the job's cores, as for the other engines
-            effective=sum(int(r["torch_threads"]) for r in per_rank),
+            # on one machine, at most its CPUs (ranks beyond them take turns)
+            effective=_effective_cores(per_rank, int(load["cpus_available"])),
             processes=cfg.ranks,
             threads=threads,
         ),
@@ -496,9 +529,7 @@ def engines_table() -> list[tuple[str, str]]:
     rows = []
     for name, reason in tinycnn.available_engines().items():
         status = reason or "available"
-        entry = ENGINES[name]
-        simulated = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-        if entry.gpu and entry.runtime == "numba" and reason is None and simulated:
-            status = "available (CUDA simulator: NUMBA_ENABLE_CUDASIM=1)"
+        if reason is None and (how := tinycnn.not_as_named_here(name)) is not None:
+            status = f"available, but runs {how}"
         rows.append((name, status))
     return rows

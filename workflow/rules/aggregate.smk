@@ -4,7 +4,8 @@
 
 rule tables:
     input:
-        all_records,
+        records=all_records,
+        compare_with=compare_with_files,
     output:
         **{
             name: report(
@@ -14,10 +15,17 @@ rule tables:
             )
             for name in TABLE_NAMES
         },
+        # the config beside the tables: results/ is a self-contained result set
+        config=f"{TABLES}/config.yaml",
     log:
         f"{LOGS}/aggregate/tables.log",
     conda:
         "../../envs/cnnpar.yaml"
+    params:
+        config_yaml=config_yaml(),
+        # resolved against the workdir at start-up; named in the report as the config gives them
+        compare_with=[str(path) for _, path in COMPARE_WITH],
+        compare_names=[given for given, _ in COMPARE_WITH],
     script:
         "../scripts/tables.py"
 

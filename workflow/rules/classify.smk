@@ -14,6 +14,8 @@ rule classify:
         f"{LOGS}/classify/{CLASSIFY_TAIL}/block~{{block}}.log",
     benchmark:
         f"{BENCHMARKS}/classify/{CLASSIFY_TAIL}/block~{{block}}.tsv"
+    group:
+        CLASSIFY_GROUP
     shadow:
         "minimal"
     conda:
@@ -32,14 +34,17 @@ rule classify:
         cols=lambda wildcards: parse_grid(wildcards.grid)[1],
         repeats=CLASSIFY["repeats"],
         data=data_source(),
+        mirrors=mirror_options(),
         lock=timing_lock(),
         max_others=TIMING["max_others_share"],
         max_probe=TIMING["max_probe_change"],
+        machine=machine_option(),
     shell:
         f"{LOGGED} {{log:q}}"
         " {params.launch}cnnpar classify --weights {input.weights:q} --rows {params.rows} --cols {params.cols}"
         " --mode {wildcards.mode} {params.layout} --batch-size {wildcards.batch}"
         " --seed {wildcards.seed} --repeats {params.repeats} --data-source {params.data:q}"
-        " --block {wildcards.block} --timing-lock {params.lock:q}"
+        " {params.mirrors}"
+        " --block {wildcards.block} {params.lock:q}"
         " --max-others-share {params.max_others} --max-probe-change {params.max_probe}"
-        " --out {params.out:q}"
+        " {params.machine} --out {params.out:q}"

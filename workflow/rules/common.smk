@@ -3,6 +3,7 @@
 # cnnpar.registry. No rules here (snakemake --lint wants functions and rules in separate files).
 
 import os
+import shlex
 from functools import cache
 from itertools import product
 from pathlib import Path
@@ -14,13 +15,54 @@ from snakemake.logging import logger
 from cnnpar import registry
 from cnnpar.errors import CnnparError
 from cnnpar.mosaic import parse_grid
-from cnnpar.study.config import check_results_dir, layouts, usable, validate_config
+from cnnpar.record import RECORD_NAME
+from cnnpar.study.config import (
+    check_compare_with,
+    check_results_dir,
+    check_thread_cap,
+    compare_with_inputs,
+    layouts,
+    mirrors,
+    resolve_paths,
+    usable,
+    validate_config,
+)
+from cnnpar.study.tables import TABLE_NAMES
 
+# Paths are resolved here, once, against the directory Snakemake runs in (the working
+# directory while this file is parsed): jobs run in shadow directories.
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+    resolve_paths(config, os.getcwd())
     check_results_dir(config["results"])
+    # Other result sets for the report's Machines section, read once where the run starts (a
+    # cluster job re-parsing this file only resolves them).
+    COMPARE_WITH = check_compare_with(
+        config["compare_with"], config["results"], read=not workflow.remote_exec
+    )
 except CnnparError as err:
     raise WorkflowError(str(err)) from None
+
+
+def check_cores() -> None:
+    """On start (a real run, DAG built, no job started): refuse thread or worker counts
+    that --cores, --max-threads or --set-threads would silently change."""
+    if workflow.touch:
+        return
+    asked = {
+        "train.tinycnn.threads": max(c["threads"] for c in tinycnn_configs()),
+        "classify.workers": max(c["workers"] for c in classify_configs()),
+        "train.mosaicnet.threads": MOSAICNET["threads"],
+    }
+    settings = workflow.resource_settings
+    timed = {rule.name for rule in workflow.rules if "bench" in rule.resources}
+    overrides = settings.overwrite_threads.items()
+    forced = [f"{rule}={n.value}" for rule, n in overrides if rule in timed]
+    try:
+        check_thread_cap(asked, settings.cores, settings.max_threads, forced)
+    except CnnparError as err:
+        raise WorkflowError(str(err)) from None
+
 
 RESULTS = config["results"]
 BLOCKS = list(range(1, config["blocks"] + 1))
@@ -107,19 +149,29 @@ TINYCNN_DIR = f"{RESULTS}/train/tinycnn/{TINYCNN_TAIL}"
 MOSAICNET_DIR = f"{RESULTS}/train/mosaicnet/seed~{{seed}}"
 CLASSIFY_DIR = f"{RESULTS}/classify/{CLASSIFY_TAIL}"
 BLOCK_DONE = f"{RESULTS}/blocks/block~{{block}}.done"
+# A comparison family of one block: the timed jobs whose rates are divided by each other (every
+# engine and thread count of one filters/batch/seed; every mode and worker count of one
+# grid/batch/seed). Each is one Snakemake job group, closed by its marker file: on a cluster
+# the group is one submission, so the jobs a ratio divides run on one node, one after another.
+# (Groups only take effect on cluster executors; locally the marker is one more tiny job.)
+TRAIN_FAMILY = "filters~{filters}/batch~{batch}/seed~{seed}"
+CLASSIFY_FAMILY = "grid~{grid}/batch~{batch}/seed~{seed}"
+TRAIN_FAMILY_DONE = f"{RESULTS}/blocks/block~{{block}}/train/{TRAIN_FAMILY}.done"
+CLASSIFY_FAMILY_DONE = (
+    f"{RESULTS}/blocks/block~{{block}}/classify/{CLASSIFY_FAMILY}.done"
+)
+TRAIN_GROUP = "train-block~{block}-filters~{filters}-batch~{batch}-seed~{seed}"
+CLASSIFY_GROUP = "classify-block~{block}-grid~{grid}-batch~{batch}-seed~{seed}"
 DATA_CHECK = f"{RESULTS}/data/verify.txt"
 TABLES = f"{RESULTS}/tables"
 FIGURE_DIR = f"{RESULTS}/figures"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 REPORT_HTML = f"{RESULTS}/report.html"
-RECORD = (
-    "run.json"  # cnnpar.record.RECORD_NAME, written by every train and classify job
-)
-TINYCNN_FILES = ["metrics.csv", "run.json", "weights_init.npz", "weights_final.npz"]
-MOSAICNET_FILES = ["model.pt", "metrics.csv", "run.json"]
-CLASSIFY_FILES = ["result.csv", "predictions.npz", "mask.png", "run.json"]
-TABLE_NAMES = ["train", "classify", "jobs", "summary", "comparisons"]
+RECORD = RECORD_NAME  # written last by every train and classify job
+TINYCNN_FILES = [*registry.MODELS["tinycnn"].outputs, RECORD]
+MOSAICNET_FILES = [*registry.MODELS["mosaicnet"].outputs, RECORD]
+CLASSIFY_FILES = [*registry.CLASSIFY_OUTPUTS, RECORD]
 
 FIGURE_IDS = [figure.id for figure in registry.table_figures()]
 
@@ -222,11 +274,41 @@ def figure_files(ext: str) -> list[str]:
 
 def block_members(wildcards) -> list[str]:
     """What block N waits for: block 0 is the set-up (data check, MosaicNet weights); block
-    N >= 1 is the run record of every timed job of that block."""
+    N >= 1 is the marker of every comparison family of that block."""
     block = int(wildcards.block)
     if block == 0:
         return [DATA_CHECK, *files(mosaicnet_dirs(), ["model.pt"])]
-    return files([*tinycnn_block_dirs(block), *classify_block_dirs(block)], [RECORD])
+    train = {TRAIN_FAMILY_DONE.format(block=block, **c) for c in tinycnn_configs()}
+    classify = {
+        CLASSIFY_FAMILY_DONE.format(block=block, **c) for c in classify_configs()
+    }
+    return sorted(train) + sorted(classify)
+
+
+def _in_family(config: dict, wildcards, keys: tuple[str, ...]) -> bool:
+    return all(str(config[k]) == str(getattr(wildcards, k)) for k in keys)
+
+
+def train_family_members(wildcards) -> list[str]:
+    """The run records of one training comparison family in one block."""
+    block = int(wildcards.block)
+    configs = [
+        c
+        for c in tinycnn_configs()
+        if _in_family(c, wildcards, ("filters", "batch", "seed"))
+    ]
+    return [f"{TINYCNN_DIR.format(**c)}/block~{block}/{RECORD}" for c in configs]
+
+
+def classify_family_members(wildcards) -> list[str]:
+    """The run records of one classification comparison family in one block."""
+    block = int(wildcards.block)
+    configs = [
+        c
+        for c in classify_configs()
+        if _in_family(c, wildcards, ("grid", "batch", "seed"))
+    ]
+    return [f"{CLASSIFY_DIR.format(**c)}/block~{block}/{RECORD}" for c in configs]
 
 
 def previous_block(wildcards) -> str:
@@ -245,6 +327,11 @@ def all_records(wildcards) -> list[str]:
         d for b in BLOCKS for d in (*tinycnn_block_dirs(b), *classify_block_dirs(b))
     ]
     return files([*block_dirs, *tinycnn_full_dirs(), *mosaicnet_dirs()], [RECORD])
+
+
+def compare_with_files(wildcards) -> list[str]:
+    """The files of the `compare_with` result sets: the tables are redone when one changes."""
+    return [f for _, path in COMPARE_WITH for f in compare_with_inputs(path)]
 
 
 def report_record(wildcards) -> str:
@@ -283,11 +370,22 @@ def data_source() -> str:
     return config["data"]["dir"] if source == "dir" else source
 
 
-def timing_lock() -> str:
-    """The --timing-lock value: the config's, or cnnpar's machine-wide default."""
-    from cnnpar.measure.interference import DEFAULT_LOCK
+def mirror_options() -> str:
+    """`--mirror URL` for each of data.mirror (quoted here: a list does not fit one {:q})."""
+    return " ".join(f"--mirror {shlex.quote(url)}" for url in mirrors(config))
 
-    return TIMING["lock"] or str(DEFAULT_LOCK)
+
+def machine_option() -> str:
+    """`--machine-label LABEL` for every cnnpar job when the config names the machine."""
+    label = config["machine_label"]
+    return f"--machine-label {shlex.quote(label)}" if label else ""
+
+
+def timing_lock() -> list[str]:
+    """`--timing-lock PATH` when the config names a lock, else nothing: each cnnpar command
+    then takes its own default where it runs. A default worked out here would follow this
+    shell's TMPDIR, and a re-run from another shell would redo every finished job."""
+    return ["--timing-lock", TIMING["lock"]] if TIMING["lock"] else []
 
 
 def config_yaml() -> str:

@@ -13,8 +13,8 @@ TINYCNN_SHELL = (
     " --filters {wildcards.filters} --batch-size {wildcards.batch} --epochs {params.epochs}"
     " --lr {params.lr} --seed {wildcards.seed} --train-size {params.train_size}"
     " --test-size {params.test_size} --shuffle {params.shuffle} --data-source {params.data:q}"
-    " --timing-lock {params.lock:q} --max-others-share {params.max_others}"
-    " --max-probe-change {params.max_probe} --out {params.out:q}"
+    " {params.mirrors} {params.lock:q} --max-others-share {params.max_others}"
+    " --max-probe-change {params.max_probe} {params.machine} --out {params.out:q}"
 )
 TINYCNN_PARAMS = dict(
     launch=rank_launch,
@@ -25,9 +25,11 @@ TINYCNN_PARAMS = dict(
     test_size=TINYCNN["test_size"],
     shuffle=str(TINYCNN["shuffle"]).lower(),
     data=data_source(),
+    mirrors=mirror_options(),
     lock=timing_lock(),
     max_others=TIMING["max_others_share"],
     max_probe=TIMING["max_probe_change"],
+    machine=machine_option(),
 )
 
 
@@ -44,6 +46,8 @@ rule train_tinycnn:
         f"{LOGS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.log",
     benchmark:
         f"{BENCHMARKS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.tsv"
+    group:
+        TRAIN_GROUP
     shadow:
         "minimal"
     conda:
@@ -93,9 +97,7 @@ rule train_mosaicnet:
     input:
         DATA_CHECK,
     output:
-        model=f"{MOSAICNET_DIR}/model.pt",
-        metrics=f"{MOSAICNET_DIR}/metrics.csv",
-        run=f"{MOSAICNET_DIR}/run.json",
+        **{name.split(".")[0]: f"{MOSAICNET_DIR}/{name}" for name in MOSAICNET_FILES},
     log:
         f"{LOGS}/train/mosaicnet/seed~{{seed}}.log",
     benchmark:
@@ -116,11 +118,13 @@ rule train_mosaicnet:
         batch_size=MOSAICNET["batch_size"],
         train_size=MOSAICNET["train_size"],
         data=data_source(),
+        mirrors=mirror_options(),
         lock=timing_lock(),
+        machine=machine_option(),
     shell:
         f"{LOGGED} {{log:q}}"
         " cnnpar train --model mosaicnet --engine {params.engine} --threads {threads}"
         " --epochs {params.epochs} --batch-size {params.batch_size}"
         " --train-size {params.train_size} --seed {wildcards.seed}"
-        " --data-source {params.data:q} --timing-lock {params.lock:q}"
-        " --out {params.out:q}"
+        " --data-source {params.data:q} {params.mirrors} {params.lock:q}"
+        " {params.machine} --out {params.out:q}"

@@ -133,37 +133,22 @@ def speedup_fields(interval: Interval | None, over: str | None) -> dict[str, Any
     """BenchRow's speedup, speedup_low, speedup_high and speedup_over from a paired ratio."""
     if interval is None:
         return {"speedup": None, "speedup_low": None, "speedup_high": None, "speedup_over": None}
-    return {
-        "speedup": _finite(interval.estimate),
-        "speedup_low": _finite(interval.low),
-        "speedup_high": _finite(interval.high),
-        "speedup_over": over,
-    }
+    return {**interval.columns("speedup", missing=None), "speedup_over": over}
 
 
 def interval_dict(interval: Interval) -> dict[str, Any]:
     """An interval for JSON: NaN (fewer than 2 rounds) becomes null."""
-    return {
-        "estimate": _finite(interval.estimate),
-        "low": _finite(interval.low),
-        "high": _finite(interval.high),
-        "n": interval.n,
-    }
+    return interval.as_dict()
 
 
 def interval_text(interval: Interval, unit: str = "×", digits: int = 2) -> str:
-    """`1.72× [1.61, 1.84]`: the estimate and its 95% interval."""
-    estimate = f"{interval.estimate:.{digits}f}{unit}"
-    if not interval.resolved:
-        return f"{estimate} [no interval: {interval.n} round{'s' * (interval.n != 1)}]"
-    return f"{estimate} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+    """`1.72× [1.61, 1.84]`: the estimate and its 95% interval over rounds."""
+    return interval.text(f"{{:.{digits}f}}", unit, count="round")
 
 
 def direction(interval: Interval, above: str = "faster", below: str = "slower") -> str:
-    """Which side of 1 the whole interval lies on; 'not resolved' when it contains 1."""
-    if interval.excludes(1.0):
-        return above if interval.low > 1.0 else below
-    return "not resolved"
+    """Which side of 1 the whole interval lies on, in the benches' words."""
+    return interval.direction(above, below)
 
 
 def target_verdict(interval: Interval, goal: float) -> str:
@@ -245,6 +230,7 @@ def write_results(
     """
     from cnnpar import io
     from cnnpar.measure.environment import environment
+    from cnnpar.measure.machine import this_machine
 
     if not rows:
         raise BenchError("no rows measured; nothing to write")
@@ -277,6 +263,7 @@ def write_results(
         },
         outputs=outputs,
         environment=environment().as_dict(),
+        machine=this_machine(params.get("machine_label")),
     )
     with io.run_directory(path.absolute().parent, replace=False) as tmp:
         io.write_csv(tmp / path.name, [r.csv_row() for r in rows])

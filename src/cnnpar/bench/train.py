@@ -106,12 +106,12 @@ def measure_config(
     """
     engines: dict[Case, tinycnn.Engine] = {}
     for name, threads in cases:
-        set_threads(threads)
+        set_threads(threads, numba=name == "numba")
         engines[name, threads] = _new_engine(name, filters, threads)
     bounds = list(spec.batch_bounds(len(labels) - len(labels) % batch_size, batch_size))
 
     def setup(case: Case) -> None:  # untimed: pins the pools, hands over data, resets stats
-        set_threads(case[1])
+        set_threads(case[1], numba=case[0] == "numba")
         engines[case].load_epoch(images, labels)
 
     # Calibrate each engine's repeat length at its first (slowest) thread count; this also
@@ -232,7 +232,7 @@ def train_bench(
     for threads, peak in peaks.items():
         print(f"sgemm roofline at {threads} thread(s): {peak:.1f} GFLOP/s")
     for threads in THREADS:
-        effective = set_threads(threads)
+        effective = set_threads(threads, numba=True)
         print(f"threads={threads}: effective {effective}")
     # numpy is the sequential reference: measured at 1 thread only.
     cases = [(name, t) for name in CPU_ENGINES for t in ((1,) if name == "numpy" else THREADS)]
@@ -277,7 +277,7 @@ def train_bench(
 
 def _copy_worker(filters: int, batch_size: int, conn) -> None:
     """A 1-thread numba training that runs `n` steps whenever told and answers the seconds."""
-    set_threads(1)
+    set_threads(1, numba=True)
     train = load_mnist("train")
     engine = _new_engine("numba", filters, threads=1)
     bounds = list(spec.batch_bounds(BENCH_IMAGES, batch_size))

@@ -7,6 +7,7 @@ start the mode's runner and warm it up (timed as ``startup_s``) → classify `re
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -23,7 +24,7 @@ from cnnpar.measure.interference import TimedRegion
 from cnnpar.measure.threads import set_threads
 from cnnpar.measure.timing import measure
 from cnnpar.mosaic import make_mosaic
-from cnnpar.nets.mosaicnet import load_mosaicnet
+from cnnpar.nets.mosaicnet import load_weights
 from cnnpar.registry import MODES
 
 __all__ = [
@@ -64,8 +65,11 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification | None
         # Thread counts first: torch sizes its OpenMP pool at the first parallel op.
         set_threads(mode.host_threads(config.workers))
         malloc = tune_malloc() if config.tune_malloc else allocator()
-        load_mosaicnet(config.weights, config.device)  # a bad weights file fails before real work
-        test = load_mnist("test", config.data_source)
+        # A bad weights file fails before real work; weights saved under other names say so.
+        _, weights_note = load_weights(config.weights, config.device)
+        if weights_note:
+            print(f"cnnpar: note: {weights_note}", file=sys.stderr)
+        test = load_mnist("test", config.data_source, config.mirrors)
         mosaic = make_mosaic(config.rows, config.cols, config.seed)
         runner: runners.Runner = getattr(runners, mode.runner)(config, mosaic, test.images)
         startup_s = time.perf_counter() - t0
@@ -97,6 +101,7 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification | None
         malloc=malloc,
         interference=region.result,
         load=load,
+        weights_note=weights_note,
     )
     if config.out is not None:
         write_outputs(result, config.out)
@@ -110,7 +115,11 @@ def _run_ranks(config: ClassifyConfig, progress: bool) -> Classification | None:
 
     from cnnpar import ranks
 
-    load_mosaicnet(config.weights)  # a bad weights file fails here, before any rank starts
+    # A bad weights file fails here, before any rank starts; weights saved under other names
+    # say so once.
+    _, weights_note = load_weights(config.weights, "cpu")
+    if weights_note:
+        print(f"cnnpar: note: {weights_note}", file=sys.stderr)
     if ranks.slurm_step_tasks() > 1:  # each task has its own allocation
         load = limits.oversubscription(processes=1, threads_per_process=config.threads)
     else:
@@ -124,7 +133,7 @@ def _run_ranks(config: ClassifyConfig, progress: bool) -> Classification | None:
     )
     return ranks.run(
         _classify_rank,
-        (config, progress, load),
+        (config, progress, load, weights_note),
         ranks=config.ranks,
         threads=config.threads,
         timeout_s=config.rank_timeout,
@@ -132,7 +141,9 @@ def _run_ranks(config: ClassifyConfig, progress: bool) -> Classification | None:
     )
 
 
-def _classify_rank(ctx: Any, config: ClassifyConfig, progress: bool, load: dict) -> Any:
+def _classify_rank(
+    ctx: Any, config: ClassifyConfig, progress: bool, load: dict, weights_note: str | None
+) -> Any:
     """One rank of a ranks-mode run: start up, classify its shard `repeats` times, and on rank 0
     assemble and write the usual outputs.
 
@@ -143,7 +154,7 @@ def _classify_rank(ctx: Any, config: ClassifyConfig, progress: bool, load: dict)
 
     started = psutil.Process().create_time()  # wall-clock seconds since the epoch
     malloc = tune_malloc() if config.tune_malloc else allocator()
-    test = load_mnist("test", config.data_source)
+    test = load_mnist("test", config.data_source, config.mirrors)
     mosaic = make_mosaic(config.rows, config.cols, config.seed)
     runner = runners.RanksRunner(config, mosaic, test.images)
     dist.barrier()  # start-up ends when every rank is ready
@@ -188,6 +199,7 @@ def _classify_rank(ctx: Any, config: ClassifyConfig, progress: bool, load: dict)
         malloc=malloc,
         interference=interference,
         load=load,
+        weights_note=weights_note,
         extra={
             "launcher": ctx.placement.launcher,
             "world_size": ctx.world_size,

@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnpar import limits
+from cnnpar.data import check_mirrors
 from cnnpar.errors import CnnparError
 from cnnpar.measure.interference import DEFAULT_LOCK, Limits
 from cnnpar.mosaic import check_geometry
 from cnnpar.ranks import DEFAULT_TIMEOUT_S as DEFAULT_RANK_TIMEOUT_S
-from cnnpar.registry import BACKENDS, MODES
+from cnnpar.registry import BACKENDS, CLASSIFY_OUTPUTS, MODES
 
-RESULT_FILES = ("predictions.npz", "result.csv", "mask.png")  # a run directory, besides run.json
+RESULT_FILES = CLASSIFY_OUTPUTS  # a run directory, besides run.json
 # Bytes per mosaic cell held by the classifying command: the index (int64), true label,
 # prediction, confidence (float32), and the mask's per-cell temporaries (correct, alpha).
 PARENT_BYTES_PER_CELL = 8 + 1 + 1 + 4 + 1 + 4
@@ -39,6 +40,7 @@ class ClassifyConfig:
     repeats: int = 1
     backend: str = "auto"
     data_source: str = "bundled"
+    mirrors: tuple[str, ...] = ()  # for data_source "download"; empty: the public mirrors
     tune_malloc: bool = True
     block: int | None = None  # the study's paired block this run belongs to, if any
     ranks: int = 1  # ranks mode: torch.distributed ranks ...
@@ -46,6 +48,7 @@ class ClassifyConfig:
     rank_timeout: float = DEFAULT_RANK_TIMEOUT_S
     timing_lock: str | None = str(DEFAULT_LOCK)
     limits: Limits = field(default_factory=Limits)
+    machine_label: str | None = None  # part of the machine identity in the record
 
     @property
     def device(self) -> str:
@@ -81,6 +84,7 @@ def validate(config: ClassifyConfig) -> None:
             f"unknown backend {config.backend!r}; choose one of {', '.join(BACKENDS)}"
         )
     check_geometry(config.rows, config.cols)
+    check_mirrors(config.mirrors, config.data_source)
     for name in ("workers", "batch_size", "repeats", "ranks", "threads"):
         value = getattr(config, name)
         if value < 1:

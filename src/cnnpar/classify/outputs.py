@@ -15,6 +15,7 @@ from cnnpar import io
 from cnnpar.classify.config import RESULT_FILES, ClassifyConfig
 from cnnpar.measure.environment import environment
 from cnnpar.measure.interference import Interference
+from cnnpar.measure.machine import this_machine
 from cnnpar.measure.timing import Measurement
 from cnnpar.mosaic import Mosaic, render_mask, write_png
 from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
@@ -39,6 +40,7 @@ class Classification:
     load: dict[str, bool | int]  # oversubscribed, cpus_available (limits.oversubscription)
     interference: Interference | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # mode-specific results (ranks mode)
+    weights_note: str | None = None  # how weights saved under other names were mapped
 
     @property
     def accuracy(self) -> float:
@@ -47,9 +49,14 @@ class Classification:
     @property
     def parallelism(self) -> Parallelism:
         torch_threads = self.threads.get("torch_threads") or 1
+        # More processes than CPUs (a taskset-confined run) take turns: they are worth no more
+        # cores than the CPUs they may use.
+        cores = self.processes * int(torch_threads)
+        cpus = int(self.load.get("cpus_available") or cores)  # on this (rank 0's) machine
+        hosts = {rank.get("host") for rank in self.extra.get("ranks", [])}
         return Parallelism(
             requested=self.config.cores,
-            effective=self.processes * int(torch_threads),
+            effective=cores if len(hosts) > 1 else min(cores, cpus),
             processes=self.processes,
             threads=dict(self.threads),
         )
@@ -106,6 +113,7 @@ class Classification:
                 "flops_per_image": FLOPS_PER_IMAGE,
                 "malloc": self.malloc,
                 "mask_shape": list(mask_shape),
+                "weights_note": self.weights_note,
                 **self.load,
                 **self.extra,
             },
@@ -123,7 +131,8 @@ def run_record(
     params = {
         k: str(v) if isinstance(v, Path) else v
         for k, v in asdict(config).items()
-        if k not in ("out", "timing_lock", "limits")  # how it was guarded, not what ran
+        # how it was guarded and where, not what ran
+        if k not in ("out", "timing_lock", "limits", "machine_label")
     }
     params.update(
         grid=config.grid, backend=config.resolved_backend, requested_backend=config.backend
@@ -137,6 +146,7 @@ def run_record(
         outputs=list(RESULT_FILES),
         environment=environment().as_dict(),
         interference=interference,
+        machine=this_machine(config.machine_label),
     )
 
 

@@ -162,7 +162,7 @@ def _init_worker(config: ClassifyConfig) -> None:  # pragma: no cover - runs in 
         tune_malloc()
     net = prepare(load_mosaicnet(config.weights, "cpu"), config.resolved_backend)
     warm_up(net, warm_up_batch(config), "cpu")
-    images = load_mnist("test", config.data_source).images
+    images = load_mnist("test", config.data_source, config.mirrors).images
     mosaic = make_mosaic(config.rows, config.cols, config.seed)  # the parent's, by its seed
     _worker = _WorkerState(net, images, mosaic, config.batch_size)
 

@@ -8,6 +8,7 @@ import os
 import platform
 import socket
 import subprocess
+import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -100,9 +101,20 @@ def cuda_device() -> str | None:
 
 @dataclass
 class Environment:
+    """The machine, the software and the limits a run ran under, each read where it applies.
+
+    `cpus_available` is this process's affinity once torch (and numba, if it ran) started, as
+    OMP_PROC_BIND can narrow it then; `cpus_at_start` the affinity when cnnpar started (taskset,
+    cgroup cpusets, SLURM binding). `cpu_quota` is a cgroup CPU quota in CPUs (None: none).
+    `memory_available_gib` is the least memory left under every limit (host, cgroup, SLURM),
+    `memory_limits` names each limit below the host's. `numba_settings` is numba's effective
+    settings
+    (`NumbaSettings`); `tmpdir` where temporary files go.
+    """
+
     cpu_model: str
     logical_cores: int  # the whole machine
-    cpus_available: int  # this process's affinity: taskset, cgroup cpusets, SLURM binding
+    cpus_available: int
     ram_gib: float | None
     os: str
     python: str
@@ -116,16 +128,39 @@ class Environment:
     hostname: str
     utc_time: str
     malloc: str = field(default_factory=allocator)
+    cpus_at_start: int | None = None
+    cpu_quota: float | None = None
+    memory_available_gib: float | None = None
+    memory_limits: list[str] = field(default_factory=list)
+    numba_settings: dict[str, Any] | None = None
+    tmpdir: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def environment() -> Environment:
+    """The environment record of this process, read now: call it after the run's libraries
+    started (its CPUs are read after torch's start) and after the run (numba's settings say
+    which threading layer and cache it used)."""
+    from cnnpar import limits
+    from cnnpar.measure import numba_settings
+
+    memory = limits.memory_limits()
+    try:
+        numba: dict[str, Any] = numba_settings.settings().as_dict()
+    except numba_settings.NumbaSettingError as err:
+        numba = {"error": str(err)}
     return Environment(
         cpu_model=_cpu_model(),
         logical_cores=os.cpu_count() or 1,
-        cpus_available=len(os.sched_getaffinity(0)),
+        cpus_available=limits.cpus_available(),
+        cpus_at_start=limits.CPUS_AT_START,
+        cpu_quota=limits.cpu_quota(),
+        memory_available_gib=round(min(free for free, _ in memory) / 2**30, 2),
+        memory_limits=[label for _, label in memory[1:]],
+        numba_settings=numba,
+        tmpdir=tempfile.gettempdir(),
         ram_gib=_ram_gib(),
         os=f"{platform.system()} {platform.release()}",
         python=platform.python_version(),

@@ -16,8 +16,9 @@ widest order-statistic interval of the median of n values, [min, max], has confi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,55 @@ class Interval:
     def scaled(self, factor: float) -> Interval:
         """This interval times a positive constant (efficiency = speedup / parallelism)."""
         return Interval(self.estimate * factor, self.low * factor, self.high * factor, self.n)
+
+    def direction(self, above: str = "higher", below: str = "lower", null: float = 1.0) -> str:
+        """`above` or `below` when the whole interval lies on that side of `null` (a ratio of
+        1 by default), else 'not resolved' (it holds `null`, or there is no interval)."""
+        if not self.excludes(null):
+            return "not resolved"
+        return above if self.low > null else below
+
+    def columns(self, name: str, missing: Any = math.nan) -> dict[str, Any]:
+        """The table columns `name`, `name`_low, `name`_high; a non-finite value becomes
+        `missing` (NaN for pandas tables, None for JSON and bench CSVs)."""
+        values = (self.estimate, self.low, self.high)
+        keys = (name, f"{name}_low", f"{name}_high")
+        return {k: v if math.isfinite(v) else missing for k, v in zip(keys, values, strict=True)}
+
+    @classmethod
+    def from_columns(cls, row: Mapping[str, Any], name: str, n: int | None = None) -> Interval:
+        """The interval written by `columns(name)` into a table row; `n` (blocks or rounds)
+        defaults to 2 when the row holds an interval, else 1."""
+
+        def number(key: str) -> float:
+            value = row.get(key)
+            try:
+                return float(value) if value is not None else math.nan
+            except (TypeError, ValueError):
+                return math.nan
+
+        low, high = number(f"{name}_low"), number(f"{name}_high")
+        if n is None or not math.isfinite(float(n)):
+            n = 2 if math.isfinite(low) and math.isfinite(high) else 1
+        return cls(number(name), low, high, int(n))
+
+    def text(
+        self, fmt: str = "{:.2f}", unit: str = "×", scale: float = 1.0, count: str | None = None
+    ) -> str:
+        """`1.72× [1.61, 1.84]` (values times `scale`). Without an interval: the bare estimate,
+        or with `count` (e.g. 'round') the estimate and '[no interval: 1 round]'."""
+        text = fmt.format(scale * self.estimate) + unit
+        if self.resolved:
+            return f"{text} [{fmt.format(scale * self.low)}, {fmt.format(scale * self.high)}]"
+        if count is None:
+            return text
+        return f"{text} [no interval: {self.n} {count}{'s' * (self.n != 1)}]"
+
+    def as_dict(self) -> dict[str, Any]:
+        """For JSON: estimate, low, high (null where not finite) and n."""
+        values = self.columns("v", missing=None)
+        return {"estimate": values["v"], "low": values["v_low"], "high": values["v_high"],
+                "n": self.n}  # fmt: skip
 
 
 def _t_quantile(df: int, level: float) -> float:
@@ -86,11 +136,40 @@ def paired_ratio_interval(
 
 
 def verdict(interval: Interval, null: float = 1.0) -> str:
-    """'higher', 'lower' or 'not resolved' for an interval against `null`."""
-    if not interval.resolved:
-        return "not resolved"
-    if interval.low > null:
-        return "higher"
-    if interval.high < null:
-        return "lower"
-    return "not resolved"
+    """'higher', 'lower' or 'not resolved' for an interval against `null` (the tables' words)."""
+    return interval.direction(null=null)
+
+
+UNPAIRED_METHOD = (
+    "ratio of geometric means over blocks, 95% interval from Welch's t on the log rates "
+    "(unpaired: the two sides were measured at different moments)"
+)
+
+
+def unpaired_ratio_interval(
+    numerators: Iterable[float], denominators: Iterable[float], level: float = LEVEL
+) -> Interval:
+    """The ratio of two unpaired samples of rates (say, two result sets measured on different
+    days): exp of the difference of their mean logs, with Welch's t interval on that difference
+    (`scipy.stats.ttest_ind(equal_var=False)`), which needs no equal variances and no pairing.
+
+    Non-positive or non-finite values are dropped. `n` is the smaller side's count; with fewer
+    than 2 values on either side the interval is NaN (not resolved).
+    """
+    from scipy import stats
+
+    def logs(values: Iterable[float]) -> np.ndarray:
+        x = np.asarray([v for v in values if v is not None], dtype=np.float64)
+        return np.log(x[np.isfinite(x) & (x > 0)])
+
+    a, b = logs(numerators), logs(denominators)
+    n = min(len(a), len(b))
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    centre = float(a.mean() - b.mean())
+    if n < 2:
+        return Interval(math.exp(centre), math.nan, math.nan, n)
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread at all: the ratio is exact
+        return Interval(math.exp(centre), math.exp(centre), math.exp(centre), n)
+    low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
+    return Interval(math.exp(centre), math.exp(float(low)), math.exp(float(high)), n)

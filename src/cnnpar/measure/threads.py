@@ -16,21 +16,33 @@ BLAS_ENV_VARS = (
 )
 
 
-def set_threads(threads: int) -> dict[str, int | None]:
-    """Pin numba, torch and BLAS pools to `threads`; return the effective counts."""
+def set_threads(threads: int, *, numba: bool = False) -> dict[str, int | None]:
+    """Pin torch and BLAS pools to `threads`, and numba's too when `numba` (a command that runs
+    numba code); return the effective counts.
+
+    Only with `numba` is numba's thread pool started: a torch-only command never depends on
+    numba's threading layer (a NUMBA_THREADING_LAYER that cannot load is then not its problem).
+    Raises NumbaSettingError (one line) when `numba` and numba's settings cannot work.
+    """
     if threads < 1:
         raise ValueError(f"threads must be >= 1 (got {threads})")
     for var in BLAS_ENV_VARS:
         os.environ[var] = str(threads)
-    # NUMBA_NUM_THREADS caps the pool size when numba starts; size it for the largest count we
-    # may ask for later in this process, then lower the active count with set_num_threads.
-    if "numba" not in sys.modules:
-        ceiling = max(threads, os.cpu_count() or 1, int(os.environ.get("NUMBA_NUM_THREADS") or 0))
-        os.environ["NUMBA_NUM_THREADS"] = str(ceiling)
-    import numba
+    from cnnpar.measure import numba_settings
+
+    if numba:
+        # NUMBA_NUM_THREADS caps the pool size when numba starts; size it for the largest
+        # count we may ask for later in this process, then lower the active count.
+        if "numba" not in sys.modules:
+            numba_settings.check_num_threads()
+            given = int(os.environ.get("NUMBA_NUM_THREADS") or 0)
+            os.environ["NUMBA_NUM_THREADS"] = str(max(threads, os.cpu_count() or 1, given))
+        numba_settings.start_threads()
+        import numba as numba_module
+
+        numba_module.set_num_threads(min(threads, numba_module.config.NUMBA_NUM_THREADS))
     import torch
 
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     torch.set_num_threads(threads)
     try:
         from threadpoolctl import threadpool_limits
@@ -42,12 +54,18 @@ def set_threads(threads: int) -> dict[str, int | None]:
 
 
 def effective_threads() -> dict[str, int | None]:
-    """Thread counts as the libraries report them now."""
-    counts: dict[str, int | None] = {}
-    import numba
+    """Thread counts as the libraries report them now; numba's is None unless its pool was
+    started in this process (reading it must not start it)."""
+    counts: dict[str, int | None] = {"numba_threads": None}
     import torch
 
-    counts["numba_threads"] = int(numba.get_num_threads())
+    if "numba" in sys.modules:
+        from cnnpar.measure.numba_settings import started_layer
+
+        if started_layer() is not None:
+            import numba
+
+            counts["numba_threads"] = int(numba.get_num_threads())
     counts["torch_threads"] = int(torch.get_num_threads())
     counts["torch_interop_threads"] = int(torch.get_num_interop_threads())
     try:
@@ -62,9 +80,6 @@ def effective_threads() -> dict[str, int | None]:
 
 def numba_threading_layer() -> str | None:
     """numba's threading layer (tbb, omp, workqueue), or None before any parallel region ran."""
-    import numba
+    from cnnpar.measure.numba_settings import started_layer
 
-    try:
-        return str(numba.threading_layer())
-    except ValueError:
-        return None
+    return started_layer()

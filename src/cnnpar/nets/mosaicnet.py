@@ -9,6 +9,8 @@ flatten (B, 1568) → FC 512 → ReLU → FC 256 → ReLU → FC 10   logits (B,
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -78,8 +80,64 @@ class MosaicNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-def load_mosaicnet(path: str | os.PathLike[str], device: str = "cpu") -> MosaicNet:
-    """Build MosaicNet and load a state_dict saved by `cnnpar train --model mosaicnet`."""
+# Checkpoint dicts that wrap a state_dict under one of these keys are unwrapped.
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def _shape(value: object) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _unwrap(state: dict, path: Path) -> tuple[dict, str | None]:
+    """`state`, or the state_dict a training checkpoint holds under a WRAPPER_KEYS key."""
+    if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return state, None
+    for key in WRAPPER_KEYS:
+        inner = state.get(key)
+        if isinstance(inner, dict) and inner:
+            return inner, f"took its {key!r} entry"
+    keys = ", ".join(repr(k) for k in list(state)[:3]) or "nothing"
+    raise WeightsError(
+        f"{path} holds a dict of {keys}, not a state_dict of tensors; save model.state_dict()"
+    )
+
+
+def _by_position(state: dict, expected: dict[str, torch.Tensor], path: Path) -> dict:
+    """`state`'s tensors under MosaicNet's names, if they match MosaicNet's layer by layer in
+    order and shape (another project's copy of the same net names its layers differently);
+    else WeightsError naming the first mismatch."""
+    found = list(state.items())
+    for i, (name, tensor) in enumerate(expected.items()):
+        if i >= len(found):
+            raise WeightsError(
+                f"{path} does not fit MosaicNet: it has {len(found)} tensors, MosaicNet "
+                f"{len(expected)}; the first missing is {name} {tuple(tensor.shape)}"
+            )
+        key, value = found[i]
+        if not isinstance(value, torch.Tensor) or value.shape != tensor.shape:
+            raise WeightsError(
+                f"{path} does not fit MosaicNet: tensor {i + 1} {key!r} is {_shape(value)}, "
+                f"MosaicNet's {name} is {tuple(tensor.shape)}"
+            )
+    if len(found) > len(expected):
+        raise WeightsError(
+            f"{path} does not fit MosaicNet: it has {len(found)} tensors, MosaicNet "
+            f"{len(expected)}; the first extra is {found[len(expected)][0]!r}"
+        )
+    return {name: value for name, (_, value) in zip(expected, found, strict=True)}
+
+
+def load_weights(path: str | os.PathLike[str], device: str = "cpu") -> tuple[MosaicNet, str | None]:
+    """MosaicNet with the weights in `path`, in eval mode on `device`, and a one-line note when
+    they were not stored under MosaicNet's own names (else None).
+
+    Accepted: a state_dict as `cnnpar train --model mosaicnet` saves it; a checkpoint dict
+    wrapping one under "state_dict", "model_state_dict" or "model"; and a state_dict whose
+    tensors match MosaicNet's layer by layer in order and shape under other names (the original
+    project's `self.network = nn.Sequential(...)` saves network.0.weight ... network.11.bias),
+    mapped by position. A whole pickled model (torch.save(model)) is refused: unpickling it
+    could run arbitrary code. Raises WeightsError, naming the first mismatch, for anything else.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(
@@ -87,15 +145,37 @@ def load_mosaicnet(path: str | os.PathLike[str], device: str = "cpu") -> MosaicN
         )
     try:
         state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's safe unpickler names the first class it refused: "GLOBAL module.Class".
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:
+            raise WeightsError(f"{path} is not a torch state_dict (UnpicklingError)") from None
+        raise WeightsError(
+            f"{path} holds a pickled {found[1]} (a whole model saved with torch.save(model)?), "
+            "which cnnpar does not load since unpickling can run any code; save "
+            "model.state_dict() instead"
+        ) from None
     except Exception as err:  # torch raises several unrelated types for a bad file
         raise WeightsError(f"{path} is not a torch state_dict ({type(err).__name__})") from None
-    model = MosaicNet()
     if not isinstance(state, dict):
         raise WeightsError(f"{path} holds a {type(state).__name__}, expected a state_dict")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise WeightsError(f"{path} does not fit MosaicNet: {detail}") from None
-    return model.to(device).eval()
+    state, unwrapped = _unwrap(state, path)
+    model = MosaicNet()
+    expected = model.state_dict()
+    notes = [unwrapped] if unwrapped else []
+    if set(state) == set(expected):
+        state = {name: state[name] for name in expected}  # its own names: never by position
+    first = next(iter(state))
+    if list(state) != list(expected):
+        notes.append(
+            f"mapped its {len(state)} tensors by position to MosaicNet's names "
+            f"({first} -> {next(iter(expected))}, ...; shapes match layer by layer)"
+        )
+    model.load_state_dict(_by_position(state, expected, path))
+    note = f"weights {path}: {' and '.join(notes)}" if notes else None
+    return model.to(device).eval(), note
+
+
+def load_mosaicnet(path: str | os.PathLike[str], device: str = "cpu") -> MosaicNet:
+    """MosaicNet with the weights in `path` (see `load_weights`), in eval mode on `device`."""
+    return load_weights(path, device)[0]

@@ -1,5 +1,6 @@
-"""The workflow's config: schema validation with one-line errors, and which configured engines
-and classify modes this machine can run.
+"""The workflow's config: schema validation with one-line errors, its paths resolved against the
+directory Snakemake runs in, the thread counts Snakemake's --cores would silently lower, and which
+configured engines and classify modes this machine can run.
 
 The Snakefile calls these at parse time; they import neither Snakemake nor torch (torch only
 when asked about a GPU mode), so they are unit-tested without starting a workflow.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,6 +144,17 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike[str])
         raise ConfigError(
             "invalid config: config key 'data.dir' must name a directory when data.source is 'dir'"
         )
+    if mirrors(config) and data["source"] != "download":
+        raise ConfigError(
+            "invalid config: config key 'data.mirror' is used only when data.source is "
+            f"'download' (got {data['source']!r}); set data.source: download or remove data.mirror"
+        )
+
+
+def mirrors(config: dict[str, Any]) -> list[str]:
+    """The validated config's data.mirror as a list (empty: cnnpar's public mirrors)."""
+    mirror = config["data"].get("mirror")
+    return [] if mirror is None else [mirror] if isinstance(mirror, str) else list(mirror)
 
 
 def check_results_dir(path: str | os.PathLike[str]) -> None:
@@ -160,6 +172,140 @@ def check_results_dir(path: str | os.PathLike[str]) -> None:
             f"invalid config: config key 'results': cannot write into {str(where)!r} ({reason}); "
             "choose a writable directory"
         ) from None
+
+
+# --- paths ---------------------------------------------------------------------------------
+
+
+def resolve_paths(config: dict[str, Any], workdir: str | os.PathLike[str]) -> None:
+    """Resolve, in place and once, every path of a validated `config` against `workdir`, the
+    directory Snakemake runs in (the repository root, or `--directory`).
+
+    Jobs run in shadow directories of their own (`shadow: minimal`), where a relative path names
+    a file that is not there, or, for the timing lock, a different file for every job. So
+    `data.dir` and `timing.lock` become absolute, with `~` expanded. `results` holds outputs,
+    which Snakemake moves out of the shadow directory by their relative path: it stays relative
+    (normalised) while it lies inside `workdir` and becomes absolute outside it, since a shadow
+    rule refuses an output path that climbs out of the workdir with `..`.
+
+    Raises ConfigError (one line) when `data.dir` is not a directory while `data.source` is
+    'dir', or when the directory of `timing.lock` does not exist.
+    """
+    base = Path(os.path.abspath(workdir))
+
+    def absolute(value: str) -> Path:
+        return Path(os.path.normpath(base / os.path.expanduser(value)))
+
+    results = absolute(config["results"])
+    inside = results == base or base in results.parents
+    config["results"] = str(results.relative_to(base)) if inside else str(results)
+
+    data = config["data"]
+    if data["dir"]:
+        data["dir"] = str(absolute(data["dir"]))
+        if data["source"] == "dir" and not Path(data["dir"]).is_dir():
+            raise ConfigError(
+                f"invalid config: config key 'data.dir': {data['dir']!r} is not a directory "
+                f"(a relative path is taken from {str(base)!r}, where snakemake runs); "
+                "name the directory that holds the four MNIST IDX files"
+            )
+    timing = config["timing"]
+    if timing["lock"]:
+        timing["lock"] = str(absolute(timing["lock"]))
+        if not Path(timing["lock"]).parent.is_dir():
+            raise ConfigError(
+                f"invalid config: config key 'timing.lock': the directory of "
+                f"{timing['lock']!r} does not exist (a relative path is taken from "
+                f"{str(base)!r}, where snakemake runs); create it or choose another path"
+            )
+
+
+# --- the thread cap -----------------------------------------------------------------------
+
+
+def check_thread_cap(
+    asked: Mapping[str, int],
+    cores: int | None,
+    max_threads: int | None = None,
+    set_threads: Sequence[str] = (),
+) -> None:
+    """Refuse a run in which Snakemake would silently run jobs on fewer threads than they ask for.
+
+    Snakemake lowers every job's {threads} to --cores (and --max-threads) without a word: a
+    2-thread job of the sweep then runs and is recorded as a 1-thread job, and collides with
+    the sweep's real 1-thread job in every table. `asked` maps the config key of a thread or
+    worker count to the largest count the sweep takes from it. `cores` and `max_threads` are
+    the values Snakemake was given; None is no cap (a cluster executor without --cores, where
+    each job's cores come from the profile). The cap is what Snakemake was told, not the CPUs
+    this process may use: a run confined with taskset still runs, and records the parallelism
+    that took effect. `set_threads` lists the `RULE=N` overrides (--set-threads, or a profile's
+    set-threads) of the timed rules, which replace the sweep's counts just as silently.
+
+    Raises ConfigError with one line naming the keys or flags and the fix.
+    """
+    if set_threads:
+        raise ConfigError(
+            f"cannot run this sweep: --set-threads {' '.join(set_threads)} replaces the thread "
+            "counts the config gives timed jobs, so Snakemake would silently run them with "
+            "other counts than their names and tables say; drop it and set "
+            "train.tinycnn.threads, classify.workers or train.mosaicnet.threads instead"
+        )
+    caps = [(flag, n) for flag, n in (("--cores", cores), ("--max-threads", max_threads)) if n]
+    if not caps:
+        return
+    flag, cap = min(caps, key=lambda c: c[1])
+    over = [key for key, count in asked.items() if count > cap]
+    if not over:
+        return
+    most = max(asked[key] for key in over)
+    keys = ", ".join(over[:-1]) + (" and " if len(over) > 1 else "") + over[-1]
+    raise ConfigError(
+        f"cannot run this sweep: {keys} ask{'s' if len(over) == 1 else ''} for {most} threads "
+        f"per job but {flag} {cap} caps every job at {cap}, so Snakemake would silently run "
+        f"them as {cap}-thread jobs; run with {flag} {most} or more, or lower those counts "
+        f"to {cap}"
+    )
+
+
+# --- other result sets ----------------------------------------------------------------------
+
+
+def check_compare_with(
+    paths: Sequence[str], results: str | os.PathLike[str], read: bool = True
+) -> list[tuple[str, Path]]:
+    """The config's `compare_with` result sets as (the path as given, the path resolved against
+    the working directory, which is Snakemake's workdir, as for `results` and `data.dir`).
+    With `read` each set is read once (its tables checked, an archive unpacked into a temporary
+    directory): a set that cannot be read, or this run's own results directory, raises
+    ConfigError with one line naming the key."""
+    from cnnpar.study.compare import opened
+
+    resolved = [(str(p), Path(p).expanduser().resolve()) for p in paths]
+    own = Path(results).resolve()
+    for i, (given, path) in enumerate(resolved):
+        key = f"config key 'compare_with[{i}]'"
+        if path == own:
+            raise ConfigError(
+                f"invalid config: {key}: {given!r} is this run's own results directory; name "
+                "another run's results (or a `cnnpar pack` archive of it)"
+            )
+        if not read:
+            continue
+        try:
+            with opened([path], [given]):
+                pass
+        except CnnparError as err:
+            raise ConfigError(f"invalid config: {key}: {err}") from None
+    return resolved
+
+
+def compare_with_inputs(path: Path) -> list[str]:
+    """The files of a result set whose change makes the tables step run again: the archive,
+    or the directory's jobs and summary tables."""
+    if path.is_file():
+        return [str(path)]
+    tables = path / "tables"
+    return [str(tables / name) for name in ("jobs.csv", "summary.csv") if (tables / name).is_file()]
 
 
 # --- what this machine can run -----------------------------------------------------------

@@ -26,6 +26,7 @@ from matplotlib.ticker import FuncFormatter
 
 from cnnpar.io import atomic_path
 from cnnpar.registry import table_figures
+from cnnpar.study.kinds import KINDS, plain_number
 from cnnpar.study.tables import TABLE_SCHEMAS, read_table
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ COLORS = {
     "ranks": "#9467bd",
 }
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+# Figures place and group configurations by the parallelism they asked for: two configurations
+# whose jobs ran with fewer CPUs than asked (`parallelism`) stay two points, not one.
+PAR = "parallelism_requested"
 
 plt.rcParams.update(
     {
@@ -70,7 +74,7 @@ def _no_data(ax: Axes, what: str) -> None:
 
 
 def _label(row: pd.Series, keys: list[str]) -> str:
-    names = {"filters": "F", "batch_size": "B", "grid": "", "parallelism": "×"}
+    names = {"filters": "F", "batch_size": "B", "grid": "", PAR: "×"}
     parts = []
     for key in keys:
         value = row[key]
@@ -104,7 +108,9 @@ def _interval_err(frame: pd.DataFrame, name: str, scale: float = 1.0) -> np.ndar
 
 
 def _varying(frame: pd.DataFrame, keys: list[str]) -> list[str]:
-    """The keys that take more than one value (only those are worth a legend entry)."""
+    """The keys that take more than one value (only those are worth a legend entry); the
+    machine always counts, so a study over several machines draws one line per machine."""
+    keys = [*keys, "machine_name"]
     return [k for k in keys if k in frame.columns and frame[k].nunique(dropna=True) > 1]
 
 
@@ -123,13 +129,13 @@ def _speedup_panels(
     varying = _varying(data, extra_keys)
     families = data.groupby([color_key, *varying], dropna=False, sort=True)
     for i, (_, fam) in enumerate(families):
-        if (fam["parallelism"] == 1).all():
+        if (fam[PAR] == 1).all():
             continue  # a 1-thread-only family (numpy) is its own baseline: nothing to show
-        fam = fam.sort_values("parallelism")
+        fam = fam.sort_values(PAR)
         first = fam.iloc[0]
         color = COLORS.get(first[color_key], f"C{i % 10}")
         label = _label(first, [color_key, *varying])
-        x = fam["parallelism"].to_numpy(dtype=float)
+        x = fam[PAR].to_numpy(dtype=float)
         speed = fam["speedup"].to_numpy(dtype=float)
         marker = MARKERS[i % len(MARKERS)]
         ax_s.errorbar(
@@ -140,11 +146,11 @@ def _speedup_panels(
             x, 100 * fam["efficiency"], yerr=_interval_err(fam, "efficiency", 100.0),
             color=color, marker=marker, capsize=3, label=label,
         )  # fmt: skip
-    xmax = float(data["parallelism"].max())
+    xmax = float(data[PAR].max())
     ideal = np.array([1.0, max(xmax, 2.0)])
     ax_s.plot(ideal, ideal, "k--", lw=1, label="ideal (linear)")
     ax_e.axhline(100, color="k", ls="--", lw=1, label="ideal (100%)")
-    ticks = sorted({1, *(int(v) for v in data["parallelism"].unique())})
+    ticks = sorted({1, *(int(v) for v in data[PAR].unique())})
     for ax in (ax_s, ax_e):
         ax.set_xlabel(xlabel)
         if max(ticks) >= 8:  # 1, 2, 4, 8: evenly spaced on a log2 axis
@@ -189,7 +195,8 @@ def classify_speedup(summary: pd.DataFrame) -> Figure:
 def train_throughput(summary: pd.DataFrame) -> Figure:
     """Grouped bars: engines along x, one bar per thread count, 95% interval error bars."""
     train = summary[(summary["study"] == "train") & (summary["model"] == "tinycnn")]
-    families = list(train.groupby(["filters", "batch_size"], sort=True)) if not train.empty else []
+    keys = ["filters", "batch_size", *_varying(train, [])]
+    families = list(train.groupby(keys, sort=True)) if not train.empty else []
     ncols = min(2, max(1, len(families)))
     nrows = max(1, -(-len(families) // ncols))
     fig, axes = plt.subplots(
@@ -200,12 +207,12 @@ def train_throughput(summary: pd.DataFrame) -> Figure:
         return fig
     for ax in axes.flat[len(families) :]:
         ax.set_visible(False)
-    for ax, ((filters, batch), fam) in zip(axes.flat, families, strict=False):
+    for ax, ((filters, batch, *machine), fam) in zip(axes.flat, families, strict=False):
         engines = list(dict.fromkeys(fam.sort_values("rate")["engine"]))
-        threads = sorted(fam["parallelism"].unique())
+        threads = sorted(fam[PAR].unique())
         width = 0.8 / len(threads)
         for j, t in enumerate(threads):
-            rows = fam[fam["parallelism"] == t].set_index("engine").reindex(engines)
+            rows = fam[fam[PAR] == t].set_index("engine").reindex(engines)
             x = np.arange(len(engines)) + (j - (len(threads) - 1) / 2) * width
             med = rows["rate"].to_numpy(dtype=float)
             ax.bar(
@@ -229,7 +236,7 @@ def train_throughput(summary: pd.DataFrame) -> Figure:
         ax.set_xticks(np.arange(len(engines)))
         ax.set_xticklabels(engines)
         ax.set_ylabel("training throughput (images/s)")
-        ax.set_title(f"F={int(filters)}, B={int(batch)}")
+        ax.set_title(" ".join([f"F={int(filters)}, B={int(batch)}", *map(str, machine)]))
         rates = fam["rate"].dropna()
         if len(rates) and rates.max() / max(rates.min(), 1e-9) > 30:
             _plain_log(ax, "y")
@@ -259,9 +266,9 @@ def time_to_accuracy(train: pd.DataFrame) -> Figure:
     ]
     x_column = "cum_seconds_with_warmup" if "cum_seconds_with_warmup" in data else "cum_seconds"
     for i, (engine, eng) in enumerate(data.groupby("engine", sort=True)):
-        eng = eng[eng["threads"] == eng["threads"].max()]
+        eng = eng[eng[PAR] == eng[PAR].max()]
         curve = eng.groupby("epoch")[[x_column, "test_acc"]].median().reset_index()
-        threads = int(eng["threads"].max())
+        threads = int(eng[PAR].max())
         ax.plot(
             curve[x_column],
             100 * curve["test_acc"],
@@ -298,9 +305,9 @@ def _classify_lines(data: pd.DataFrame) -> Iterator[tuple[int, pd.DataFrame, str
     """One line per mode × workers (× batch size where it varies), sorted by mosaic size: its
     index (for the marker), rows, legend label and colour."""
     varying = _varying(data, ["batch_size"])
-    for i, (_, line) in enumerate(data.groupby(["mode", "parallelism", *varying], sort=True)):
+    for i, (_, line) in enumerate(data.groupby(["mode", PAR, *varying], sort=True)):
         first = line.iloc[0]
-        label = _label(first, ["mode", "parallelism", *varying])
+        label = _label(first, ["mode", PAR, *varying])
         yield i, line.sort_values("cells"), label, COLORS.get(first["mode"], f"C{i}")
 
 
@@ -316,7 +323,7 @@ def classify_cost_per_cell(summary: pd.DataFrame) -> Figure:
             1e6 * line["seconds_per_item"],
             marker=MARKERS[i % len(MARKERS)],
             color=color,
-            alpha=0.5 + 0.5 * line["parallelism"].iloc[0] / data["parallelism"].max(),
+            alpha=0.5 + 0.5 * line[PAR].iloc[0] / data[PAR].max(),
             label=label,
         )
     _plain_log(ax, "y")
@@ -362,10 +369,10 @@ def _roofline_panel(
 ) -> None:
     varying = _varying(data, extra_keys)
     for i, (_, line) in enumerate(data.groupby([color_key, *varying], dropna=False, sort=True)):
-        line = line.sort_values("parallelism")
+        line = line.sort_values(PAR)
         first = line.iloc[0]
         ax.errorbar(
-            line["parallelism"],
+            line[PAR],
             100 * line["roofline_fraction"],
             yerr=_interval_err(line, "roofline_fraction", 100.0),
             capsize=3,
@@ -373,7 +380,7 @@ def _roofline_panel(
             color=COLORS.get(first[color_key], f"C{i % 10}"),
             label=_label(first, [color_key, *varying]),
         )
-    ticks = sorted({1, *(int(v) for v in data["parallelism"].unique())})
+    ticks = sorted({1, *(int(v) for v in data[PAR].unique())})
     if max(ticks) >= 8:
         ax.set_xscale("log", base=2)
     ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -390,21 +397,20 @@ def roofline(summary: pd.DataFrame) -> Figure:
     threads: training per engine, classification per mode."""
     data = summary[summary["roofline_fraction"].notna()].copy()
     fig, (ax_t, ax_c) = plt.subplots(1, 2, figsize=(11, 4.5))
-    train = data[data["study"] == "train"].copy()
-    train["engine"] = np.where(
-        train["model"] == "tinycnn", train["engine"], train["model"] + " (" + train["engine"] + ")"
-    )
-    classify = data[data["study"] == "classify"]
-    if train.empty:
-        _no_data(ax_t, "training roofline")
-    else:
-        _roofline_panel(ax_t, train, "engine", ["filters", "batch_size"], "threads")
-        ax_t.set_title("Training (FLOPs of forward + backward)")
-    if classify.empty:
-        _no_data(ax_c, "classification roofline")
-    else:
-        _roofline_panel(ax_c, classify, "mode", ["grid", "batch_size"], "workers")
-        ax_c.set_title("Classification (forward FLOPs)")
+    titles = {"train": "Training (FLOPs of forward + backward)",
+              "classify": "Classification (forward FLOPs)"}  # fmt: skip
+    extra = {"train": ["filters", "batch_size"], "classify": ["grid", "batch_size"]}
+    for ax, kind in zip((ax_t, ax_c), KINDS.values(), strict=True):
+        part = data[data["study"] == kind.name].copy()
+        if part.empty:
+            _no_data(ax, f"{kind.name} roofline")
+            continue
+        # Another model than the kind's usual one is named beside its subject.
+        usual = part["model"].mode().iloc[0]
+        named = part["model"] + " (" + part[kind.subject] + ")"
+        part[kind.subject] = np.where(part["model"] == usual, part[kind.subject], named)
+        _roofline_panel(ax, part, kind.subject, extra[kind.name], f"{kind.unit}s")
+        ax.set_title(titles[kind.name])
     fig.suptitle("Achieved GFLOP/s as a fraction of the jobs' own matmul probes", y=1.02)
     fig.tight_layout()
     return fig
@@ -431,14 +437,13 @@ def _equal_cores(rows: pd.DataFrame, who: str) -> tuple[pd.DataFrame, int] | Non
     return rows[rows["parallelism_requested"] == cores], cores
 
 
-def _layout_bars(ax: Axes, rows: pd.DataFrame, who: str, unit: str, ylabel: str) -> None:
+def _layout_bars(ax: Axes, rows: pd.DataFrame, who: str, ylabel: str) -> None:
     """One bar per layout (rate, 95% interval); the hatched foot of a ranked layout's bar is
     its communication share of the step (all-reduce) or repeat (gather)."""
-    from cnnpar.study.tables import layout_text
-
+    kind = next(k for k in KINDS.values() if k.subject == who)
     rows = rows.sort_values("rate").reset_index(drop=True)
     labels = [
-        layout_text(r[who], int(r["parallelism_requested"]), int(r["ranks"]), unit)
+        kind.layout_text(r[who], int(r["parallelism_requested"]), int(r["ranks"]))
         .replace(" x ", " ×\n")
         .replace(f"{r[who]} ", f"{r[who]}\n", 1)
         for _, r in rows.iterrows()
@@ -477,10 +482,10 @@ def layouts(summary: pd.DataFrame) -> Figure:
         _no_data(ax_t, "two training layouts at equal cores")
     else:
         rows, cores = picked
-        _layout_bars(ax_t, rows, "engine", "thread", "training throughput (images/s)")
+        _layout_bars(ax_t, rows, "engine", "training throughput (images/s)")
         ax_t.set_title(
-            f"TinyCNN training, {cores} cores (F={plain(first['filters'])}, "
-            f"B={plain(first['batch_size'])})"
+            f"TinyCNN training, {cores} cores (F={plain_number(first['filters'])}, "
+            f"B={plain_number(first['batch_size'])})"
         )
     cls = summary[summary["study"] == "classify"]
     if not cls.empty:
@@ -491,18 +496,108 @@ def layouts(summary: pd.DataFrame) -> Figure:
         _no_data(ax_c, "two classify layouts at equal cores")
     else:
         rows, cores = picked
-        _layout_bars(ax_c, rows, "mode", "worker", "classification (cells/s)")
+        _layout_bars(ax_c, rows, "mode", "classification (cells/s)")
         ax_c.set_title(
-            f"Classification, {cores} cores ({first['grid']}, B={plain(first['batch_size'])})"
+            f"Classification, {cores} cores ({first['grid']}, "
+            f"B={plain_number(first['batch_size'])})"
         )
     fig.suptitle("Layouts at equal cores (hatched: communication share)", y=1.02)
     fig.tight_layout()
     return fig
 
 
-def plain(value: object) -> str:
-    """8.0 -> '8' for titles."""
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+# --- machines side by side ------------------------------------------------------------------
+
+
+def _machine_bars(machines: pd.DataFrame, value: str, scale: float, ylabel: str) -> Figure:
+    """One panel per study kind: configurations along x, one bar per side (set and machine)
+    with its 95% interval."""
+    data = machines[machines[value].notna()]
+    fig, axes = plt.subplots(1, len(KINDS), figsize=(12, 4.8), squeeze=False)
+    sides = sorted(data["side"].unique()) if not data.empty else []
+    for ax, kind in zip(axes.flat, KINDS.values(), strict=True):
+        part = data[data["study"] == kind.name]
+        if part.empty:
+            _no_data(ax, f"{kind.name} rows")
+            continue
+        configs = sorted(part["configuration"].unique())
+        width = 0.8 / max(1, len(sides))
+        for j, side in enumerate(sides):
+            rows = part[part["side"] == side].drop_duplicates("configuration")
+            rows = rows.set_index("configuration").reindex(configs)
+            x = np.arange(len(configs)) + (j - (len(sides) - 1) / 2) * width
+            ax.bar(
+                x, scale * rows[value].to_numpy(dtype=float), width,
+                yerr=_interval_err(rows, value, scale), capsize=2, color=f"C{j % 10}",
+                edgecolor="black", linewidth=0.4, label=side,
+            )  # fmt: skip
+        labels = [c.removeprefix(f"{kind.name} ") for c in configs]
+        ax.set_xticks(np.arange(len(configs)), labels, rotation=35, ha="right", fontsize=7)
+        ax.set_ylabel(ylabel.format(unit=part["rate_unit"].iloc[0]))
+        ax.set_title(kind.name)
+        rates = part[value].dropna()
+        if len(rates) and rates.max() / max(rates.min(), 1e-12) > 30:
+            _plain_log(ax, "y")
+    axes.flat[0].legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def machines_throughput(machines: pd.DataFrame) -> Figure:
+    """Rate of every configuration on every side (result set and machine), 95% intervals."""
+    fig = _machine_bars(machines, "rate", 1.0, "throughput ({unit})")
+    fig.suptitle("Throughput per machine (95% intervals over each machine's blocks)", y=1.02)
+    return fig
+
+
+def machines_roofline(machines: pd.DataFrame) -> Figure:
+    """Each side's GFLOP/s over its own jobs' matmul probes (percent), 95% intervals."""
+    fig = _machine_bars(machines, "roofline_fraction", 100.0, "% of its own matmul probe")
+    fig.suptitle("Fraction of each machine's own roofline", y=1.02)
+    return fig
+
+
+def machines_scaling(machines: pd.DataFrame) -> Figure:
+    """Speedup over each machine's own baseline against the parallelism asked for, one line per
+    side and engine or mode; both panels share the y axis."""
+    data = machines[machines["speedup"].notna()]
+    fig, axes = plt.subplots(1, len(KINDS), figsize=(12, 4.5), squeeze=False, sharey=True)
+    sides = sorted(data["side"].unique()) if not data.empty else []
+    for ax, kind in zip(axes.flat, KINDS.values(), strict=True):
+        part = data[data["study"] == kind.name]
+        if kind.baseline_subject is not None:
+            part = part[part[kind.subject] != kind.baseline_subject]
+        if part.empty:
+            _no_data(ax, f"{kind.name} scaling")
+            continue
+        varying = [k for k in kind.peers if k != "cells" and part[k].nunique(dropna=True) > 1]
+        lines = part.groupby(["side", kind.subject, *varying], dropna=False, sort=True)
+        for i, (key, line) in enumerate(lines):
+            if (line[PAR] == 1).all() and kind.baseline_subject is None:
+                continue  # a 1-thread-only engine is its own baseline
+            line = line.sort_values(PAR)
+            x, y = line[PAR].to_numpy(dtype=float), line["speedup"].to_numpy(dtype=float)
+            err = _interval_err(line, "speedup")
+            if kind.baseline_subject is not None:  # start at the baseline: 1 worker, 1×
+                x, y = np.r_[1.0, x], np.r_[1.0, y]
+                err = np.hstack([np.zeros((2, 1)), err])
+            side = sides.index(key[0])
+            ax.errorbar(
+                x, y, yerr=err, capsize=3, marker=MARKERS[side % len(MARKERS)],
+                color=COLORS.get(key[1], f"C{i % 10}"), ls=["-", "--", ":", "-."][side % 4],
+                label=" ".join([key[0], *(plain_number(k) for k in key[1:])]),
+            )  # fmt: skip
+        top = max(2.0, float(part[PAR].max()))
+        ax.plot([1, top], [1, top], "k--", lw=1, label="ideal (linear)")
+        ticks = sorted({1, *(int(v) for v in part[PAR].unique())})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlabel(f"{kind.unit}s asked for")
+        ax.set_title(kind.name)
+        ax.legend(loc="upper left", fontsize=6)
+    axes.flat[0].set_ylabel("speedup over the machine's own baseline (×)")
+    fig.suptitle("Scaling per machine (line style and marker: machine; colour: engine or mode)")
+    fig.tight_layout()
+    return fig
 
 
 # --- driver -------------------------------------------------------------------------------

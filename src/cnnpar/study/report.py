@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -23,21 +23,23 @@ from typing import Any
 import pandas as pd
 
 from cnnpar.io import write_text
+from cnnpar.measure.intervals import Interval
 from cnnpar.record import RunRecord
 from cnnpar.registry import FIGURES
-from cnnpar.study.tables import plain_number, read_table
+from cnnpar.study.kinds import KINDS, plain_number
+from cnnpar.study.tables import NOT_FORMED, read_table
 
 log = logging.getLogger(__name__)
 
 # Columns of the tidy tables shown in the page (the CSVs hold all of them).
 TRAIN_COLUMNS = [
-    "model", "engine", "threads_requested", "threads", "filters", "batch_size", "seed",
+    "model", "engine", "parallelism_requested", "parallelism", "filters", "batch_size", "seed",
     "run", "block", "epoch", "images", "seconds", "cum_seconds", "warmup_s", "images_per_s",
     "train_loss", "train_acc", "test_loss", "test_acc", "flagged",
 ]  # fmt: skip
 CLASSIFY_COLUMNS = [
-    "mode", "workers_requested", "workers", "grid", "cells", "distinct_digits", "batch_size",
-    "seed", "block", "repeat", "startup_s", "classify_s", "total_s", "cells_per_s",
+    "mode", "parallelism_requested", "parallelism", "grid", "cells", "distinct_digits",
+    "batch_size", "seed", "block", "repeat", "startup_s", "classify_s", "total_s", "cells_per_s",
     "end_to_end_cells_per_s", "accuracy", "flagged",
 ]  # fmt: skip
 
@@ -45,20 +47,13 @@ CLASSIFY_COLUMNS = [
 # --- findings -----------------------------------------------------------------------------
 
 
-def _threads(n: Any) -> str:
-    return f"{plain_number(n)} thread{'s' if float(n) != 1 else ''}"
+_threads = KINDS["train"].parallelism_text
+_workers = KINDS["classify"].parallelism_text
 
 
-def _workers(n: Any) -> str:
-    return f"{plain_number(n)} worker{'s' if float(n) != 1 else ''}"
-
-
-def _ci(estimate: float, low: float, high: float, fmt: str = "{:.2f}") -> str:
-    """'1.72× [1.61, 1.84]', or the bare estimate when there is no interval (one block)."""
-    text = fmt.format(estimate) + "×"
-    if pd.notna(low) and pd.notna(high):
-        text += f" [{fmt.format(low)}, {fmt.format(high)}]"
-    return text
+def _ratio(row: pd.Series, name: str) -> Interval:
+    """The interval a table row holds in `name`, `name`_low, `name`_high."""
+    return Interval.from_columns(row, name)
 
 
 def _flag_note(row: pd.Series) -> str:
@@ -68,33 +63,57 @@ def _flag_note(row: pd.Series) -> str:
     return ""
 
 
-def _direction(verdict_: str, faster: str, slower: str) -> str | None:
-    return {"higher": faster, "lower": slower}.get(verdict_)
-
-
 def findings(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> list[str]:
     """Plain sentences stating what the tables show, each ratio with its 95% interval; a
     ratio whose interval admits both directions is reported as not resolved."""
     if summary.empty:
         return ["No results: the summary table is empty."]
     comparisons = comparisons if comparisons is not None else pd.DataFrame()
+    if "machine" in summary.columns and summary["machine"].nunique() > 1:
+        # One study over several machines: the findings of each, named.
+        out = []
+        for machine, part in summary.groupby("machine", sort=True):
+            name = part["machine_name"].iloc[0]
+            same = comparisons[comparisons["machine"] == machine] if len(comparisons) else None
+            out += [f"On {name}: {s}" for s in findings(part, same)]
+        across = comparisons[comparisons["machine"].isna()] if len(comparisons) else None
+        return out + _not_formed_findings(summary.iloc[0:0], across)
     return [
         *_train_findings(summary[summary["study"] == "train"]),
         *_comparison_findings(comparisons),
         *_classify_findings(summary[summary["study"] == "classify"]),
         *_roofline_findings(summary[summary["roofline_fraction"].notna()]),
         *_capped_findings(summary),
+        *_not_formed_findings(summary, comparisons),
     ]
 
 
+def _not_formed_findings(summary: pd.DataFrame, comparisons: pd.DataFrame | None) -> list[str]:
+    """Ratios whose two sides never ran on one machine: named, with why, never computed."""
+    out = []
+    if "speedup_verdict" in summary.columns:
+        for _, row in summary[summary["speedup_verdict"] == NOT_FORMED].iterrows():
+            kind = KINDS[row["study"]]
+            out.append(
+                f"{kind.name} {kind.describe(row)} on {row['machine_name']}: no speedup over "
+                f"{row['baseline']} formed: {row['speedup_not_formed']}."
+            )
+    if comparisons is not None and "verdict" in comparisons.columns:
+        for _, row in comparisons[comparisons["verdict"] == NOT_FORMED].iterrows():
+            out.append(
+                f"{row['subject']} against {row['reference']} ({row['study']} at "
+                f"{row['family']}): not formed: {row['not_formed']}."
+            )
+    return out
+
+
 def _speedup_sentence(row: pd.Series, who: str, over: str) -> str:
-    ratio = _ci(row["speedup"], row["speedup_low"], row["speedup_high"])
-    efficiency = f"{100 * row['efficiency']:.0f}%"
-    if pd.notna(row["efficiency_low"]):
-        efficiency += f" [{100 * row['efficiency_low']:.0f}, {100 * row['efficiency_high']:.0f}]%"
+    speedup = _ratio(row, "speedup")
+    ratio = speedup.text()
+    efficiency = _ratio(row, "efficiency").text("{:.0f}", "%", scale=100.0)
     base = f"{over} at {row['baseline_rate']:,.0f} {row['rate_unit']}"
-    direction = _direction(row["speedup_verdict"], "faster than", "slower than")
-    if direction is None:
+    direction = speedup.direction("faster than", "slower than")
+    if direction == "not resolved":
         return (
             f"{who}: not resolved on this machine against {base}: {ratio}, an interval that "
             f"admits both a gain and a loss (efficiency {efficiency}).{_flag_note(row)}"
@@ -136,12 +155,15 @@ def _train_findings(train: pd.DataFrame) -> list[str]:
 
 def _comparison_findings(comparisons: pd.DataFrame) -> list[str]:
     out = []
+    if "verdict" in comparisons.columns:
+        comparisons = comparisons[comparisons["verdict"] != NOT_FORMED]
     for _, row in comparisons.iterrows():
-        ratio = _ci(row["ratio"], row["ratio_low"], row["ratio_high"])
+        interval = _ratio(row, "ratio")
+        ratio = interval.text()
         where = f"{row['study']} at {row['family']}"
-        direction = _direction(row["verdict"], "faster than", "slower than")
+        direction = interval.direction("faster than", "slower than")
         note = _flag_note(row)
-        if direction is None:
+        if direction == "not resolved":
             out.append(
                 f"{row['subject']} against {row['reference']} ({where}): not resolved on this "
                 f"machine, {ratio}.{note}"
@@ -169,9 +191,7 @@ def _classify_findings(classify: pd.DataFrame) -> list[str]:
     for _, row in classify[classify["mode"] == "processes"].sort_values("cells").iterrows():
         if pd.isna(row["end_to_end_speedup"]):
             continue
-        e2e = _ci(
-            row["end_to_end_speedup"], row["end_to_end_speedup_low"], row["end_to_end_speedup_high"]
-        )
+        e2e = _ratio(row, "end_to_end_speedup").text()
         payback = row["payback_cells"]
         if pd.isna(payback):
             pays = ""
@@ -202,15 +222,10 @@ def _roofline_findings(roof: pd.DataFrame) -> list[str]:
     if roof.empty:
         return []
     best = roof.loc[roof["roofline_fraction"].idxmax()]
-    train_row = best["study"] == "train"
-    who = best["engine"] if train_row else best["mode"]
-    par = (_threads if train_row else _workers)(best["parallelism"])
-    share = f"{100 * best['roofline_fraction']:.0f}%"
-    if pd.notna(best["roofline_fraction_low"]):
-        share += (
-            f" [{100 * best['roofline_fraction_low']:.0f}, "
-            f"{100 * best['roofline_fraction_high']:.0f}]%"
-        )
+    kind = KINDS[best["study"]]
+    who = best[kind.subject]
+    par = kind.parallelism_text(best["parallelism"])
+    share = _ratio(best, "roofline_fraction").text("{:.0f}", "%", scale=100.0)
     return [
         f"Highest fraction of the roofline: {best['study']} {best['model']} {who} with {par}, "
         f"{best['gflops']:.1f} GFLOP/s = {share} of its own matmul probe "
@@ -221,12 +236,113 @@ def _roofline_findings(roof: pd.DataFrame) -> list[str]:
 def _capped_findings(summary: pd.DataFrame) -> list[str]:
     capped = summary[summary["parallelism"] < summary["parallelism_requested"]]
     return [
-        f"Note: {row['study']} {row['engine'] if row['study'] == 'train' else row['mode']} "
+        f"Note: {row['study']} {row[KINDS[row['study']].subject]} "
         f"asked for {plain_number(row['parallelism_requested'])} threads/workers but ran with "
         f"{plain_number(row['parallelism'])} (Snakemake caps a job's threads at --cores); its "
         "efficiency uses the effective count."
         for _, row in capped.iterrows()
     ]
+
+
+# --- machines side by side ------------------------------------------------------------------
+
+
+def _who(row: pd.Series) -> str:
+    """'numba 2 threads' of a machines-table row."""
+    kind = KINDS[row["study"]]
+    return f"{row[kind.subject]} {kind.parallelism_text(row['parallelism_requested'])}"
+
+
+def _side_rate(row: pd.Series) -> str:
+    rate = Interval.from_columns(row, "rate").text("{:,.0f}", "")
+    return f"{rate} {row['rate_unit']}"
+
+
+def machine_findings(machines: pd.DataFrame) -> list[str]:
+    """Sentences over the machines table: which sides it holds, the fastest side per workload
+    (its best configuration against every other side's best), and, per configuration, only the
+    differences from the fastest side whose 95% interval resolves; the rest are counted."""
+    if machines.empty:
+        return ["No result set to put side by side: the summary table is empty."]
+    sides = list(dict.fromkeys(machines["side"]))
+    if len(sides) == 1:
+        return [
+            f"One machine in this report: {sides[0]}. Name other result sets (results "
+            "directories, or archives made by `cnnpar pack`) in the config's compare_with to "
+            "put other machines or commits beside it."
+        ]
+    out = [
+        f"{len(sides)} machines side by side: "
+        + "; ".join(
+            f"{side} (git {rev}, cnnpar {ver})"
+            for side, rev, ver in machines.drop_duplicates("side")[
+                ["side", "git_revision", "cnnpar_version"]
+            ].itertuples(index=False)
+        )
+        + "."
+    ]
+    for workload, part in machines[machines["side_best"].astype(bool)].groupby("workload"):
+        top = part[part["workload_fastest"].astype(bool)].iloc[0]
+        lead = f"Fastest machine for {workload}: {top['side']}, {_who(top)} at {_side_rate(top)}"
+        behind, unresolved = [], []
+        for _, row in part[~part["workload_fastest"].astype(bool)].iterrows():
+            if row["vs_workload_verdict"] in ("faster", "slower"):
+                ratio = Interval.from_columns(row, "vs_workload").text()
+                behind.append(f"{row['side']} reaches {ratio} of it at best ({_who(row)})")
+            else:
+                unresolved.append(row["side"])
+        if unresolved:
+            lead = lead.replace("Fastest machine", "Highest estimate", 1)
+            behind.append(f"its lead over {' and '.join(unresolved)} does not resolve")
+        out.append(f"{lead}; {'; '.join(behind)}.")
+    rest = 0
+    for _, row in machines[machines["vs_fastest_verdict"].astype(str) != ""].iterrows():
+        if row["vs_fastest_verdict"] not in ("faster", "slower"):
+            rest += 1
+            continue
+        ratio = Interval.from_columns(row, "vs_fastest").text()
+        out.append(
+            f"{row['configuration']}: {row['side']} runs at {ratio} the rate of "
+            f"{row['fastest_side']} ({_side_rate(row)}; unpaired, Welch's t on the log rates)."
+        )
+    if rest:
+        out.append(
+            f"{rest} other difference(s) from the fastest machine do not resolve: their 95% "
+            "intervals admit both a gain and a loss (see the table)."
+        )
+    return out
+
+
+def _fmt_machines(machines: pd.DataFrame) -> pd.DataFrame:
+    """The machines table as people read it: one row per configuration and side."""
+    rows = []
+    for _, r in machines.sort_values(["configuration", "side"]).iterrows():
+        vs = ""
+        if r["fastest"]:
+            vs = "fastest"
+        elif r["vs_fastest_verdict"]:
+            ratio = Interval.from_columns(r, "vs_fastest")
+            vs = f"{ratio.text()} ({r['vs_fastest_verdict']})" if pd.notna(r["vs_fastest"]) else ""
+        par = plain_number(r["parallelism"])
+        if r["parallelism"] != r["parallelism_requested"]:
+            par += f" (asked {plain_number(r['parallelism_requested'])})"
+        roof = ""
+        if pd.notna(r["roofline_fraction"]):
+            roof = Interval.from_columns(r, "roofline_fraction").text("{:.0f}", "%", scale=100.0)
+        speedup = "" if pd.isna(r["speedup"]) else Interval.from_columns(r, "speedup").text()
+        rows.append(
+            {
+                "configuration": r["configuration"],
+                "machine (result set)": r["side"],
+                "ran with": par,
+                "rate [95% CI]": _side_rate(r),
+                "speedup over its own baseline": speedup,
+                "% own roofline": roof,
+                "against the fastest machine": vs,
+                "blocks": int(r["blocks"]),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def banner_html(jobs: pd.DataFrame) -> str:
@@ -319,7 +435,9 @@ def _img(path: str | os.PathLike[str], alt: str) -> str:
     return f'<img src="data:{mime};base64,{data}" alt="{html.escape(alt)}">'
 
 
-def figures_html(figures: Sequence[str | os.PathLike[str]]) -> str:
+def figures_html(figures: Sequence[str | os.PathLike[str]], section: str = "figures") -> str:
+    """The figures the registry places in `section` (figures, machines), in registry order;
+    a file the registry does not know goes to the figures section."""
     order = list(FIGURES)
     blocks = []
     for path in sorted(
@@ -327,6 +445,8 @@ def figures_html(figures: Sequence[str | os.PathLike[str]]) -> str:
     ):
         stem = Path(path).stem
         figure = FIGURES.get(stem)
+        if (figure.section if figure else "figures") != section:
+            continue
         title = figure.title if figure else stem
         css = "figure mask" if stem == "mask" else "figure"
         blocks.append(
@@ -346,20 +466,13 @@ def _fmt_summary(summary: pd.DataFrame) -> pd.DataFrame:
     def interval(r: pd.Series, name: str, pattern: str, scale: float = 1.0) -> str:
         if pd.isna(r[name]):
             return ""
-        text = pattern.format(scale * r[name])
-        if pd.notna(r[f"{name}_low"]):
-            text += f" [{pattern.format(scale * r[f'{name}_low'])}, "
-            text += f"{pattern.format(scale * r[f'{name}_high'])}]"
-        return text
+        return Interval.from_columns(r, name).text(pattern, "", scale)
 
     rows = []
     for _, r in summary.iterrows():
-        who = r["engine"] if r["study"] == "train" else r["mode"]
-        batch = plain_number(r["batch_size"])
-        if r["model"] == "tinycnn":
-            config = f"F={plain_number(r['filters'])} B={batch}"
-        else:
-            config = f"{r['grid']} B={batch}" if r["study"] == "classify" else ""
+        kind = KINDS[r["study"]]
+        who = r[kind.subject]
+        config = kind.family_text(r).replace(",", "")
         par = plain_number(r["parallelism"])
         if r["parallelism"] != r["parallelism_requested"]:
             par += f" (asked {plain_number(r['parallelism_requested'])})"
@@ -430,13 +543,18 @@ def render(
     items = "\n".join(
         f"<li>{html.escape(s)}</li>" for s in findings(summary, tables.get("comparisons"))
     )
+    machines = tables.get("machines", pd.DataFrame())
+    machine_items = "\n".join(f"<li>{html.escape(s)}</li>" for s in machine_findings(machines))
     return template.substitute(
         title=html.escape(title),
         meta=html.escape(meta),
-        banner=banner_html(tables.get("jobs", pd.DataFrame())),
+        banner=banner_html(tables.get("jobs", pd.DataFrame())) + not_as_named_html(tables),
         findings=items,
         method=method_html(),
         figures=figures_html(figures),
+        machine_findings=machine_items,
+        machine_figures=figures_html(figures, "machines"),
+        machines_table=table_html(_fmt_machines(machines)) if not machines.empty else "",
         summary_table=table_html(_fmt_summary(summary)) if not summary.empty else "",
         train_rows=len(tables["train"]),
         classify_rows=len(tables["classify"]),
@@ -463,3 +581,28 @@ def write_report(
     write_text(out, page)
     log.info("report written to %s (%d bytes)", out, len(page))
     return Path(out)
+
+
+def not_as_named_html(tables: Mapping[str, pd.DataFrame]) -> str:
+    """The warning that opens the report when a run did not run as named: the reasons
+    `RunRecord.not_as_named` gave (numba's CUDA simulator, JIT off, CPUs narrowed), which the
+    train and classify tables carry in their `not_as_named` column."""
+    runs: dict[str, str] = {}
+    for name in ("train", "classify"):
+        frame = tables.get(name, pd.DataFrame())
+        if "not_as_named" not in frame.columns:
+            continue
+        reasons = frame["not_as_named"]
+        for _, row in frame[reasons.notna() & (reasons.astype(str) != "")].iterrows():
+            runs.setdefault(str(row["job_dir"]), str(row["not_as_named"]))
+    if not runs:
+        return ""
+    items = "".join(
+        f"<li><b>{html.escape(job)}</b>: {html.escape(why)}</li>" for job, why in runs.items()
+    )
+    return (
+        '<section id="not-as-named" class="banner"><h2>⚠ '
+        f"{len(runs)} run(s) did not run as named</h2><p>Their timings do not measure what their "
+        "labels say, and neither do findings that rest on them; fix the setting named and "
+        f"re-run them.</p><ul>{items}</ul></section>"
+    )

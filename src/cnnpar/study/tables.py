@@ -13,7 +13,9 @@ never from where a file lives. Five tables come out:
   fraction of its own roofline, and for classification end-to-end rate and start-up payback,
   each ratio formed inside a block and summarised over blocks with a 95% interval
   (`cnnpar.measure.intervals`);
-- ``comparisons.csv``: engine against engine and mode against mode, paired the same way.
+- ``comparisons.csv``: engine against engine and mode against mode, paired the same way;
+- ``machines.csv``: the summary rows of this run and of the result sets named in the config's
+  ``compare_with``, one side per set and machine (`cnnpar.study.compare.machines_frame`).
 
 Nothing here times or runs a model: it only reads files the jobs wrote. `read_table` checks
 every table it reads back (columns, numbers, rows) and fails with one line naming the file.
@@ -34,8 +36,9 @@ import pandas as pd
 
 from cnnpar.errors import CnnparError
 from cnnpar.io import atomic_path
-from cnnpar.measure.intervals import Interval, log_interval, paired_ratio_interval, verdict
+from cnnpar.measure.intervals import Interval, log_interval, paired_ratio_interval
 from cnnpar.record import RunRecord
+from cnnpar.study.kinds import KINDS, StudyKind, plain_number, rank_count
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +47,15 @@ class TableError(CnnparError):
     """A job's output or a table cannot be read into the study."""
 
 
-PAIR = ["block", "seed"]  # a pairing unit: the jobs of one block on one seed ran side by side
+# A pairing unit: the jobs of one block on one seed on one machine ran side by side. A ratio is
+# formed only inside a unit, so it never divides the rates of two different machines.
+PAIR = ["machine", "block", "seed"]
+NOT_FORMED = "not formed"  # the verdict of a ratio whose two sides never ran on one machine
 
 SUMMARY_COLUMNS = [
     "study",  # train | classify
+    "machine",  # the machine identity (cnnpar.measure.machine): one summary per machine
+    "machine_name",  # the same for people
     "model",  # tinycnn | mosaicnet
     "engine",  # train engine (train rows)
     "mode",  # classify mode (classify rows)
@@ -70,7 +78,8 @@ SUMMARY_COLUMNS = [
     "speedup",  # per-block rate / baseline rate, summarised over blocks
     "speedup_low",
     "speedup_high",
-    "speedup_verdict",  # higher | lower | not resolved (the interval contains 1)
+    "speedup_verdict",  # higher | lower | not resolved (the interval contains 1) | not formed
+    "speedup_not_formed",  # why no speedup was formed (its baseline ran on another machine)
     "efficiency",  # speedup / parallelism
     "efficiency_low",
     "efficiency_high",
@@ -98,34 +107,43 @@ SUMMARY_COLUMNS = [
 ]
 
 COMPARISON_COLUMNS = [
-    "study", "family", "subject", "reference", "quantity", "ratio", "ratio_low", "ratio_high",
-    "verdict", "blocks", "subject_rate", "reference_rate", "rate_unit", "flagged_blocks",
-    "flagged_jobs",
+    "study", "machine", "machine_name", "family", "subject", "reference", "quantity", "ratio",
+    "ratio_low", "ratio_high", "verdict", "not_formed", "blocks", "subject_rate",
+    "reference_rate", "rate_unit", "flagged_blocks", "flagged_jobs",
 ]  # fmt: skip
 
 # Columns every table must hold when read back, and which of them must be numbers.
 TABLE_SCHEMAS: dict[str, tuple[list[str], list[str]]] = {
     "train": (
-        ["model", "engine", "threads", "epoch", "seconds", "images_per_s", "test_acc"],
-        ["threads", "epoch", "seconds", "images_per_s", "test_acc"],
+        ["model", "engine", "parallelism_requested", "parallelism", "epoch", "seconds",
+         "images_per_s", "test_acc"],
+        ["parallelism_requested", "parallelism", "epoch", "seconds", "images_per_s", "test_acc"],
     ),
     "classify": (
-        ["mode", "workers", "cells", "classify_s", "cells_per_s", "accuracy"],
-        ["workers", "cells", "classify_s", "cells_per_s", "accuracy"],
+        ["mode", "parallelism_requested", "parallelism", "cells", "classify_s", "cells_per_s",
+         "accuracy"],
+        ["parallelism_requested", "parallelism", "cells", "classify_s", "cells_per_s",
+         "accuracy"],
     ),
     "jobs": (
         ["study", "label", "block", "rate", "flagged"],
         ["rate"],
     ),
     "summary": (
-        ["study", "model", "parallelism", "rate", "speedup", "speedup_low", "speedup_high"],
-        ["parallelism", "rate"],
+        ["study", "model", "parallelism_requested", "parallelism", "rate", "speedup",
+         "speedup_low", "speedup_high"],
+        ["parallelism_requested", "parallelism", "rate"],
     ),
     "comparisons": (
         ["study", "subject", "reference", "ratio", "ratio_low", "ratio_high", "verdict"],
         [],
     ),
-}
+    "machines": (  # this run's summary beside other result sets' (config key compare_with)
+        ["side", "set", "machine_name", "configuration", "study", "rate", "fastest"],
+        ["rate"],
+    ),
+}  # fmt: skip
+TABLE_NAMES = list(TABLE_SCHEMAS)
 
 
 # --- reading run records --------------------------------------------------------------------
@@ -203,29 +221,27 @@ def _output(record: RunRecord, job_dir: Path, name: str) -> Path:
     return job_dir / name
 
 
-def _job_columns(record: RunRecord, job_dir: Path, unit: str) -> dict[str, Any]:
-    """The record's columns with its parallelism named for the study (threads or workers)."""
+def _job_columns(record: RunRecord, job_dir: Path) -> dict[str, Any]:
+    """The record's columns: parameters as asked, `parallelism_requested` and `parallelism`
+    (what ran), results, environment."""
     columns = record.columns()
-    columns[f"{unit}_requested"] = columns.pop("parallelism_requested")
-    columns[unit] = columns.pop("parallelism")
     columns.setdefault("block", None)
     columns["job_dir"] = str(job_dir)
     return columns
 
 
-def _job_frames(
-    records: Sequence[tuple[RunRecord, Path]], command: str, table: str, unit: str
-) -> list[pd.DataFrame]:
-    """Each `command` job's `table` with the record's columns added; the table's own columns
-    are what ran, so they win over the record's, but for the parallelism."""
+def _job_frames(records: Sequence[tuple[RunRecord, Path]], kind: StudyKind) -> list[pd.DataFrame]:
+    """Each job's own table (`kind.output`) with the record's columns added; the table's own
+    columns are what ran, so they win over the record's, but for the parallelism, which only
+    the record states both ways."""
     frames = []
     for record, job_dir in records:
-        if record.command != command:
+        if record.command != kind.name:
             continue
-        frame = _read_output(_output(record, job_dir, table)).reset_index(drop=True)
-        frame.insert(0, "study", command)
-        for key, value in _job_columns(record, job_dir, unit).items():
-            if key not in frame.columns or key in (unit, f"{unit}_requested"):
+        frame = _read_output(_output(record, job_dir, kind.output)).reset_index(drop=True)
+        frame.insert(0, "study", kind.name)
+        for key, value in _job_columns(record, job_dir).items():
+            if key not in frame.columns or key in ("parallelism_requested", "parallelism"):
                 frame[key] = value
         frames.append(frame)
     return frames
@@ -246,7 +262,7 @@ def train_frame(records: Sequence[tuple[RunRecord, Path]]) -> pd.DataFrame:
     """One row per training job × epoch: metrics.csv and the record's columns. Time to accuracy
     reads `cum_seconds` (training only) and `cum_seconds_with_warmup` (what a user waits)."""
     frames = []
-    for frame in _job_frames(records, "train", "metrics.csv", "threads"):
+    for frame in _job_frames(records, KINDS["train"]):
         frame = frame.sort_values("epoch").reset_index(drop=True)
         frame["cum_seconds"] = frame["seconds"].cumsum()
         frame["cum_seconds_with_warmup"] = frame["cum_seconds"] + frame.get("warmup_s", 0.0)
@@ -257,7 +273,7 @@ def train_frame(records: Sequence[tuple[RunRecord, Path]]) -> pd.DataFrame:
 
 def classify_frame(records: Sequence[tuple[RunRecord, Path]]) -> pd.DataFrame:
     """One row per classify job × repeat: result.csv and the record's columns."""
-    return _concat(_job_frames(records, "classify", "result.csv", "workers"))
+    return _concat(_job_frames(records, KINDS["classify"]))
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -274,38 +290,10 @@ GUARD_COLUMNS = [
 ]  # fmt: skip
 
 
-def layout_text(name: str, cores: int, ranks: int, unit: str) -> str:
-    """'numba 2 threads', or for ranks 'torch-ddp 2 ranks x 1 thread' (cores = ranks x threads)."""
-    if ranks > 1:
-        per = cores // ranks
-        return f"{name} {ranks} ranks x {per} thread{'s' * (per > 1)}"
-    return f"{name} {cores} {unit}{'s' * (cores > 1)}"
-
-
-def _ranks(value: Any) -> int:
-    """A record's rank count; records from before ranks existed ran 1."""
-    return 1 if value is None or pd.isna(value) else int(value)
-
-
 def _label(row: Mapping[str, Any]) -> str:
-    par = int(row["parallelism_requested"])
-    if row["study"] == "train":
-        what = layout_text(row["engine"], par, row["ranks"], "thread")
-        if row["model"] == "tinycnn":
-            what += f" F={plain_number(row['filters'])}"
-        what += f" B={plain_number(row['batch_size'])}"
-    else:
-        what = f"{layout_text(row['mode'], par, row['ranks'], 'worker')} {row['grid']}"
-        what += f" B={plain_number(row['batch_size'])}"
+    kind = KINDS[row["study"]]
     seed, block = plain_number(row["seed"]), plain_number(row["block"])
-    return f"{row['study']} {what} seed {seed} block {block}"
-
-
-def plain_number(value: Any) -> str:
-    """A parameter value for prose: 8.0 -> '8'."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    return f"{kind.name} {kind.describe(row)} seed {seed} block {block}"
 
 
 def jobs_frame(train: pd.DataFrame, classify: pd.DataFrame) -> pd.DataFrame:
@@ -318,7 +306,7 @@ def jobs_frame(train: pd.DataFrame, classify: pd.DataFrame) -> pd.DataFrame:
             images, seconds = group["images"].sum(), group["seconds"].sum()
             rows.append(
                 {
-                    **_common(first, "train", "threads"),
+                    **_common(first, "train"),
                     "engine": first["engine"],
                     "filters": first.get("filters"),
                     "rate_unit": "images/s",
@@ -334,7 +322,7 @@ def jobs_frame(train: pd.DataFrame, classify: pd.DataFrame) -> pd.DataFrame:
             median_s = float(group["classify_s"].median())
             rows.append(
                 {
-                    **_common(first, "classify", "workers"),
+                    **_common(first, "classify"),
                     "mode": first["mode"],
                     "grid": first["grid"],
                     "cells": int(first["cells"]),
@@ -355,17 +343,21 @@ def jobs_frame(train: pd.DataFrame, classify: pd.DataFrame) -> pd.DataFrame:
     return jobs
 
 
-def _common(first: pd.Series, study: str, unit: str) -> dict[str, Any]:
+def _common(first: pd.Series, study: str) -> dict[str, Any]:
     out = {
         "study": study,
         "model": first["model"],
         "batch_size": int(first["batch_size"]),
         "seed": int(first["seed"]),
         "block": int(first["block"]),
-        "parallelism_requested": int(first[f"{unit}_requested"]),
-        "parallelism": int(first[unit]),
-        "ranks": _ranks(first.get("ranks")),
+        "parallelism_requested": int(first["parallelism_requested"]),
+        "parallelism": int(first["parallelism"]),
+        "ranks": rank_count(first.get("ranks")),
         "comm_share": first.get("comm_share"),
+        "machine": first["machine"],
+        "machine_name": first["machine_name"],
+        "git_revision": first.get("env.git_revision"),
+        "cnnpar_version": first.get("env.cnnpar"),
         "cpus_available": first.get("env.cpus_available"),
         "flops_per_item": float(first["flops_per_image"]),
         "finished_utc": first.get("env.utc_time"),
@@ -400,24 +392,6 @@ def _flag_out_of_order(jobs: pd.DataFrame) -> None:
 
 # --- the summary: ratios inside a block, summarised over blocks ------------------------------
 
-FAMILIES = {
-    # study: (family keys, configuration keys, what the baseline is, its label)
-    "train": (["model", "engine", "filters", "batch_size"], ["ranks", "parallelism_requested"]),
-    "classify": (["grid", "cells", "batch_size"], ["mode", "ranks", "parallelism_requested"]),
-}
-
-
-def _is_baseline(row: Mapping[str, Any]) -> bool:
-    if row["study"] == "train":
-        return row["parallelism_requested"] == 1
-    return row["mode"] == "sequential"
-
-
-def _baseline_name(row: Mapping[str, Any]) -> str:
-    if row["study"] == "train":
-        return f"{row['engine']} 1 thread"
-    return "sequential"
-
 
 def _units(group: pd.DataFrame) -> pd.DataFrame:
     return group.set_index(PAIR).sort_index()
@@ -439,56 +413,54 @@ def _flags(units: Iterable[pd.DataFrame], common: pd.Index) -> tuple[int, str]:
     return len(flagged_units), "; ".join(sorted(set(labels)))
 
 
-def _with_interval(out: dict[str, Any], name: str, interval: Interval) -> None:
-    out[name] = interval.estimate
-    out[f"{name}_low"] = interval.low
-    out[f"{name}_high"] = interval.high
-
-
 def summarize(jobs: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration (seeds and blocks pooled as pairing units)."""
     if jobs.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     rows = []
-    for study, (family, config) in FAMILIES.items():
-        part = jobs[jobs["study"] == study]
+    for kind in KINDS.values():
+        part = jobs[jobs["study"] == kind.name]
         if part.empty:
             continue
-        for _, fam in part.groupby(family, dropna=False, sort=True):
-            base = fam[[_is_baseline(r) for r in fam.to_dict("records")]]
-            base_units = (
-                _units(base) if not base.empty and base[config].nunique().max() == 1 else None
-            )
-            for _, group in fam.groupby(config, dropna=False, sort=True):
-                rows.append(_summary_row(group, base_units, train))
+        config = list(kind.config)
+        for _, family in part.groupby(list(kind.family), dropna=False, sort=True):
+            is_base = [kind.is_baseline(r) for r in family.to_dict("records")]
+            for _, fam in family.groupby("machine", sort=True):
+                base = fam[[kind.is_baseline(r) for r in fam.to_dict("records")]]
+                base_units = (
+                    _units(base) if not base.empty and base[config].nunique().max() == 1 else None
+                )
+                for _, group in fam.groupby(config, dropna=False, sort=True):
+                    row = _summary_row(kind, group, base_units, train)
+                    if base.empty and any(is_base):
+                        elsewhere = family[is_base]["machine_name"].unique()
+                        row["speedup_verdict"] = NOT_FORMED
+                        row["baseline"] = kind.baseline_name(group.iloc[0])
+                        row["speedup_not_formed"] = (
+                            f"its baseline ({row['baseline']}) ran only on "
+                            f"{' and '.join(sorted(elsewhere))}, another machine"
+                        )
+                    rows.append(row)
     summary = pd.DataFrame(rows)
     summary = summary.sort_values(
-        [
-            "study",
-            "model",
-            "engine",
-            "mode",
-            "filters",
-            "cells",
-            "batch_size",
-            "parallelism",
-            "ranks",
-        ],
+        ["study", "machine", "model", "engine", "mode", "filters", "cells", "batch_size",
+         "parallelism_requested", "ranks"],
         na_position="first",
-    )
+    )  # fmt: skip
     return summary.reindex(columns=SUMMARY_COLUMNS).reset_index(drop=True)
 
 
 def _summary_row(
-    group: pd.DataFrame, base: pd.DataFrame | None, train: pd.DataFrame
+    kind: StudyKind, group: pd.DataFrame, base: pd.DataFrame | None, train: pd.DataFrame
 ) -> dict[str, Any]:
     first = group.iloc[0]
     units = _units(group)
     out: dict[str, Any] = {
         key: first.get(key)
         for key in (
-            "study", "model", "engine", "mode", "filters", "grid", "cells", "batch_size",
-            "parallelism_requested", "ranks", "rate_unit", "roofline_device",
+            "study", "machine", "machine_name", "model", "engine", "mode", "filters", "grid",
+            "cells", "batch_size", "parallelism_requested", "ranks", "rate_unit",
+            "roofline_device",
         )
     }  # fmt: skip
     if units["comm_share"].notna().any():
@@ -496,30 +468,34 @@ def _summary_row(
     out["parallelism"] = int(group["parallelism"].median())
     out["cpus_available"] = group["cpus_available"].min()
     out["blocks"] = len(units)
-    _with_interval(out, "rate", log_interval(units["rate"]))
+    out.update(log_interval(units["rate"]).columns("rate"))
     out["seconds_per_item"] = 1.0 / out["rate"]
     out["gflops"] = out["rate"] * first["flops_per_item"] / 1e9
     out["roofline_gflops"] = log_interval(units["roofline_gflops"]).estimate
-    _with_interval(out, "roofline_fraction", log_interval(units["roofline_fraction"]))
+    out.update(log_interval(units["roofline_fraction"]).columns("roofline_fraction"))
     out["accuracy"] = float(units["accuracy"].median())
-    if first["study"] == "train":
+    if _has(units, "warmup_s"):  # training: warm-up, and the accuracy of a full-length run
         out["warmup_s"] = float(units["warmup_s"].median())
         full = _full_accuracy(train, first)
         out["accuracy"] = full if full is not None else math.nan
-    else:
+    end_to_end = _has(units, "end_to_end_rate")  # classification: start-up included
+    if end_to_end:
         out["startup_s"] = float(units["startup_s"].median())
-        _with_interval(out, "end_to_end_rate", log_interval(units["end_to_end_rate"]))
+        out.update(log_interval(units["end_to_end_rate"]).columns("end_to_end_rate"))
     flagged, labels = _flags([units], units.index)
     if base is not None:
-        out["baseline"] = _baseline_name(first)
+        out["baseline"] = kind.baseline_name(first)
         out["baseline_rate"] = log_interval(base["rate"]).estimate
         speedup, common = _paired(units, base, "rate")
-        _with_interval(out, "speedup", speedup)
-        out["speedup_verdict"] = "baseline" if _is_baseline(first) else verdict(speedup)
-        _with_interval(out, "efficiency", speedup.scaled(1.0 / out["parallelism"]))
-        if first["study"] == "classify":
+        out.update(speedup.columns("speedup"))
+        out["speedup_verdict"] = "baseline" if kind.is_baseline(first) else speedup.direction()
+        if not len(common):
+            out["speedup_verdict"] = NOT_FORMED
+            out["speedup_not_formed"] = "no block and seed where both ran on this machine"
+        out.update(speedup.scaled(1.0 / out["parallelism"]).columns("efficiency"))
+        if end_to_end:
             e2e, _ = _paired(units, base, "end_to_end_rate")
-            _with_interval(out, "end_to_end_speedup", e2e)
+            out.update(e2e.columns("end_to_end_speedup"))
             payback = _payback(units.loc[common], base.loc[common])
             if payback.size:
                 out["payback_cells"] = float(np.median(payback))
@@ -529,6 +505,10 @@ def _summary_row(
     out["flagged_blocks"] = flagged
     out["flagged_jobs"] = labels
     return out
+
+
+def _has(frame: pd.DataFrame, column: str) -> bool:
+    return column in frame.columns and bool(frame[column].notna().any())
 
 
 def _full_accuracy(train: pd.DataFrame, first: pd.Series) -> float | None:
@@ -562,61 +542,93 @@ def _payback(subject: pd.DataFrame, base: pd.DataFrame) -> np.ndarray:
 
 
 def compare(jobs: pd.DataFrame) -> pd.DataFrame:
-    """Each engine (mode) at its largest parallelism against every other, paired by block."""
+    """Each engine (mode) at its largest parallelism against every other, paired by block on one
+    machine. Two that never ran on one machine get a row saying the ratio was not formed."""
     rows = []
-    specs = {
-        "train": (["model", "filters", "batch_size"], "engine"),
-        "classify": (["grid", "cells", "batch_size"], "mode"),
-    }
-    for study, (family, who) in specs.items():
-        part = jobs[(jobs["study"] == study)]
+    for kind in KINDS.values():
+        part = jobs[(jobs["study"] == kind.name)]
         if part.empty:
             continue
-        for key, fam in part.groupby(family, dropna=False, sort=True):
-            tops = {  # (engine or mode, ranks): a layout at its largest parallelism
-                name: _units(g[g["parallelism_requested"] == g["parallelism_requested"].max()])
-                for name, g in fam.groupby([who, "ranks"], sort=True)
-            }
-            names = sorted(tops, key=lambda n: -log_interval(tops[n]["rate"]).estimate)
-            where = _family_text(study, dict(zip(family, key, strict=True)))
-            for i, subject in enumerate(names):
-                for reference in names[i + 1 :]:
-                    a, b = tops[subject], tops[reference]
-                    ratio, common = _paired(a, b, "rate")
-                    flagged, labels = _flags([a, b], common)
-                    rows.append(
-                        {
-                            "study": study,
-                            "family": where,
-                            "subject": _top_text(study, subject, a),
-                            "reference": _top_text(study, reference, b),
-                            "quantity": "rate",
-                            "ratio": ratio.estimate,
-                            "ratio_low": ratio.low,
-                            "ratio_high": ratio.high,
-                            "verdict": verdict(ratio),
-                            "blocks": ratio.n,
-                            "subject_rate": log_interval(a.loc[common, "rate"]).estimate,
-                            "reference_rate": log_interval(b.loc[common, "rate"]).estimate,
-                            "rate_unit": a["rate_unit"].iloc[0],
-                            "flagged_blocks": flagged,
-                            "flagged_jobs": labels,
-                        }
-                    )
+        for _, family in part.groupby(list(kind.peers), dropna=False, sort=True):
+            where = kind.family_text(family.iloc[0])
+            for _, fam in family.groupby("machine", sort=True):
+                rows += _compare_family(kind, fam, where)
+            rows += _not_formed(kind, family, where)
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
-def _family_text(study: str, values: Mapping[str, Any]) -> str:
-    if study == "train":
-        if values["model"] == "tinycnn":
-            return f"F={plain_number(values['filters'])}, B={plain_number(values['batch_size'])}"
-        return f"{values['model']} B={plain_number(values['batch_size'])}"
-    return f"{values['grid']}, B={plain_number(values['batch_size'])}"
+def _compare_family(kind: StudyKind, fam: pd.DataFrame, where: str) -> list[dict[str, Any]]:
+    """Every pair of subjects of one family on one machine."""
+    rows = []
+    tops = {
+        name: _units(g[g["parallelism_requested"] == g["parallelism_requested"].max()])
+        for name, g in fam.groupby(list(kind.layout), sort=True)
+    }
+    names = sorted(tops, key=lambda n: -log_interval(tops[n]["rate"]).estimate)
+    for i, subject in enumerate(names):
+        for reference in names[i + 1 :]:
+            a, b = tops[subject], tops[reference]
+            ratio, common = _paired(a, b, "rate")
+            flagged, labels = _flags([a, b], common)
+            rows.append(
+                {
+                    "study": kind.name,
+                    "machine": fam["machine"].iloc[0],
+                    "machine_name": fam["machine_name"].iloc[0],
+                    "family": where,
+                    "subject": _top_text(kind, subject, a),
+                    "reference": _top_text(kind, reference, b),
+                    "quantity": "rate",
+                    **ratio.columns("ratio"),
+                    "verdict": ratio.direction() if len(common) else NOT_FORMED,
+                    "not_formed": "" if len(common) else "no block and seed where both ran",
+                    "blocks": ratio.n,
+                    "subject_rate": log_interval(a.loc[common, "rate"]).estimate,
+                    "reference_rate": log_interval(b.loc[common, "rate"]).estimate,
+                    "rate_unit": a["rate_unit"].iloc[0],
+                    "flagged_blocks": flagged,
+                    "flagged_jobs": labels,
+                }
+            )
+    return rows
 
 
-def _top_text(study: str, name: tuple[str, int], units: pd.DataFrame) -> str:
-    par = int(units["parallelism_requested"].iloc[0])
-    return layout_text(name[0], par, int(name[1]), "thread" if study == "train" else "worker")
+def _not_formed(kind: StudyKind, family: pd.DataFrame, where: str) -> list[dict[str, Any]]:
+    """Subjects of one family that never ran on a common machine: listed, never divided."""
+    machines = {
+        kind.layout_text(name, top["parallelism_requested"].max(), ranks): dict(
+            zip(top["machine"], top["machine_name"], strict=True)
+        )
+        for (name, ranks), g in family.groupby(list(kind.layout), sort=True)
+        for top in [g[g["parallelism_requested"] == g["parallelism_requested"].max()]]
+    }
+    rows = []
+    names = sorted(machines)
+    for i, subject in enumerate(names):
+        for reference in names[i + 1 :]:
+            if set(machines[subject]) & set(machines[reference]):
+                continue
+            on = {n: " and ".join(sorted(set(machines[n].values()))) for n in (subject, reference)}
+            rows.append(
+                {
+                    "study": kind.name,
+                    "family": where,
+                    "subject": subject,
+                    "reference": reference,
+                    "quantity": "rate",
+                    "verdict": NOT_FORMED,
+                    "not_formed": f"{subject} ran only on {on[subject]}, {reference} only on "
+                    f"{on[reference]}: different machines",
+                    "blocks": 0,
+                    "rate_unit": kind.rate_unit,
+                }
+            )
+    return rows
+
+
+def _top_text(kind: StudyKind, layout: tuple[str, int], units: pd.DataFrame) -> str:
+    name, ranks = layout
+    return kind.layout_text(name, units["parallelism_requested"].iloc[0], ranks)
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -629,10 +641,21 @@ def write_frame(target: str | os.PathLike[str], frame: pd.DataFrame) -> None:
 
 
 def build_tables(
-    records: Sequence[str | os.PathLike[str]], out: Mapping[str, str | os.PathLike[str]]
+    records: Sequence[str | os.PathLike[str]],
+    out: Mapping[str, str | os.PathLike[str]],
+    config: tuple[str | os.PathLike[str], str] | None = None,
+    compare_with: Sequence[str | os.PathLike[str]] = (),
+    compare_names: Sequence[str] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Read every job's run record and outputs and write the tables named in `out`
-    (train, classify, jobs, summary, comparisons); returns them too."""
+    (train, classify, jobs, summary, comparisons, machines); returns them too.
+    `config` = (path, text) also writes the config the study ran with beside them, so the
+    tables and records make a self-contained result set (`cnnpar compare`, `cnnpar pack`).
+    `compare_with` lists other result sets (directories or `cnnpar pack` archives) whose
+    summaries the machines table puts beside this run's, named `compare_names` (default: the
+    paths); one that cannot be read raises `cnnpar.study.compare.CompareError`."""
+    from cnnpar.study import compare as sets
+
     runs = read_records(records)
     train = train_frame(runs)
     classify = classify_frame(runs)
@@ -646,8 +669,14 @@ def build_tables(
         if not jobs.empty
         else pd.DataFrame(columns=COMPARISON_COLUMNS),
     }
+    with sets.opened(compare_with, compare_names) as others:
+        tables["machines"] = sets.machines_frame(tables["summary"], jobs, others)
     for name, target in out.items():
         write_frame(target, tables[name])
+    if config is not None:
+        from cnnpar.io import write_text
+
+        write_text(config[0], config[1])
     flagged = int(jobs["flagged"].sum()) if not jobs.empty else 0
     log.info(
         "tables: %s; %d of %d timed jobs flagged",

@@ -20,7 +20,6 @@ This module imports neither numba nor torch, so listing engines stays cheap.
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Protocol
 
 import numpy as np
@@ -60,10 +59,23 @@ class UnknownEngine(CnnparError):
 def unavailable_reason(name: str) -> str | None:
     """None if engine `name` can run here, else a one-line reason naming the fix.
 
-    A CPU engine always can; a GPU engine asks its own runtime (numba.cuda or torch.cuda)."""
+    A CPU engine always can, given numba's settings where numba compiles it: a numba setting it
+    cannot read, or (numba's CPU threads) a threading layer that cannot load, makes it
+    unavailable. A GPU engine asks its own runtime (numba.cuda or torch.cuda).
+    """
     if name not in ENGINES:
         raise UnknownEngine(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
     entry = ENGINES[name]
+    target = entry.numba_target
+    if target is not None:
+        from cnnpar.measure import numba_settings
+
+        try:
+            numba_settings.load()
+        except numba_settings.NumbaSettingError as err:
+            return f"engine {name!r} cannot run: {err}"
+        if target == "cpu" and (problem := numba_settings.threading_problem()) is not None:
+            return f"engine {name!r} cannot run: {problem}"
     if not entry.gpu:
         return None
     if entry.runtime == "numba":
@@ -86,8 +98,11 @@ def unavailable_reason(name: str) -> str | None:
 
 
 def _numba_cuda_available() -> bool:
-    # The simulator is chosen when numba.cuda is first imported, from the environment.
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    # The simulator is chosen when numba.cuda is first imported, from numba's config (the
+    # environment or a .numba_config.yaml).
+    from cnnpar.measure import numba_settings
+
+    if numba_settings.cuda_simulated():
         return True
     try:
         from numba import cuda
@@ -109,3 +124,15 @@ def get_engine(name: str) -> type[Engine]:
 def available_engines() -> dict[str, str | None]:
     """Engine name → None if available here, else why not."""
     return {name: unavailable_reason(name) for name in ENGINES}
+
+
+def not_as_named_here(name: str) -> str | None:
+    """How engine `name` runs under numba's settings in this process when that is not as its
+    name says ("in numba's CUDA simulator (...), not on a GPU"), naming the setting; None if it
+    runs as named."""
+    from cnnpar.measure import numba_settings
+
+    target = ENGINES[name].numba_target
+    if target is None:
+        return None
+    return numba_settings.not_as_named(target, numba_settings.settings().as_dict())

@@ -26,6 +26,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from cnnpar.measure import numba_settings
 from cnnpar.nets.tinycnn import spec
 from cnnpar.nets.tinycnn.spec import CELLS, CLASSES, IMAGE, KERNEL, POOL, Params
 
@@ -36,9 +37,12 @@ FAST = {"reassoc", "contract", "nsz"}
 # the progress bar still moves (64 steps at B=32 is about 10 ms).
 QUEUE_STEPS = 64
 FC_TILE = 512  # FC columns per tile of the batched FC gradient: a (10, 512) float32 tile is 20 KB
+# Cache compiled code where numba can write (a read-only install and home has no cache
+# locator, and `cache=CACHE` would fail at import); off if nowhere is writable.
+CACHE = numba_settings.prepare_cache(__file__)
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=CACHE)
 def _to_float(image: np.ndarray, x: np.ndarray) -> None:
     """uint8 (28, 28) → float32 (28, 28) / 255, into x."""
     for i in range(IMAGE):
@@ -46,7 +50,7 @@ def _to_float(image: np.ndarray, x: np.ndarray) -> None:
             x[i, j] = np.float32(image[i, j]) / np.float32(255.0)
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=CACHE)
 def _conv_pool(x: np.ndarray, wc: np.ndarray, bc: np.ndarray, pooled: np.ndarray, arg: np.ndarray):
     """conv 3×3 → max-pool 2×2 → ReLU for one image, all F filters at once.
 
@@ -104,7 +108,7 @@ def _conv_pool(x: np.ndarray, wc: np.ndarray, bc: np.ndarray, pooled: np.ndarray
                     arg[base + f] = -1
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=CACHE)
 def _fc_forward(pooled: np.ndarray, wf: np.ndarray, bf: np.ndarray, logits: np.ndarray) -> None:
     n_in = wf.shape[1]
     for c in range(CLASSES):
@@ -114,7 +118,7 @@ def _fc_forward(pooled: np.ndarray, wf: np.ndarray, bf: np.ndarray, logits: np.n
         logits[c] = acc
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=CACHE)
 def _softmax_xent(logits: np.ndarray, y: int, scale: np.float32, dlogits: np.ndarray):
     """Return (loss, correct) of one image; dlogits = scale · (softmax − onehot(y))."""
     top = 0
@@ -134,7 +138,7 @@ def _softmax_xent(logits: np.ndarray, y: int, scale: np.float32, dlogits: np.nda
     return loss, top == y
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=CACHE)
 def _fc_dpool(wf: np.ndarray, dlogits: np.ndarray, dpool: np.ndarray) -> None:
     """dpool = wfᵀ · dlogits: the loss gradient at the pooled outputs (with the old wf)."""
     n_in = wf.shape[1]
@@ -146,7 +150,7 @@ def _fc_dpool(wf: np.ndarray, dlogits: np.ndarray, dpool: np.ndarray) -> None:
             dpool[j] += d * wf[c, j]
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=CACHE)
 def _conv_backward(x, arg, dpool, gwc, gbc, n_f: int) -> None:
     """Route each pooled gradient to its winning conv output and correlate with the input.
 
@@ -182,7 +186,7 @@ def _conv_backward(x, arg, dpool, gwc, gbc, n_f: int) -> None:
                 gwc[8 * n_f + f] += g0 * x22 + g1 * x23 + g2 * x32 + g3 * x33
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=CACHE)
 def _fc_update(pooled, dlogits, n: int, lr, wf, acc, lo: int, hi: int) -> None:
     """wf[:, lo:hi] -= lr · Σ_b dlogits[b] ⊗ pooled[b, lo:hi], the batch's FC weight gradient.
 
@@ -206,7 +210,7 @@ def _fc_update(pooled, dlogits, n: int, lr, wf, acc, lo: int, hi: int) -> None:
                 w[j] -= lr * a[j]
 
 
-@njit(fastmath=FAST, cache=True)
+@njit(fastmath=FAST, cache=CACHE)
 def _sgd_sum(p: np.ndarray, g: np.ndarray, lr) -> None:
     """p (n,) -= lr · Σ_t g[t, :n]; g holds one padded gradient row per thread."""
     for j in range(p.shape[0]):
@@ -216,7 +220,7 @@ def _sgd_sum(p: np.ndarray, g: np.ndarray, lr) -> None:
         p[j] -= lr * total
 
 
-@njit(parallel=True, fastmath=FAST, cache=True)
+@njit(parallel=True, fastmath=FAST, cache=CACHE)
 def _train_steps(
     images, labels, bounds, lr, wc, bc, wf, bf,  # data, steps (S, 2) [start, stop), weights
     pooled, dlogits,  # per-image rows of a batch, (≥B, padded)
@@ -281,7 +285,7 @@ def _train_steps(
         correct[s] = correct_total
 
 
-@njit(parallel=True, fastmath=FAST, cache=True)
+@njit(parallel=True, fastmath=FAST, cache=CACHE)
 def _predict(images, wc, bc, wf, bf, xs, pooled, arg, out) -> None:
     """Logits of every image into out (n, 10), images split into one chunk per thread."""
     n_threads = xs.shape[0]
