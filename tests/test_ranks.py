@@ -18,6 +18,7 @@ import pytest
 import ranks_faults
 
 from cnnpar import ranks, train
+from cnnpar.measure.machine import this_machine
 
 TESTS = Path(__file__).parent
 
@@ -211,6 +212,11 @@ def test_ddp_run_record_lists_every_rank_and_its_communication(tmp_path):
     assert [r["rank"] for r in results["ranks"]] == [0, 1]
     for r in results["ranks"]:
         assert r["host"] and r["cpu_affinity"] and r["torch_threads"] == 1
+    # Each rank is pinned to one CPU, yet the job's machine is this one as a one-process job
+    # sees it, so ranked and other layouts pair in the tables.
+    here = this_machine().as_dict()
+    assert record["machine"] == here
+    assert [r["machine"]["cpus"] for r in results["ranks"]] == [here["cpus"]] * 2
     steps = 4  # 100 digits in batches of 30
     assert len(results["step_comm_s"]) == len(results["step_compute_s"]) == steps
     assert all(c >= 0 for c in results["step_comm_s"]) and results["comm_s"] > 0
@@ -244,6 +250,7 @@ def test_classify_ranks_mode_writes_what_sequential_writes(weights, tmp_path):
     assert record["parallelism"]["processes"] == 2
     assert record["parallelism"]["requested"] == record["parallelism"]["effective"] == 2
     assert record["params"]["ranks"] == 2
+    assert record["machine"] == this_machine().as_dict()
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["predictions.npz", "result.csv", "mask.png", "run.json"]
     )

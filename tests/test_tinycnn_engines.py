@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import pytest
 
+from cnnpar import registry
 from cnnpar.data import load_mnist
 from cnnpar.nets import tinycnn
 from cnnpar.nets.tinycnn import numpy_engine, spec
@@ -264,7 +265,8 @@ def test_numpy_loss_is_softmax_cross_entropy():
 
 def test_engine_registry_lists_all_engines():
     status = tinycnn.available_engines()
-    assert tuple(status) == ("numpy", "numba", "cuda", "torch", "torch-cuda")
+    assert tuple(status) == tuple(registry.ENGINES)
+    assert {"numpy", "numba", "cuda", "torch", "torch-cuda", "torch-ddp"} <= set(status)
     assert status["numpy"] is None and status["numba"] is None and status["torch"] is None
 
 

@@ -334,7 +334,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     start = time.monotonic()
 
     proc = _start(workdir)
-    _wait_for(lambda: any(results.glob("train/tinycnn/*/*/*/*/*/*/metrics.csv")), 150, proc)
+    _wait_for(lambda: any(results.glob("train/tinycnn/**/block~*/metrics.csv")), 150, proc)
     time.sleep(1.0)  # let the next job start, so the kill lands mid-job
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)

@@ -76,6 +76,9 @@ class Placement:
     master_port: int
     launcher: str  # "local" or "srun"
     cpus: tuple[int, ...] | None = None  # the CPUs it is pinned to (local launcher)
+    # The CPUs the whole job may use on this rank's node, before any rank was pinned: part of
+    # the machine identity, which must be the same as a one-process job's on that node.
+    node_cpus: int | None = None
 
 
 @dataclass
@@ -127,11 +130,14 @@ TIMED_RESULT = "cnnpar/timed-result"
 
 
 def describe_rank(placement: Placement, threads: int) -> dict[str, Any]:
-    """This rank as the run record lists it: host, CPUs it may run on (read now, after torch
-    started), the thread counts the libraries report, and its SLURM job, step and task."""
+    """This rank as the run record lists it: host, its machine identity (the node as the job
+    may use it), CPUs it may run on (read now, after torch started), the thread counts the
+    libraries report, and its SLURM job, step and task."""
+    from cnnpar.measure.machine import this_machine
     from cnnpar.measure.threads import effective_threads
 
     return {
+        "machine": this_machine(cpus=placement.node_cpus).as_dict(),
         "rank": placement.rank,
         "local_rank": placement.local_rank,
         "host": socket.gethostname(),
@@ -203,6 +209,8 @@ def slurm_placement(ranks: int) -> Placement | None:
         master_addr=first_node(nodes),
         master_port=SLURM_PORT_BASE + (job * 16 + step) % SLURM_PORT_SPAN,
         launcher="srun",
+        # the job's CPUs on this node (SLURM's count), not this task's share of them
+        node_cpus=int(env.get("SLURM_CPUS_ON_NODE") or len(os.sched_getaffinity(0))),
     )
 
 
@@ -360,6 +368,7 @@ def placements(ranks: int, threads: int, port: int) -> list[Placement]:
             master_port=port,
             launcher="local",
             cpus=tuple(cpus[r * threads : (r + 1) * threads]) or None,
+            node_cpus=len(cpus),
         )
         for r in range(ranks)
     ]

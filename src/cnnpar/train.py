@@ -298,8 +298,10 @@ def run_record(
     results: dict,
     outputs: list[str],
     interference: Interference | None = None,
+    machine_cpus: int | None = None,
 ) -> RunRecord:
-    """The run record of a training run with the resolved config `cfg`."""
+    """The run record of a training run with the resolved config `cfg`; `machine_cpus` (a
+    ranked run) is the CPUs the job may use on rank 0's node, for the machine identity."""
     return RunRecord(
         command="train",
         model=cfg.model,
@@ -314,7 +316,7 @@ def run_record(
         outputs=outputs,
         environment=environment().as_dict(),
         interference=interference,
-        machine=this_machine(cfg.machine_label),
+        machine=this_machine(cfg.machine_label, cpus=machine_cpus),
     )
 
 
@@ -503,6 +505,7 @@ def _train_rank(
         },
         outputs=list(MODELS[cfg.model].outputs),
         interference=interference,
+        machine_cpus=ctx.placement.node_cpus,
     )
     out = Path(cfg.out)
     with io.run_directory(out) as tmp:

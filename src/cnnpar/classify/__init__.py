@@ -200,6 +200,7 @@ def _classify_rank(
         interference=interference,
         load=load,
         weights_note=weights_note,
+        machine_cpus=ctx.placement.node_cpus,
         extra={
             "launcher": ctx.placement.launcher,
             "world_size": ctx.world_size,

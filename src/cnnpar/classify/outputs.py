@@ -41,6 +41,7 @@ class Classification:
     interference: Interference | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # mode-specific results (ranks mode)
     weights_note: str | None = None  # how weights saved under other names were mapped
+    machine_cpus: int | None = None  # ranks mode: the job's CPUs on rank 0's node
 
     @property
     def accuracy(self) -> float:
@@ -118,6 +119,7 @@ class Classification:
                 **self.extra,
             },
             interference=self.interference,
+            machine_cpus=self.machine_cpus,
         )
 
 
@@ -126,13 +128,15 @@ def run_record(
     parallelism: Parallelism,
     results: dict,
     interference: Interference | None = None,
+    machine_cpus: int | None = None,
 ) -> RunRecord:
-    """The run record of a classification run with `config`."""
+    """The run record of a classification run with `config`; `machine_cpus` (ranks mode) is
+    the CPUs the job may use on rank 0's node, for the machine identity."""
     params = {
         k: str(v) if isinstance(v, Path) else v
         for k, v in asdict(config).items()
         # how it was guarded and where, not what ran
-        if k not in ("out", "timing_lock", "limits", "machine_label")
+        if k not in ("out", "timing_lock", "limits", "rank_timeout", "machine_label")
     }
     params.update(
         grid=config.grid, backend=config.resolved_backend, requested_backend=config.backend
@@ -146,7 +150,8 @@ def run_record(
         outputs=list(RESULT_FILES),
         environment=environment().as_dict(),
         interference=interference,
-        machine=this_machine(config.machine_label),
+        # a ranked run's identity is the node as the job may use it, not rank 0's share
+        machine=this_machine(config.machine_label, cpus=machine_cpus),
     )
 
 
