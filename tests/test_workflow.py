@@ -470,8 +470,8 @@ def test_jobs_overlapping_a_busy_loop_are_flagged_and_the_report_says_so(tiny_ru
 @pytest.mark.parametrize(
     ("rule", "pattern", "dependents"),
     [
-        ("train_tinycnn", "train/tinycnn/*/*/*/*/*/block~1/metrics.csv", set()),
-        ("classify", "classify/*/*/*/*/*/block~2/result.csv", set()),
+        ("train_tinycnn", "train/tinycnn/*/*/*/*/*/*/block~1/metrics.csv", set()),
+        ("classify", "classify/*/*/*/*/*/*/block~2/result.csv", set()),
         ("train_mosaicnet", "train/mosaicnet/**/model.pt", {"classify"}),  # they use its weights
     ],
 )
