@@ -15,7 +15,7 @@ rule classify:
     benchmark:
         f"{BENCHMARKS}/classify/{CLASSIFY_TAIL}/block~{{block}}.tsv"
     group:
-        CLASSIFY_GROUP
+        family_group(CLASSIFY_GROUP)
     shadow:
         "minimal"
     conda:

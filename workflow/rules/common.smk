@@ -162,6 +162,21 @@ CLASSIFY_FAMILY_DONE = (
 )
 TRAIN_GROUP = "train-block~{block}-filters~{filters}-batch~{batch}-seed~{seed}"
 CLASSIFY_GROUP = "classify-block~{block}-grid~{grid}-batch~{batch}-seed~{seed}"
+
+
+def family_group(group: str):
+    """The job group of a timed job: its family's, except for a ranked job (ranks~R, R > 1),
+    which is submitted on its own: srun starts its R tasks, and one group job cannot mix that
+    multi-task launch with the family's one-task jobs. Its ratios still pair only within one
+    machine (the tables check each job's machine identity)."""
+
+    def of(wildcards) -> str | None:
+        values = dict(wildcards.items())
+        if int(values.get("ranks", 1)) > 1:
+            return None
+        return group.format(**values)
+
+    return of
 DATA_CHECK = f"{RESULTS}/data/verify.txt"
 TABLES = f"{RESULTS}/tables"
 FIGURE_DIR = f"{RESULTS}/figures"

@@ -47,7 +47,7 @@ rule train_tinycnn:
     benchmark:
         f"{BENCHMARKS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.tsv"
     group:
-        TRAIN_GROUP
+        family_group(TRAIN_GROUP)
     shadow:
         "minimal"
     conda:
