@@ -67,6 +67,10 @@ MODES = {
     "threads-2-b64": dict(mode="threads", workers=2, batch_size=64),
     "processes-2-b64": dict(mode="processes", workers=2, batch_size=64, repeats=2),
     "processes-2-b256-jit": dict(mode="processes", workers=2, backend="jit"),
+    # 600 cells in 10 batches of 64: rank 0 takes 5 batches, rank 1 the other 4 and a part
+    "ranks-2-b64": dict(mode="ranks", ranks=2, batch_size=64, repeats=2),
+    # 600 cells in one batch: rank 1's shard is empty, and it still joins the gather
+    "ranks-2-b1024": dict(mode="ranks", ranks=2, batch_size=1024),
 }
 
 
@@ -128,9 +132,18 @@ def test_all_cpu_modes_give_identical_predictions(
 
 
 def test_effective_threads_per_mode(results: dict[str, classify.Classification]) -> None:
-    expected = {"sequential": (1, 1), "threads": (1, 2), "processes": (2, 1)}
+    expected = {"sequential": (1, 1), "threads": (1, 2), "processes": (2, 1), "ranks": (2, 1)}
     for r in results.values():
         assert (r.processes, r.threads["torch_threads"]) == expected[r.config.mode]
+
+
+def test_ranks_mode_shards_cover_the_mosaic(results: dict[str, classify.Classification]) -> None:
+    for name, cells in (("ranks-2-b64", [320, 280]), ("ranks-2-b1024", [600, 0])):
+        extra = results[name].extra
+        assert [r["rank"] for r in extra["ranks"]] == [0, 1], name
+        assert [r["cells"] for r in extra["ranks"]] == cells, name
+        assert len(extra["repeat_comm_s"]) == results[name].config.repeats, name
+        assert all(r["host"] and r["cpu_affinity"] for r in extra["ranks"]), name
 
 
 def test_labels_are_the_true_test_labels(cli_run: Path) -> None:
@@ -291,6 +304,11 @@ BAD = {
     "not a state_dict": (["--weights=<junk>"], "is not a torch state_dict"),
     "unwritable out": (["--out={tmp}/file.txt/out"], "cannot create output directory"),
     "jit on cuda": (["--mode=cuda", "--backend=jit"], "runs on the CPU only"),
+    "ranks without mode ranks": (["--ranks=2"], "--ranks and --threads apply to --mode ranks"),
+    "ranks x threads above the CPUs": (
+        ["--mode=ranks", "--ranks=2", f"--threads={len(os.sched_getaffinity(0))}"],
+        "threads, more than the",
+    ),
 }
 
 

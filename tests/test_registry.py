@@ -66,3 +66,21 @@ def test_cli_choices_come_from_the_registry() -> None:
     assert choices[("train", "model")] == list(registry.MODELS)
     assert choices[("classify", "mode")] == list(registry.MODES)
     assert choices[("classify", "backend")] == list(registry.BACKENDS)
+
+
+def test_every_model_names_its_trainer() -> None:
+    from cnnpar.nets import training
+
+    for model in registry.MODELS.values():
+        trainer = getattr(training, model.trainer)
+        for method in ("memory_estimate", "build", "write"):
+            assert callable(getattr(trainer, method)), (model.name, method)
+        assert model.outputs and "run.json" not in model.outputs
+
+
+def test_shapes_come_from_the_layout() -> None:
+    for mode in registry.MODES.values():
+        threads, processes = mode.host_threads(3), mode.worker_processes(3)
+        assert threads == (3 if mode.parallel and mode.layout == "threads" else 1), mode.name
+        assert processes == (3 if mode.layout == "processes" else 0), mode.name
+    assert set(registry.gpu_engines()) == {e for e, x in registry.ENGINES.items() if x.gpu}

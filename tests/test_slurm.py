@@ -294,9 +294,11 @@ def test_timed_jobs_queue_together_but_run_alone(
     assert queued_while_another_ran, "timed jobs were submitted one at a time"
 
 
-# Which wildcard holds the thread or worker count, in the order the plugin joins them into the
-# job comment "rule_<rule>_wildcards_<w1>_<w2>_...". train_mosaicnet's count is in the config.
-THREADS_WILDCARD = {"train_tinycnn_full": 1}
+# Which wildcards hold the rank count and the job's cores (threads or workers), in the order the
+# plugin joins them into the job comment "rule_<rule>_wildcards_<w1>_<w2>_...": each rank is a
+# task of cores / ranks CPUs. train_mosaicnet's count is in the config; the paired jobs run in
+# group jobs (below).
+THREADS_WILDCARD = {"train_tinycnn_full": (1, 2)}
 
 
 def test_each_timed_job_reserves_the_cores_it_measures(
@@ -315,7 +317,8 @@ def test_each_timed_job_reserves_the_cores_it_measures(
             threads = max(config["classify"]["workers"])
         else:
             wildcards = fields["Comment"].split("_wildcards_", 1)[1].split("_")
-            threads = int(wildcards[THREADS_WILDCARD[submission.rule]])
+            ranks, cores = THREADS_WILDCARD[submission.rule]
+            threads = int(wildcards[cores]) // int(wildcards[ranks])
         assert fields["CPUs/Task"] == str(threads), (submission, fields["Comment"])
 
 

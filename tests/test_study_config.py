@@ -72,7 +72,7 @@ def test_bad_enum_names_the_key_and_the_allowed_values():
 def test_unknown_key_lists_the_allowed_keys():
     message = check({"classify": {"grid": ["10x10"]}})
     assert "unknown config key 'grid' in 'classify'" in message
-    assert "allowed keys: batch_sizes, grids, modes, repeats, seeds, workers" in message
+    assert "allowed keys: batch_sizes, grids, modes, ranks, repeats, seeds, workers" in message
     assert "unknown config key 'typo'; allowed keys:" in check({"typo": 1})
 
 
@@ -251,6 +251,20 @@ def test_without_probing_the_config_is_trusted(no_gpu: None):
     """A cluster run: the submitting node's hardware says nothing about the compute nodes."""
     values = ["numpy", "cuda", "torch-cuda"]
     assert usable(values, "train engine", True, pytest.fail, probe=False) == values
+
+
+@pytest.mark.parametrize(
+    ("cores", "ranks", "parallel", "ranked", "expected"),
+    [
+        ([1, 2], [2], True, True, [(2, 1)]),  # the default study: 2 ranks x 1 thread
+        ([1, 2, 4, 8], [2, 4], True, True, [(2, 1), (2, 2), (4, 1), (2, 4), (4, 2)]),
+        ([2], [3], True, True, []),  # no rank count divides the cores
+        ([1, 2], [2], True, False, [(1, 1), (1, 2)]),  # threads or processes
+        ([1, 2], [2], False, False, [(1, 1)]),  # serial
+    ],
+)
+def test_layouts_split_each_core_count_over_ranks(cores, ranks, parallel, ranked, expected):
+    assert study_config.layouts(cores, ranks, parallel=parallel, ranked=ranked) == expected
 
 
 def test_data_mirror_is_a_url_or_a_list_of_urls_for_source_download():

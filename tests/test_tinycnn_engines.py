@@ -9,6 +9,7 @@ is first imported), on a smaller problem because the simulator runs every GPU th
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import numpy as np
 import pytest
 
+from cnnpar import registry
 from cnnpar.data import load_mnist
 from cnnpar.nets import tinycnn
 from cnnpar.nets.tinycnn import numpy_engine, spec
@@ -263,7 +265,8 @@ def test_numpy_loss_is_softmax_cross_entropy():
 
 def test_engine_registry_lists_all_engines():
     status = tinycnn.available_engines()
-    assert tuple(status) == ("numpy", "numba", "cuda", "torch", "torch-cuda")
+    assert tuple(status) == tuple(registry.ENGINES)
+    assert {"numpy", "numba", "cuda", "torch", "torch-cuda", "torch-ddp"} <= set(status)
     assert status["numpy"] is None and status["numba"] is None and status["torch"] is None
 
 
@@ -281,3 +284,59 @@ def test_cuda_without_gpu_names_the_simulator(monkeypatch):
     assert str(err.value) == (
         "engine 'cuda' needs a CUDA GPU; none found (set NUMBA_ENABLE_CUDASIM=1 to simulate)"
     )
+
+
+# --- torch-ddp: the same steps on ranks ---------------------------------------------------------
+
+
+def _ddp_rank(ctx, images, labels, batch):
+    """A rank's part of run_engine("torch-ddp", ...), started by cnnpar.ranks."""
+    result = run_engine("torch-ddp", images, labels, batch=batch, threads=1)
+    ctx.end_timed()
+    return result
+
+
+def run_ddp(ranks_count, images, labels, batch=BATCH):
+    from cnnpar import ranks
+
+    return ranks.run(_ddp_rank, (images, labels, batch), ranks=ranks_count, threads=1, timeout_s=60)
+
+
+@pytest.fixture
+def three_cpus(monkeypatch):
+    """Three 1-thread ranks on this 2-CPU machine: the equivalence needs 3 ranks, not speed."""
+    from cnnpar import limits
+
+    monkeypatch.setattr(limits, "cpus_available", lambda: 3)
+
+
+def test_ddp_shards_cover_the_batch_contiguously():
+    from cnnpar.nets.tinycnn.ddp_engine import shard
+
+    for size, world in ((16, 2), (16, 3), (2, 3), (1, 2), (7, 7)):
+        bounds = [shard(10, 10 + size, r, world) for r in range(world)]
+        assert bounds[0][0] == 10 and bounds[-1][1] == 10 + size
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
+        sizes = [hi - lo for lo, hi in bounds]
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_ddp_two_ranks_match_numpy(train_digits, reference):
+    assert_matches(run_ddp(2, *train_digits), reference)
+
+
+def test_ddp_three_uneven_ranks_match_numpy(train_digits, reference, three_cpus):
+    assert BATCH % 3 != 0  # shards of 6, 5 and 5 rows
+    assert_matches(run_ddp(3, *train_digits), reference)
+
+
+def test_ddp_empty_shard_and_partial_batch_match_numpy(train_digits):
+    """257 digits in batches of 16: the last batch has one row, so rank 1's shard is empty and
+    it still joins the all-reduce."""
+    images, labels = (np.concatenate([a, a[:1]]) for a in train_digits)
+    ref = run_engine("numpy", images, labels)
+    got = run_ddp(2, images, labels)
+    np.testing.assert_allclose(got[0], ref[0], rtol=RTOL, atol=ATOL)
+    assert got[1].sum() == pytest.approx(ref[1].sum(), abs=2)
+    for key in spec.PARAM_KEYS:
+        np.testing.assert_allclose(got[2][key], ref[2][key], rtol=RTOL, atol=ATOL, err_msg=key)

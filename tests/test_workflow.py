@@ -92,7 +92,8 @@ def test_full_config_is_a_real_sweep():
     tiny, cls = config["train"]["tinycnn"], config["classify"]
     assert len(tiny["threads"]) >= 3 and len(tiny["filters"]) >= 2 and len(tiny["seeds"]) >= 3
     assert {"200x300", "1000x1000"} <= set(cls["grids"])
-    assert set(tiny["engines"]) == {"numpy", "numba", "cuda", "torch", "torch-cuda"}
+    assert set(tiny["engines"]) == {"numpy", "numba", "cuda", "torch", "torch-cuda", "torch-ddp"}
+    assert "ranks" in cls["modes"] and len(tiny["ranks"]) >= 2
 
 
 def test_unavailable_engines_are_skipped_with_a_warning_or_fail_when_strict(tmp_path: Path):
@@ -143,6 +144,35 @@ def test_bad_configs_fail_at_start_up_naming_the_key(tmp_path: Path, override: d
     assert named in output, output[-2000:]
     assert "allowed" in output or "must be" in output or "ROWSxCOLS" in output
     assert not (tmp_path / "results").exists()  # nothing ran
+
+
+def test_dry_run_lays_ranked_jobs_out_over_their_cores(tmp_path: Path):
+    """torch-ddp and mode ranks split each core count over every rank count dividing it; a
+    rank count that divides none is skipped with a warning."""
+    cfg = tmp_path / "ranks.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "blocks": 1,
+                "train": {"tinycnn": {"engines": ["torch", "torch-ddp"], "threads": [1, 2, 4],
+                                      "ranks": [2, 4]}},
+                "classify": {"modes": ["processes", "ranks"], "workers": [2], "ranks": [3],
+                             "grids": ["10x10"]},
+            }
+        )
+    )  # fmt: skip
+    result = snakemake(tmp_path, "-n", "-p", "--cores", "4", "--configfile", str(cfg))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    train = set(re.findall(r"cnnpar train --model tinycnn --engine (\S+) --ranks (\d+) "
+                           r"--threads (\d+)", output))  # fmt: skip
+    assert train == {
+        ("torch", "1", "1"), ("torch", "1", "2"), ("torch", "1", "4"),
+        ("torch-ddp", "2", "1"), ("torch-ddp", "2", "2"), ("torch-ddp", "4", "1"),
+    }  # fmt: skip
+    assert "engine~torch-ddp/ranks~4/threads~4/" in output  # the path names the job's cores
+    assert "skipping classify mode 'ranks': no rank count in [3] divides" in output
+    assert "--mode ranks" not in output and "--mode processes --workers 2" in output
 
 
 def test_data_mirror_reaches_every_job_that_reads_data(tmp_path: Path):
@@ -304,7 +334,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     start = time.monotonic()
 
     proc = _start(workdir)
-    _wait_for(lambda: any(results.glob("train/tinycnn/*/*/*/*/*/*/metrics.csv")), 150, proc)
+    _wait_for(lambda: any(results.glob("train/tinycnn/**/block~*/metrics.csv")), 150, proc)
     time.sleep(1.0)  # let the next job start, so the kill lands mid-job
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -440,8 +470,8 @@ def test_jobs_overlapping_a_busy_loop_are_flagged_and_the_report_says_so(tiny_ru
 @pytest.mark.parametrize(
     ("rule", "pattern", "dependents"),
     [
-        ("train_tinycnn", "train/tinycnn/*/*/*/*/*/block~1/metrics.csv", set()),
-        ("classify", "classify/*/*/*/*/*/block~2/result.csv", set()),
+        ("train_tinycnn", "train/tinycnn/*/*/*/*/*/*/block~1/metrics.csv", set()),
+        ("classify", "classify/*/*/*/*/*/*/block~2/result.csv", set()),
         ("train_mosaicnet", "train/mosaicnet/**/model.pt", {"classify"}),  # they use its weights
     ],
 )
@@ -541,7 +571,8 @@ def test_fail_once_shim_fails_one_training_job_once(tmp_path: Path):
     env = venv_env()
     env["PATH"] = fail_once_shim(tmp_path / "shim", marker, env["PATH"])
     target = (
-        "results/train/tinycnn/engine~numpy/threads~1/filters~4/batch~32/seed~0/block~1/metrics.csv"
+        "results/train/tinycnn/engine~numpy/ranks~1/threads~1/filters~4/batch~32/seed~0/"
+        "block~1/metrics.csv"
     )
     args = [target, "--cores", "2", "--configfile", str(TINY)]  # --configfile takes nargs
     first = subprocess.run(

@@ -34,32 +34,39 @@ def load_config(path: Path) -> dict:
     )
 
 
+def _shapes(entry: registry.Engine | registry.Mode, cores: list[int], ranks: list[int]) -> int:
+    """Jobs per other parameter: a core count each (parallel), one (serial), or for a ranked
+    entry one per (cores, ranks) pair whose rank count divides the cores evenly."""
+    if entry.ranks:
+        return sum(1 for c in cores for r in ranks if c % r == 0)
+    return len(cores) if entry.parallel else 1
+
+
 def expected_jobs(config: dict) -> dict[str, int]:
     """Job counts computed from the config by the rules the workflow documents: engines and
-    modes that are not parallel run once (at 1 thread or worker), GPU ones are dropped where
+    modes that are not parallel run once (at 1 thread or worker), ranked ones (torch-ddp, mode
+    ranks) once per ranks x threads split of a core count, GPU ones are dropped where
     unavailable (a local run), one MosaicNet per seed, and one marker per comparison family
     (training: filters × batch × seed; classification: grid × batch × seed) and block."""
     tiny, cls = config["train"]["tinycnn"], config["classify"]
     engines = [e for e in tiny["engines"] if unavailable_reason(e, "train engine") is None]
     modes = [m for m in cls["modes"] if unavailable_reason(m, "classify mode") is None]
     n_train = 0
+    trained = 0  # engines with at least one job (a full-length run each)
     for engine in engines:
-        threads = tiny["threads"] if registry.ENGINES[engine].parallel else [1]
-        n_train += (
-            len(threads) * len(tiny["filters"]) * len(tiny["batch_sizes"]) * len(tiny["seeds"])
-        )
+        shapes = _shapes(registry.ENGINES[engine], tiny["threads"], tiny["ranks"])
+        trained += bool(shapes)
+        n_train += shapes * len(tiny["filters"]) * len(tiny["batch_sizes"]) * len(tiny["seeds"])
     n_classify = 0
     grids = {g if isinstance(g, str) else f"{g['rows']}x{g['cols']}" for g in cls["grids"]}
     for mode in modes:
-        workers = cls["workers"] if registry.MODES[mode].parallel else [1]
-        n_classify += len(workers) * len(grids) * len(cls["batch_sizes"]) * len(cls["seeds"])
+        shapes = _shapes(registry.MODES[mode], cls["workers"], cls["ranks"])
+        n_classify += shapes * len(grids) * len(cls["batch_sizes"]) * len(cls["seeds"])
     blocks = config["blocks"]
+    n_full = trained * len(tiny["filters"]) * len(tiny["batch_sizes"]) * len(tiny["seeds"])
     # One job group per comparison family and block, closed by a marker job.
     train_families = len(tiny["filters"]) * len(tiny["batch_sizes"]) * len(tiny["seeds"])
     classify_families = len(grids) * len(cls["batch_sizes"]) * len(cls["seeds"])
-    n_full = sum(
-        len(tiny["filters"]) * len(tiny["batch_sizes"]) * len(tiny["seeds"]) for _ in engines
-    )
     return {
         "verify_data": 1,
         "train_mosaicnet": len(cls["seeds"]),

@@ -297,6 +297,24 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 # numeric options here only parse.
 
 
+def _add_rank_options(p: argparse.ArgumentParser, what: str) -> None:
+    from cnnpar.ranks import DEFAULT_TIMEOUT_S
+
+    p.add_argument(
+        "--ranks",
+        type=_positive_int,
+        default=1,
+        help=f"torch.distributed ranks ({what}; under srun, its task count); default 1",
+    )
+    p.add_argument(
+        "--rank-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds a rank waits for the others in a collective before the job ends "
+        f"(default {DEFAULT_TIMEOUT_S:g})",
+    )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from cnnpar import train
 
@@ -316,9 +334,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data_source=args.data_source,
         mirrors=tuple(args.mirrors or ()),
         time_budget=args.time_budget,
+        ranks=args.ranks,
+        rank_timeout=args.rank_timeout,
         **_timing_kwargs(args),
     )
     result = train.run(cfg)
+    if result is None:  # a rank other than 0 of an srun step: rank 0 reports
+        return 0
     for row in result.rows:
         print(train.format_row(row))
     print(f"wrote {', '.join([*result.record.outputs, 'run.json'])} to {result.out}")
@@ -337,7 +359,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         choices=list(ENGINES),
         help="default: " + ", ".join(f"{m.default_engine} ({m.name})" for m in MODELS.values()),
     )
-    p.add_argument("--threads", type=_positive_int, default=1, help="CPU threads (default 1)")
+    p.add_argument(
+        "--threads", type=_positive_int, default=1, help="CPU threads (per rank; default 1)"
+    )
+    _add_rank_options(p, "engine torch-ddp")
     p.add_argument(
         "--filters", type=_positive_int, default=None, help="TinyCNN conv filters F (default 8)"
     )
@@ -473,9 +498,14 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         data_source=args.data_source,
         mirrors=tuple(args.mirrors or ()),
         tune_malloc=args.tune_malloc,
+        ranks=args.ranks,
+        threads=args.threads,
+        rank_timeout=args.rank_timeout,
         **_timing_kwargs(args),
     )
     result = classify.run(cfg, progress=sys.stderr.isatty())
+    if result is None:  # a rank other than 0 of an srun step: rank 0 reports
+        return 0
     for line in classify.summary_lines(result):
         print(line)
     print(f"wrote {', '.join([*classify.outputs.RESULT_FILES, 'run.json'])} to {cfg.out}")
@@ -485,7 +515,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 def _add_classify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "classify",
-        help="classify a mosaic of test digits with MosaicNet (sequential/threads/processes/cuda)",
+        help="classify a mosaic of test digits with MosaicNet (" + "/".join(MODES) + ")",
     )
     p.add_argument(
         "--weights", required=True, help="model.pt from `cnnpar train --model mosaicnet`"
@@ -498,6 +528,10 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
         type=_positive_int,
         default=1,
         help="torch threads (threads) or processes (default 1)",
+    )
+    _add_rank_options(p, "mode ranks")
+    p.add_argument(
+        "--threads", type=_positive_int, default=1, help="torch threads per rank (mode ranks)"
     )
     p.add_argument(
         "--batch-size", type=_positive_int, default=256, help="cells per batch (default 256)"

@@ -13,6 +13,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 Device = Literal["cpu", "cuda"]
+# The library that drives an engine's device: what decides whether a GPU engine can run here.
+Runtime = Literal["numpy", "numba", "torch"]
+# How a command's work is laid out over processes and threads:
+#   "threads"    one process, its own threads (--threads, or --workers as threads)
+#   "processes"  worker processes started by the command, one thread each (--workers)
+#   "ranks"      torch.distributed ranks (--ranks), each with --threads threads (cnnpar.ranks)
+Layout = Literal["threads", "processes", "ranks"]
 
 
 @dataclass(frozen=True)
@@ -23,12 +30,27 @@ class Engine:
     module: str  # the module holding `cls`, imported only when the engine is used
     cls: str
     parallel: bool  # whether host threads mean anything to it (else it runs at 1)
-    device: Device
+    device: Device  # decides availability (a GPU engine needs one) and cluster GPU resources
+    runtime: Runtime  # which library is asked whether `device` is there
     models: tuple[str, ...]  # which models it can train
     summary: str
-    # The numba target it compiles for ("cpu": JIT with numba's threads, "cuda": numba.cuda),
-    # so numba's settings (JIT off, the CUDA simulator) decide whether it runs as named.
-    numba_target: Literal["cpu", "cuda"] | None = None
+    layout: Layout = "threads"
+
+    @property
+    def gpu(self) -> bool:
+        return self.device == "cuda"
+
+    @property
+    def ranks(self) -> bool:
+        """Whether it trains as torch.distributed ranks (`--ranks`)."""
+        return self.layout == "ranks"
+
+    @property
+    def numba_target(self) -> Literal["cpu", "cuda"] | None:
+        """The numba target it compiles for ("cpu": JIT with numba's threads, "cuda":
+        numba.cuda), so numba's settings (JIT off, the CUDA simulator) decide whether it runs
+        as named; None for an engine numba does not compile."""
+        return self.device if self.runtime == "numba" else None
 
 
 @dataclass(frozen=True)
@@ -40,11 +62,25 @@ class Mode:
     parallel: bool  # whether --workers means anything to it (else it runs 1 worker)
     device: Device
     summary: str
+    layout: Layout = "threads"
+
+    @property
+    def gpu(self) -> bool:
+        return self.device == "cuda"
+
+    @property
+    def ranks(self) -> bool:
+        """Whether it classifies as torch.distributed ranks (`--ranks`, `--threads`)."""
+        return self.layout == "ranks"
 
     def host_threads(self, workers: int) -> int:
         """Torch threads of the classifying process itself: the workers when they are its
         threads, else 1 (worker processes pin their own)."""
-        return workers if self.parallel and self.runner == "InProcessRunner" else 1
+        return workers if self.parallel and self.layout == "threads" else 1
+
+    def worker_processes(self, workers: int) -> int:
+        """Classifying processes the command starts besides itself (0 unless processes)."""
+        return workers if self.layout == "processes" else 0
 
 
 @dataclass(frozen=True)
@@ -58,10 +94,17 @@ class Backend:
 
 @dataclass(frozen=True)
 class Model:
+    """A network `cnnpar train` trains. `trainer` names the class in cnnpar.nets.training that
+    builds its engine, estimates its memory and writes its outputs."""
+
     name: str
     default_engine: str
     defaults: dict[str, object]  # what `cnnpar train` fills in for an option left out
     summary: str
+    trainer: str
+    outputs: tuple[str, ...]  # what its run directory holds besides run.json, in order
+    options: tuple[str, ...] = ()  # model-specific options of `cnnpar train` (dests)
+    shrink: str = "use a smaller --batch-size"  # how to make a run fit in memory
 
 
 @dataclass(frozen=True)
@@ -91,6 +134,7 @@ ENGINES: dict[str, Engine] = {
             "NumpyEngine",
             parallel=False,
             device="cpu",
+            runtime="numpy",
             models=("tinycnn",),
             summary="the float64-accumulating NumPy reference",
         ),
@@ -100,9 +144,9 @@ ENGINES: dict[str, Engine] = {
             "NumbaEngine",
             parallel=True,
             device="cpu",
+            runtime="numba",
             models=("tinycnn",),
             summary="numba CPU threads, one fused pass per image",
-            numba_target="cpu",
         ),
         Engine(
             "cuda",
@@ -110,9 +154,9 @@ ENGINES: dict[str, Engine] = {
             "CudaEngine",
             parallel=False,
             device="cuda",
+            runtime="numba",
             models=("tinycnn",),
             summary="numba.cuda kernels, the batch kept on the device",
-            numba_target="cuda",
         ),
         Engine(
             "torch",
@@ -120,6 +164,7 @@ ENGINES: dict[str, Engine] = {
             "TorchEngine",
             parallel=True,
             device="cpu",
+            runtime="torch",
             models=("tinycnn", "mosaicnet"),
             summary="PyTorch on the CPU",
         ),
@@ -129,8 +174,20 @@ ENGINES: dict[str, Engine] = {
             "TorchCudaEngine",
             parallel=False,
             device="cuda",
+            runtime="torch",
             models=("tinycnn", "mosaicnet"),
             summary="PyTorch on the first CUDA device",
+        ),
+        Engine(
+            "torch-ddp",
+            f"{TINYCNN_ENGINE_MODULE}.ddp_engine",
+            "DdpEngine",
+            parallel=True,
+            device="cpu",
+            runtime="torch",
+            models=("tinycnn", "mosaicnet"),
+            summary="PyTorch DistributedDataParallel: --ranks processes x --threads (Gloo)",
+            layout="ranks",
         ),
     )
 }
@@ -158,6 +215,15 @@ MODES: dict[str, Mode] = {
             parallel=True,
             device="cpu",
             summary="N spawned worker processes, one torch thread each",
+            layout="processes",
+        ),
+        Mode(
+            "ranks",
+            "RanksRunner",
+            parallel=False,  # --workers means nothing to it: --ranks and --threads do
+            device="cpu",
+            summary="N torch.distributed ranks x T threads, cells sharded, gathered on rank 0",
+            layout="ranks",
         ),
         Mode(
             "cuda",
@@ -188,6 +254,10 @@ MODELS: dict[str, Model] = {
             default_engine="numba",
             defaults={"filters": 8, "batch_size": 32, "epochs": 3, "lr": 0.05},
             summary="conv3x3 F → ReLU → maxpool 2 → FC 10, plain SGD",
+            trainer="TinyCNNTrainer",
+            outputs=("weights_init.npz", "weights_final.npz", "metrics.csv"),
+            options=("filters",),
+            shrink="use a smaller --filters or --batch-size",
         ),
         Model(
             "mosaicnet",
@@ -195,6 +265,8 @@ MODELS: dict[str, Model] = {
             # Adam at its usual 1e-3; MosaicNet has no width to choose.
             defaults={"filters": None, "batch_size": 64, "epochs": 2, "lr": 1e-3},
             summary="conv5x5 16 → pool → conv5x5 32 → pool → FC 1568-512-256-10, Adam",
+            trainer="MosaicNetTrainer",
+            outputs=("model.pt", "metrics.csv"),
         ),
     )
 }
@@ -261,6 +333,18 @@ FIGURES: dict[str, Figure] = {
             tables=("summary",),
         ),
         Figure(
+            "layouts",
+            "Layouts at equal cores",
+            "Throughput of every way the study laid the same number of cores out: training "
+            "(TinyCNN, images/s) as torch-ddp ranks x threads per rank beside one process of "
+            "threads (numba, torch); classification (the largest grid, cells/s) as ranks beside "
+            "worker processes and threads. Error bars are 95% intervals over blocks; the hatched "
+            "foot of a ranked layout's bar is its communication share (all-reduce per step, or "
+            "gather per repeat, over the whole step or repeat, median over blocks), which "
+            "includes waiting for the slowest rank.",
+            tables=("summary",),
+        ),
+        Figure(
             "machines_throughput",
             "Machines: throughput per engine and mode",
             "Throughput of every configuration on each machine (one bar per result set and "
@@ -312,6 +396,16 @@ def names(registry: dict[str, object]) -> list[str]:
 
 def engines_for(model: str) -> list[str]:
     return [e.name for e in ENGINES.values() if model in e.models]
+
+
+def gpu_engines() -> list[str]:
+    """The engines that need a GPU (cluster jobs ask for one)."""
+    return [e.name for e in ENGINES.values() if e.gpu]
+
+
+def gpu_modes() -> list[str]:
+    """The classify modes that need a GPU."""
+    return [m.name for m in MODES.values() if m.gpu]
 
 
 def table_figures() -> list[Figure]:

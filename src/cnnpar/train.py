@@ -18,18 +18,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cnnpar import io, limits
+from cnnpar import ranks as ranks_mod
 from cnnpar.data import COUNTS, Mnist, check_mirrors, load_mnist
 from cnnpar.errors import CnnparError
 from cnnpar.measure.environment import environment
 from cnnpar.measure.interference import DEFAULT_LOCK, Interference, Limits, TimedRegion
 from cnnpar.measure.machine import this_machine
 from cnnpar.measure.threads import numba_threading_layer, set_threads
-from cnnpar.nets import tinycnn
+from cnnpar.nets import tinycnn, training
 from cnnpar.nets.tinycnn import spec
+from cnnpar.nets.training import EVAL_CHUNK
 from cnnpar.record import Parallelism, RunRecord
 from cnnpar.registry import ENGINES, MODELS, engines_for
 
@@ -43,7 +46,6 @@ METRIC_FIELDS = (
     "test_loss",
     "test_acc",
 )
-EVAL_CHUNK = 1000  # test images per predict call: bounds the numpy engine's im2col memory
 # An epoch's mean cross-entropy above this many times its value at random guessing, ln(10)
 # ≈ 2.30, is divergence as much as a NaN is: training moves the loss down from about ln(10),
 # so a mean of 23 means logits that blew up (a too-large --lr), however finite.
@@ -76,6 +78,8 @@ class TrainConfig:
     mirrors: tuple[str, ...] = ()  # for data_source "download"; empty: the public mirrors
     block: int | None = None  # the study's paired block this run belongs to, if any
     time_budget: float | None = None  # stop at the first step after this many timed seconds
+    ranks: int = 1  # torch.distributed ranks (engines whose layout is "ranks"), --threads each
+    rank_timeout: float = ranks_mod.DEFAULT_TIMEOUT_S  # a collective waits this long for a rank
     timing_lock: str | None = str(DEFAULT_LOCK)
     limits: Limits = field(default_factory=Limits)
     machine_label: str | None = None  # part of the machine identity in the record
@@ -121,7 +125,19 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             f"--test-size must be in 1..{COUNTS['test']} (got {cfg.test_size})",
         ),
     ]
-    if cfg.model == "tinycnn":
+    engine = ENGINES.get(cfg.engine)
+    if engine is not None and engine.ranks:
+        checks.append(
+            (
+                math.isfinite(cfg.rank_timeout) and cfg.rank_timeout > 0,
+                f"--rank-timeout must be a positive number of seconds (got {cfg.rank_timeout})",
+            )
+        )
+    elif engine is not None and cfg.ranks != 1:
+        ranked = " or ".join(e.name for e in ENGINES.values() if e.ranks)
+        checks.append((False, f"--ranks applies to --engine {ranked} only (got {cfg.ranks})"))
+    model = MODELS[cfg.model]
+    if "filters" in model.options:
         checks.append((cfg.filters >= 1, f"--filters must be >= 1 (got {cfg.filters})"))
     for ok, message in checks:
         if not ok:
@@ -134,44 +150,29 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         )
     tinycnn.get_engine(cfg.engine)  # unknown or unavailable engine: a one-line error
     limits.check_parallelism(cfg.threads, "--threads")
-    what = f"--model {cfg.model}" + (f" --filters {cfg.filters}" if cfg.model == "tinycnn" else "")
+    if ENGINES[cfg.engine].ranks:
+        limits.check_parallelism(cfg.ranks, "--ranks")
+        ranks_mod.check_layout(cfg.ranks, cfg.threads)  # before any rank starts
+    what = f"--model {cfg.model}" + "".join(
+        f" --{option} {getattr(cfg, option)}" for option in model.options
+    )
     limits.check_memory(
         memory_estimate(cfg),
         f"training {what} --batch-size {cfg.batch_size} --threads {cfg.threads}",
-        "use a smaller --filters or --batch-size"
-        if cfg.model == "tinycnn"
-        else "use a smaller --batch-size",
+        model.shrink,
     )
-    io.check_run_directory(cfg.out, OUTPUTS[cfg.model])
+    io.check_run_directory(cfg.out, MODELS[cfg.model].outputs)
     return cfg
 
 
-# Everything a run directory of each model holds besides run.json, in the record's order.
-OUTPUTS = {
-    "tinycnn": ("weights_init.npz", "weights_final.npz", "metrics.csv"),
-    "mosaicnet": ("model.pt", "metrics.csv"),
-}
+def trainer(cfg: TrainConfig) -> training.Trainer:
+    """The model's trainer (`registry.Model.trainer`): memory estimate, engine, outputs."""
+    return getattr(training, MODELS[cfg.model].trainer)
 
 
 def memory_estimate(cfg: TrainConfig) -> int:
-    """Bytes a training run with the resolved `cfg` needs at least: the digits (and the epoch's
-    shuffled copy), the weights with their gradients and optimizer state, and one batch's
-    activations; an order-of-magnitude check, not a budget."""
-    batch = min(cfg.batch_size, cfg.train_size)
-    pixels = spec.IMAGE * spec.IMAGE
-    data = (2 * cfg.train_size + cfg.test_size) * pixels
-    if cfg.model == "tinycnn":
-        params = spec.n_parameters(cfg.filters)
-        per_image = cfg.filters * (spec.CONV * spec.CONV + 3 * spec.CELLS)  # conv, pool, grads
-        # weights, gradients, the initial copy, and a gradient accumulator per thread (numba)
-        weights = params * (3 + cfg.threads)
-        activations = (batch + EVAL_CHUNK) * per_image
-    else:
-        from cnnpar.nets import mosaicnet
-
-        weights = 4 * mosaicnet.N_PARAMETERS  # weights, gradients, Adam's two moments
-        activations = 2 * batch * mosaicnet.ACTIVATION_FLOATS  # forward kept + gradients
-    return data + 4 * (weights + activations)
+    """Bytes a training run with the resolved `cfg` needs at least (the model's estimate)."""
+    return trainer(cfg).memory_estimate(cfg)
 
 
 # --- the loop -----------------------------------------------------------------------------
@@ -218,6 +219,13 @@ def train_epochs(
     n = len(train.labels)
     rows = []
     spent = 0.0
+    # Data-parallel ranks must run the same steps: they agree on stopping (engine.agree).
+    agree = getattr(engine, "agree", None) if time_budget is not None else None
+    if agree is None:
+
+        def agree(stop: bool) -> bool:
+            return stop
+
     for epoch in range(epochs):
         order = spec.epoch_order(n, epoch, seed, shuffle)
         images, labels = train.images[order], train.labels[order].astype(np.int64)
@@ -240,7 +248,7 @@ def train_epochs(
                 engine.train_step(start, stop)
                 steps += 1
                 bar.update()
-                if time.perf_counter() - start_time >= deadline:
+                if agree(time.perf_counter() - start_time >= deadline):
                     break
             losses, correct = engine.epoch_stats()
         seconds = time.perf_counter() - start_time
@@ -269,7 +277,7 @@ def train_epochs(
             }
         )
         spent += seconds
-        if spent >= (time_budget or math.inf):
+        if agree(spent >= (time_budget or math.inf)):
             break
     return rows
 
@@ -284,42 +292,16 @@ class TrainResult:
     record: RunRecord
 
 
-def _build_engine(cfg: TrainConfig, host_threads: int) -> tuple[tinycnn.Engine, int, int, dict]:
-    """The engine, its training FLOPs per image, its parameter count and (TinyCNN) the initial
-    weights."""
-    if cfg.model == "tinycnn":
-        init = spec.init_params(cfg.filters, cfg.seed)
-        engine = tinycnn.get_engine(cfg.engine).from_params(init, lr=cfg.lr, threads=host_threads)
-        return (
-            engine,
-            spec.flops_per_image(cfg.filters, training=True),
-            spec.n_parameters(cfg.filters),
-            init,
-        )
-    import torch
-
-    from cnnpar.nets import mosaicnet
-    from cnnpar.nets.torch_step import TorchTrainer
-
-    device = ENGINES[cfg.engine].device
-    torch.manual_seed(cfg.seed)  # the initial weights come from the seed alone
-    engine = TorchTrainer(
-        mosaicnet.MosaicNet(),
-        lambda parameters: torch.optim.Adam(parameters, lr=cfg.lr),
-        device,
-        host_threads,
-    )
-    return engine, mosaicnet.flops_per_image(training=True), mosaicnet.N_PARAMETERS, {}
-
-
 def run_record(
     cfg: TrainConfig,
     parallelism: Parallelism,
     results: dict,
     outputs: list[str],
     interference: Interference | None = None,
+    machine_cpus: int | None = None,
 ) -> RunRecord:
-    """The run record of a training run with the resolved config `cfg`."""
+    """The run record of a training run with the resolved config `cfg`; `machine_cpus` (a
+    ranked run) is the CPUs the job may use on rank 0's node, for the machine identity."""
     return RunRecord(
         command="train",
         model=cfg.model,
@@ -327,19 +309,20 @@ def run_record(
             k: v
             for k, v in dataclasses.asdict(cfg).items()
             # how it was guarded and where, not what ran
-            if k not in ("out", "timing_lock", "limits", "machine_label")
+            if k not in ("out", "timing_lock", "limits", "rank_timeout", "machine_label")
         },
         parallelism=parallelism,
         results=results,
         outputs=outputs,
         environment=environment().as_dict(),
         interference=interference,
-        machine=this_machine(cfg.machine_label),
+        machine=this_machine(cfg.machine_label, cpus=machine_cpus),
     )
 
 
-def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
-    """`cnnpar train`: validate, train, and write the run directory."""
+def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult | None:
+    """`cnnpar train`: validate, train, and write the run directory. None on the ranks other
+    than 0 of a data-parallel run under srun (rank 0 writes)."""
     cfg = validate(cfg)
     if (how := tinycnn.not_as_named_here(cfg.engine)) is not None:
         print(
@@ -347,6 +330,8 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
             "engine (the run record and the report say so)",
             file=sys.stderr,
         )
+    if ENGINES[cfg.engine].ranks:
+        return _run_ranks(cfg, progress)
     # The numpy reference and the GPU engines use one host thread; the others get --threads.
     host_threads = cfg.threads if ENGINES[cfg.engine].parallel else 1
     # Pools first: starting torch's (and numba's) OpenMP can narrow the CPUs this process may
@@ -356,7 +341,8 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     source = cfg.data_source
     train = _first(load_mnist("train", source, cfg.mirrors), cfg.train_size)
     test = _first(load_mnist("test", source, cfg.mirrors), cfg.test_size)
-    engine, flops, n_params, init = _build_engine(cfg, host_threads)
+    built = trainer(cfg).build(cfg, host_threads)
+    engine = built.engine
 
     # Warm-up and every epoch run inside the guarded region: the lock keeps other timed runs
     # out, and the probes and CPU accounting tell whether anything else got in.
@@ -383,7 +369,7 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
         )
 
     out = Path(cfg.out)
-    outputs = list(OUTPUTS[cfg.model])
+    outputs = list(MODELS[cfg.model].outputs)
     record = run_record(
         cfg,
         Parallelism(
@@ -395,8 +381,8 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
         ),
         results={
             "numba_threading_layer": numba_threading_layer() if cfg.engine == "numba" else None,
-            "parameters": n_params,
-            "flops_per_image": flops,
+            "parameters": built.parameters,
+            "flops_per_image": built.flops_per_image,
             "warmup_s": warmup_s,
             "train_seconds": sum(r["seconds"] for r in rows),
             "train_images": sum(r["images"] for r in rows),
@@ -408,26 +394,125 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
         interference=region.result,
     )
     with io.run_directory(out) as tmp:
-        if cfg.model == "tinycnn":
-            io.write_npz(tmp / "weights_init.npz", **init)
-            io.write_npz(tmp / "weights_final.npz", **engine.params())
-        else:
-            io.write_bytes(tmp / "model.pt", _torch_bytes(engine.model.state_dict()))
+        trainer(cfg).write(tmp, built)
         io.write_csv(tmp / "metrics.csv", rows, fieldnames=METRIC_FIELDS)
         record.write(tmp)  # last: its presence means the directory is complete
     return TrainResult(out=out, rows=rows, record=record)
 
 
-def _torch_bytes(obj: object) -> bytes:
-    """torch.save into memory: written to a full disk, torch.save fails with a RuntimeError
-    about zip positions; a plain write fails with ENOSPC, which names the real cause."""
-    import io as bytes_io
+def _run_ranks(cfg: TrainConfig, progress: bool | None) -> TrainResult | None:
+    """`cnnpar train` on `cfg.ranks` torch.distributed ranks (cnnpar.ranks starts them, or srun
+    did): rank 0's result, None on the other ranks of an srun step."""
+    from functools import partial
 
-    import torch
+    region = partial(
+        TimedRegion,
+        threads=cfg.ranks * cfg.threads,
+        device=ENGINES[cfg.engine].device,
+        limits=cfg.limits,
+        lock=cfg.timing_lock,
+    )
+    # Locally the ranks share this process's CPUs; under srun each has its own allocation.
+    if ranks_mod.slurm_step_tasks() > 1:
+        load = limits.oversubscription(processes=1, threads_per_process=cfg.threads)
+    else:
+        load = limits.oversubscription(processes=cfg.ranks, threads_per_process=cfg.threads)
+    return ranks_mod.run(
+        _train_rank,
+        (cfg, progress, load),
+        ranks=cfg.ranks,
+        threads=cfg.threads,
+        timeout_s=cfg.rank_timeout,
+        region=region,
+    )
 
-    buffer = bytes_io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
+
+def _effective_cores(per_rank: list[dict[str, Any]], cpus: int) -> int:
+    """The cores' worth of threads the ranks ran with: their torch threads, summed per host,
+    each host's sum at most `cpus` (the CPUs rank 0's machine could use, taken as every
+    host's)."""
+    per_host: dict[str, int] = {}
+    for rank in per_rank:
+        host = str(rank.get("host"))
+        per_host[host] = per_host.get(host, 0) + int(rank["torch_threads"])
+    return sum(min(n, cpus) for n in per_host.values())
+
+
+def _train_rank(
+    ctx: ranks_mod.RankContext, cfg: TrainConfig, progress: bool | None, load: dict
+) -> Any:
+    """One rank of a data-parallel run: every rank trains its shards; rank 0 gathers what every
+    rank saw and writes the run directory."""
+    import torch.distributed as dist
+
+    from cnnpar.measure.threads import effective_threads
+
+    threads = effective_threads()
+    train = _first(load_mnist("train", cfg.data_source, cfg.mirrors), cfg.train_size)
+    test = _first(load_mnist("test", cfg.data_source, cfg.mirrors), cfg.test_size)
+    built = trainer(cfg).build(cfg, cfg.threads)
+    engine = built.engine
+    dist.barrier()  # every rank built: the clock starts together
+    warm_start = time.perf_counter()
+    engine.warm_up()
+    warmup_s = time.perf_counter() - warm_start
+    rows = train_epochs(
+        engine,
+        train,
+        test,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        seed=cfg.seed,
+        shuffle=cfg.shuffle,
+        progress=bool(progress) and ctx.rank == 0,
+        time_budget=cfg.time_budget,
+    )
+    interference = ctx.end_timed()
+    per_rank = ctx.gather_ranks()
+    timings = engine.timings()
+    totals: list[Any] | None = [None] * ctx.world_size if ctx.rank == 0 else None
+    dist.gather_object(
+        {k: timings[k] for k in ("compute_s", "comm_s", "comm_share")}, totals, dst=0
+    )
+    if ctx.rank != 0:
+        return None
+    for info, total in zip(per_rank, totals, strict=True):
+        info.update(total)
+    record = run_record(
+        cfg,
+        Parallelism(
+            requested=cfg.ranks * cfg.threads,  # the job's cores, as for the other engines
+            # on one machine, at most its CPUs (ranks beyond them take turns)
+            effective=_effective_cores(per_rank, int(load["cpus_available"])),
+            processes=cfg.ranks,
+            threads=threads,
+        ),
+        results={
+            "numba_threading_layer": None,
+            "parameters": built.parameters,
+            "flops_per_image": built.flops_per_image,
+            "warmup_s": warmup_s,
+            "train_seconds": sum(r["seconds"] for r in rows),
+            "train_images": sum(r["images"] for r in rows),
+            "final_test_acc": rows[-1]["test_acc"],
+            "final_test_loss": rows[-1]["test_loss"],
+            "launcher": ctx.placement.launcher,
+            "world_size": ctx.world_size,
+            # rank 0's steps: compute vs all-reduce seconds (the rate counts the whole step)
+            **timings,
+            "ranks": per_rank,
+            **load,
+        },
+        outputs=list(MODELS[cfg.model].outputs),
+        interference=interference,
+        machine_cpus=ctx.placement.node_cpus,
+    )
+    out = Path(cfg.out)
+    with io.run_directory(out) as tmp:
+        trainer(cfg).write(tmp, built)
+        io.write_csv(tmp / "metrics.csv", rows, fieldnames=METRIC_FIELDS)
+        record.write(tmp)  # last: its presence means the directory is complete
+    return TrainResult(out=out, rows=rows, record=record)
 
 
 def _first(data: Mnist, n: int) -> Mnist:

@@ -11,11 +11,11 @@ rule classify:
             for name in CLASSIFY_FILES
         },
     log:
-        f"{LOGS}/classify/mode~{{mode}}/workers~{{workers}}/grid~{{grid}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.log",
+        f"{LOGS}/classify/{CLASSIFY_TAIL}/block~{{block}}.log",
     benchmark:
-        f"{BENCHMARKS}/classify/mode~{{mode}}/workers~{{workers}}/grid~{{grid}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.tsv"
+        f"{BENCHMARKS}/classify/{CLASSIFY_TAIL}/block~{{block}}.tsv"
     group:
-        CLASSIFY_GROUP
+        family_group(CLASSIFY_GROUP)
     shadow:
         "minimal"
     conda:
@@ -23,8 +23,13 @@ rule classify:
     threads: lambda wildcards: int(wildcards.workers)
     resources:
         bench=1,
+        gpu=mode_gpus,
+        tasks=rank_tasks,
+        nodes=rank_nodes,
     params:
         out=lambda wildcards, output: Path(output.result).parent,
+        launch=rank_launch,
+        layout=classify_layout_args,
         rows=lambda wildcards: parse_grid(wildcards.grid)[0],
         cols=lambda wildcards: parse_grid(wildcards.grid)[1],
         repeats=CLASSIFY["repeats"],
@@ -36,8 +41,8 @@ rule classify:
         machine=machine_option(),
     shell:
         f"{LOGGED} {{log:q}}"
-        " cnnpar classify --weights {input.weights:q} --rows {params.rows} --cols {params.cols}"
-        " --mode {wildcards.mode} --workers {threads} --batch-size {wildcards.batch}"
+        " {params.launch}cnnpar classify --weights {input.weights:q} --rows {params.rows} --cols {params.cols}"
+        " --mode {wildcards.mode} {params.layout} --batch-size {wildcards.batch}"
         " --seed {wildcards.seed} --repeats {params.repeats} --data-source {params.data:q}"
         " {params.mirrors}"
         " --block {wildcards.block} {params.lock:q}"

@@ -21,13 +21,13 @@ from cnnpar.study.config import (
     check_results_dir,
     check_thread_cap,
     compare_with_inputs,
+    layouts,
     mirrors,
     resolve_paths,
     usable,
     validate_config,
 )
 from cnnpar.study.tables import TABLE_NAMES
-from cnnpar.train import OUTPUTS as TRAIN_OUTPUTS
 
 # Paths are resolved here, once, against the directory Snakemake runs in (the working
 # directory while this file is parsed): jobs run in shadow directories.
@@ -139,9 +139,15 @@ def sweep() -> tuple[list[str], list[str]]:
 # Parameters are named in the path (key~value), so a result is self-describing; the tables
 # read them from each job's run record, never from the path. A timed job runs once per paired
 # block (block~N); a tinycnn configuration also has one full-length run for time to accuracy.
-TINYCNN_DIR = f"{RESULTS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}"
+# threads (train) and workers (classify) are the job's cores; ranks~R splits them over R
+# torch.distributed ranks (torch-ddp, mode ranks), ranks~1 everywhere else.
+TINYCNN_TAIL = "engine~{engine}/ranks~{ranks}/threads~{threads}/filters~{filters}/batch~{batch}/seed~{seed}"
+CLASSIFY_TAIL = (
+    "mode~{mode}/ranks~{ranks}/workers~{workers}/grid~{grid}/batch~{batch}/seed~{seed}"
+)
+TINYCNN_DIR = f"{RESULTS}/train/tinycnn/{TINYCNN_TAIL}"
 MOSAICNET_DIR = f"{RESULTS}/train/mosaicnet/seed~{{seed}}"
-CLASSIFY_DIR = f"{RESULTS}/classify/mode~{{mode}}/workers~{{workers}}/grid~{{grid}}/batch~{{batch}}/seed~{{seed}}"
+CLASSIFY_DIR = f"{RESULTS}/classify/{CLASSIFY_TAIL}"
 BLOCK_DONE = f"{RESULTS}/blocks/block~{{block}}.done"
 # A comparison family of one block: the timed jobs whose rates are divided by each other (every
 # engine and thread count of one filters/batch/seed; every mode and worker count of one
@@ -156,6 +162,21 @@ CLASSIFY_FAMILY_DONE = (
 )
 TRAIN_GROUP = "train-block~{block}-filters~{filters}-batch~{batch}-seed~{seed}"
 CLASSIFY_GROUP = "classify-block~{block}-grid~{grid}-batch~{batch}-seed~{seed}"
+
+
+def family_group(group: str):
+    """The job group of a timed job: its family's, except for a ranked job (ranks~R, R > 1),
+    which is submitted on its own: srun starts its R tasks, and one group job cannot mix that
+    multi-task launch with the family's one-task jobs. Its ratios still pair only within one
+    machine (the tables check each job's machine identity)."""
+
+    def of(wildcards) -> str | None:
+        values = dict(wildcards.items())
+        if int(values.get("ranks", 1)) > 1:
+            return None
+        return group.format(**values)
+
+    return of
 DATA_CHECK = f"{RESULTS}/data/verify.txt"
 TABLES = f"{RESULTS}/tables"
 FIGURE_DIR = f"{RESULTS}/figures"
@@ -163,35 +184,67 @@ LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 REPORT_HTML = f"{RESULTS}/report.html"
 RECORD = RECORD_NAME  # written last by every train and classify job
-TINYCNN_FILES = [*TRAIN_OUTPUTS["tinycnn"], RECORD]
-MOSAICNET_FILES = [*TRAIN_OUTPUTS["mosaicnet"], RECORD]
+TINYCNN_FILES = [*registry.MODELS["tinycnn"].outputs, RECORD]
+MOSAICNET_FILES = [*registry.MODELS["mosaicnet"].outputs, RECORD]
 CLASSIFY_FILES = [*registry.CLASSIFY_OUTPUTS, RECORD]
 
 FIGURE_IDS = [figure.id for figure in registry.table_figures()]
 
 
+def job_layouts(
+    entry, cores: list[int], ranks: list[int], what: str
+) -> list[tuple[int, int]]:
+    """(ranks, cores) of each job of an engine or mode (study.config.layouts); a ranked one
+    that no rank count fits is skipped with a warning."""
+    found = layouts(cores, ranks, parallel=entry.parallel, ranked=entry.ranks)
+    if not found:
+        logger.warning(
+            f"cnnpar: skipping {what} {entry.name!r}: no rank count in {ranks} divides a "
+            f"core count in {cores}"
+        )
+    return [(r, r * t) for r, t in found]
+
+
 @cache
 def tinycnn_configs() -> list[dict]:
-    """One dict of wildcards per tinycnn configuration (engine, threads, filters, batch, seed)."""
+    """One dict of wildcards per tinycnn configuration (engine, ranks, threads = the job's
+    cores, filters, batch, seed)."""
     configs = []
     for engine in sweep()[0]:
-        threads = TINYCNN["threads"] if registry.ENGINES[engine].parallel else [1]
-        for t, f, b, s in product(
-            threads, TINYCNN["filters"], TINYCNN["batch_sizes"], TINYCNN["seeds"]
+        shapes = job_layouts(
+            registry.ENGINES[engine],
+            TINYCNN["threads"],
+            TINYCNN["ranks"],
+            "train engine",
+        )
+        for (r, t), f, b, s in product(
+            shapes, TINYCNN["filters"], TINYCNN["batch_sizes"], TINYCNN["seeds"]
         ):
-            configs.append(dict(engine=engine, threads=t, filters=f, batch=b, seed=s))
+            configs.append(
+                dict(engine=engine, ranks=r, threads=t, filters=f, batch=b, seed=s)
+            )
     return configs
 
 
 @cache
 def classify_configs() -> list[dict]:
-    """One dict of wildcards per classify configuration; the largest grids come last."""
+    """One dict of wildcards per classify configuration (workers = the job's cores); the
+    largest grids come last."""
     configs = []
     for grid in GRIDS:
         for mode in sweep()[1]:
-            workers = CLASSIFY["workers"] if registry.MODES[mode].parallel else [1]
-            for w, b, s in product(workers, CLASSIFY["batch_sizes"], CLASSIFY["seeds"]):
-                configs.append(dict(mode=mode, workers=w, grid=grid, batch=b, seed=s))
+            shapes = job_layouts(
+                registry.MODES[mode],
+                CLASSIFY["workers"],
+                CLASSIFY["ranks"],
+                "classify mode",
+            )
+            for (r, w), b, s in product(
+                shapes, CLASSIFY["batch_sizes"], CLASSIFY["seeds"]
+            ):
+                configs.append(
+                    dict(mode=mode, ranks=r, workers=w, grid=grid, batch=b, seed=s)
+                )
     return configs
 
 
@@ -200,7 +253,9 @@ def tinycnn_full_configs() -> list[dict]:
     largest = {}
     for c in tinycnn_configs():
         key = (c["engine"], c["filters"], c["batch"], c["seed"])
-        if key not in largest or c["threads"] > largest[key]["threads"]:
+        if (
+            key not in largest or c["threads"] > largest[key]["threads"]
+        ):  # first at a tie
             largest[key] = c
     return list(largest.values())
 
@@ -367,3 +422,62 @@ def figure_caption(figure_id: str) -> str:
         tmp.write_text(text)
         tmp.replace(path)
     return str(path.resolve())
+
+
+# --- cluster resources -------------------------------------------------------------------------
+
+
+def engine_gpus(wildcards) -> int:
+    """GPUs a training job asks a cluster for: one where the registry says its engine runs on
+    CUDA (the SLURM plugin turns gpu=1 into sbatch --gpus=1)."""
+    return int(registry.ENGINES[wildcards.engine].gpu)
+
+
+def mode_gpus(wildcards) -> int:
+    """GPUs a classify job asks a cluster for, from its mode's registry entry."""
+    return int(registry.MODES[wildcards.mode].gpu)
+
+
+# --- layouts: ranks x threads per rank -------------------------------------------------------
+
+
+def rank_threads(wildcards) -> int:
+    """Threads per rank (per task on a cluster): the job's cores over its ranks."""
+    cores = int(getattr(wildcards, "threads", None) or wildcards.workers)
+    return cores // int(wildcards.ranks)
+
+
+def train_layout_args(wildcards) -> str:
+    """`cnnpar train`'s layout options: --ranks R --threads T (T per rank)."""
+    return f"--ranks {int(wildcards.ranks)} --threads {rank_threads(wildcards)}"
+
+
+def rank_tasks(wildcards) -> int:
+    """Tasks a cluster job asks for (the SLURM plugin's `tasks`): one per rank."""
+    return int(wildcards.ranks)
+
+
+def rank_nodes(wildcards) -> int | None:
+    """Nodes a ranked job spreads its tasks over (sbatch --nodes), when the config's `nodes`
+    asks for more than one; None (no such resource) otherwise."""
+    if int(wildcards.ranks) > 1 and config["nodes"] > 1:
+        return config["nodes"]
+    return None
+
+
+def rank_launch(wildcards, resources) -> str:
+    """What starts a ranked job's command: nothing where cnnpar starts its ranks itself (a
+    local run); `<mpi> -n <tasks>` where the cluster profile sets the `mpi` resource (srun),
+    as the SLURM executor plugin documents for multi-task jobs."""
+    launcher = resources.get("mpi")
+    if not launcher or int(wildcards.ranks) == 1:
+        return ""
+    return f"{launcher} -n {int(wildcards.ranks)} "
+
+
+def classify_layout_args(wildcards) -> str:
+    """`cnnpar classify`'s layout options: --ranks R --threads T in a ranked mode, else
+    --workers W."""
+    if registry.MODES[wildcards.mode].ranks:
+        return f"--ranks {int(wildcards.ranks)} --threads {rank_threads(wildcards)}"
+    return f"--workers {int(wildcards.workers)}"

@@ -9,7 +9,7 @@
 
 TINYCNN_SHELL = (
     f"{LOGGED} {{log:q}}"
-    " cnnpar train --model tinycnn --engine {wildcards.engine} --threads {threads}"
+    " {params.launch}cnnpar train --model tinycnn --engine {wildcards.engine} {params.layout}"
     " --filters {wildcards.filters} --batch-size {wildcards.batch} --epochs {params.epochs}"
     " --lr {params.lr} --seed {wildcards.seed} --train-size {params.train_size}"
     " --test-size {params.test_size} --shuffle {params.shuffle} --data-source {params.data:q}"
@@ -17,6 +17,8 @@ TINYCNN_SHELL = (
     " --max-probe-change {params.max_probe} {params.machine} --out {params.out:q}"
 )
 TINYCNN_PARAMS = dict(
+    launch=rank_launch,
+    layout=train_layout_args,
     epochs=TINYCNN["epochs"],
     lr=TINYCNN["lr"],
     train_size=TINYCNN["train_size"],
@@ -41,11 +43,11 @@ rule train_tinycnn:
             for name in TINYCNN_FILES
         },
     log:
-        f"{LOGS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.log",
+        f"{LOGS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.log",
     benchmark:
-        f"{BENCHMARKS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}/block~{{block}}.tsv"
+        f"{BENCHMARKS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.tsv"
     group:
-        TRAIN_GROUP
+        family_group(TRAIN_GROUP)
     shadow:
         "minimal"
     conda:
@@ -53,6 +55,9 @@ rule train_tinycnn:
     threads: lambda wildcards: int(wildcards.threads)
     resources:
         bench=1,
+        gpu=engine_gpus,
+        tasks=rank_tasks,
+        nodes=rank_nodes,
     params:
         **TINYCNN_PARAMS,
         out=lambda wildcards, output: Path(output.run).parent,
@@ -68,9 +73,9 @@ rule train_tinycnn_full:
     output:
         **{name.split(".")[0]: f"{TINYCNN_DIR}/full/{name}" for name in TINYCNN_FILES},
     log:
-        f"{LOGS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}/full.log",
+        f"{LOGS}/train/tinycnn/{TINYCNN_TAIL}/full.log",
     benchmark:
-        f"{BENCHMARKS}/train/tinycnn/engine~{{engine}}/threads~{{threads}}/filters~{{filters}}/batch~{{batch}}/seed~{{seed}}/full.tsv"
+        f"{BENCHMARKS}/train/tinycnn/{TINYCNN_TAIL}/full.tsv"
     shadow:
         "minimal"
     conda:
@@ -78,6 +83,9 @@ rule train_tinycnn_full:
     threads: lambda wildcards: int(wildcards.threads)
     resources:
         bench=1,
+        gpu=engine_gpus,
+        tasks=rank_tasks,
+        nodes=rank_nodes,
     params:
         **TINYCNN_PARAMS,
         out=lambda wildcards, output: Path(output.run).parent,
@@ -101,9 +109,8 @@ rule train_mosaicnet:
     threads: MOSAICNET["threads"]
     resources:
         bench=1,
-        # For cluster executors (the SLURM plugin turns it into sbatch --gpus=1). It depends on
-        # the config, not on a wildcard, so profiles/slurm cannot compute it.
-        gpu=int(MOSAICNET["engine"] == "torch-cuda"),
+        # For cluster executors (the SLURM plugin turns it into sbatch --gpus=1).
+        gpu=int(registry.ENGINES[MOSAICNET["engine"]].gpu),
     params:
         out=lambda wildcards, output: Path(output.model).parent,
         engine=MOSAICNET["engine"],

@@ -109,7 +109,7 @@ def random_weights(path: Path, seed: int = 0) -> Path:
     from cnnpar.nets.mosaicnet import MosaicNet
 
     torch.manual_seed(seed)
-    buffer = BytesIO()  # see train._torch_bytes: a full disk then fails with ENOSPC
+    buffer = BytesIO()  # see nets.training.torch_bytes: a full disk then fails with ENOSPC
     torch.save(MosaicNet().state_dict(), buffer)
     io.write_bytes(path, buffer.getvalue())
     return path

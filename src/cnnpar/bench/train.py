@@ -50,11 +50,13 @@ from cnnpar.measure.threads import numba_threading_layer, set_threads
 from cnnpar.measure.timing import measure_interleaved
 from cnnpar.nets import tinycnn
 from cnnpar.nets.tinycnn import spec
+from cnnpar.registry import ENGINES
 
 CPU_CONFIGS = ((8, 32), (32, 128))  # (filters F, batch size B)
 GPU_CONFIGS = ((32, 1000), (256, 1000))
-CPU_ENGINES = ("numpy", "numba", "torch")
-GPU_ENGINES = ("cuda", "torch-cuda")
+# One-process engines only: the bench times engines at a thread count, not rank layouts.
+CPU_ENGINES = tuple(n for n, e in ENGINES.items() if not e.gpu and e.layout == "threads")
+GPU_ENGINES = tuple(n for n, e in ENGINES.items() if e.gpu and e.layout == "threads")
 THREADS = (1, 2)
 BENCH_IMAGES = 8192
 BENCH_LR = 0.01

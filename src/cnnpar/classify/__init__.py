@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -39,10 +40,14 @@ __all__ = [
 ]
 
 
-def run(config: ClassifyConfig, progress: bool = False) -> Classification:
-    """Load, start the mode's runner, classify `config.repeats` times; write `config.out` if set."""
+def run(config: ClassifyConfig, progress: bool = False) -> Classification | None:
+    """Load, start the mode's runner, classify `config.repeats` times; write `config.out` if set.
+
+    None only on a rank other than 0 of a ranks-mode run that srun started (rank 0 reports)."""
     validate(config)
     mode = MODES[config.mode]
+    if mode.ranks:
+        return _run_ranks(config, progress)
     load = limits.oversubscription(
         processes=max(1, config.processes), threads_per_process=mode.host_threads(config.workers)
     )
@@ -97,6 +102,116 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification:
         interference=region.result,
         load=load,
         weights_note=weights_note,
+    )
+    if config.out is not None:
+        write_outputs(result, config.out)
+    return result
+
+
+def _run_ranks(config: ClassifyConfig, progress: bool) -> Classification | None:
+    """ranks mode: `config.ranks` ranks (started by cnnpar.ranks, or by srun) classify their
+    shards; rank 0 writes. None on the other ranks of an srun step."""
+    from functools import partial
+
+    from cnnpar import ranks
+
+    # A bad weights file fails here, before any rank starts; weights saved under other names
+    # say so once.
+    _, weights_note = load_weights(config.weights, "cpu")
+    if weights_note:
+        print(f"cnnpar: note: {weights_note}", file=sys.stderr)
+    if ranks.slurm_step_tasks() > 1:  # each task has its own allocation
+        load = limits.oversubscription(processes=1, threads_per_process=config.threads)
+    else:
+        load = limits.oversubscription(processes=config.ranks, threads_per_process=config.threads)
+    region = partial(
+        TimedRegion,
+        threads=config.ranks * config.threads,
+        device="cpu",
+        limits=config.limits,
+        lock=config.timing_lock,
+    )
+    return ranks.run(
+        _classify_rank,
+        (config, progress, load, weights_note),
+        ranks=config.ranks,
+        threads=config.threads,
+        timeout_s=config.rank_timeout,
+        region=region,
+    )
+
+
+def _classify_rank(
+    ctx: Any, config: ClassifyConfig, progress: bool, load: dict, weights_note: str | None
+) -> Any:
+    """One rank of a ranks-mode run: start up, classify its shard `repeats` times, and on rank 0
+    assemble and write the usual outputs.
+
+    `startup_s` runs from this rank's process start (interpreter, torch import, rendezvous: what
+    spawning a worker costs in processes mode) until every rank has warmed up."""
+    import psutil
+    import torch.distributed as dist
+
+    started = psutil.Process().create_time()  # wall-clock seconds since the epoch
+    malloc = tune_malloc() if config.tune_malloc else allocator()
+    test = load_mnist("test", config.data_source, config.mirrors)
+    mosaic = make_mosaic(config.rows, config.cols, config.seed)
+    runner = runners.RanksRunner(config, mosaic, test.images)
+    dist.barrier()  # start-up ends when every rank is ready
+    startup_s = time.time() - started
+    outputs: list[runners.Output] = []
+    measurement = measure(
+        lambda: outputs.append(runner.classify(progress)), repeats=config.repeats, warmup=0
+    )
+    interference = ctx.end_timed()
+    per_rank = ctx.gather_ranks()
+    totals: list | None = [None] * ctx.world_size if ctx.rank == 0 else None
+    dist.gather_object(
+        {
+            "cells": runner.stop - runner.start,
+            "compute_s": runner.compute_s,
+            "comm_s": runner.comm_s,
+        },
+        totals,
+        dst=0,
+    )
+    if ctx.rank != 0:
+        return None
+    for info, total in zip(per_rank, totals, strict=True):
+        info.update(total)
+    pred, confidence, _ = outputs[0]
+    for other_pred, _, _ in outputs[1:]:
+        if not np.array_equal(other_pred, pred):
+            raise ClassifyError("predictions differ between repeats of the same run")
+    compute, comm = sum(runner.compute_s), sum(runner.comm_s)
+    result = Classification(
+        config=config,
+        mosaic=mosaic,
+        images=test.images,
+        label=test.labels[mosaic.index],
+        pred=pred,
+        confidence=confidence,
+        startup_s=startup_s,
+        measurement=measurement,
+        cpu_s=[cpu_s for _, _, cpu_s in outputs],
+        threads=runner.threads,
+        processes=runner.processes,
+        malloc=malloc,
+        interference=interference,
+        load=load,
+        weights_note=weights_note,
+        machine_cpus=ctx.placement.node_cpus,
+        extra={
+            "launcher": ctx.placement.launcher,
+            "world_size": ctx.world_size,
+            # rank 0's repeats: classifying vs gathering seconds (the rate counts both)
+            "repeat_compute_s": list(runner.compute_s),
+            "repeat_comm_s": list(runner.comm_s),
+            "compute_s": compute,
+            "comm_s": comm,
+            "comm_share": comm / (compute + comm) if compute + comm > 0 else None,
+            "ranks": per_rank,
+        },
     )
     if config.out is not None:
         write_outputs(result, config.out)

@@ -10,6 +10,7 @@ from cnnpar.data import check_mirrors
 from cnnpar.errors import CnnparError
 from cnnpar.measure.interference import DEFAULT_LOCK, Limits
 from cnnpar.mosaic import check_geometry
+from cnnpar.ranks import DEFAULT_TIMEOUT_S as DEFAULT_RANK_TIMEOUT_S
 from cnnpar.registry import BACKENDS, CLASSIFY_OUTPUTS, MODES
 
 RESULT_FILES = CLASSIFY_OUTPUTS  # a run directory, besides run.json
@@ -42,6 +43,9 @@ class ClassifyConfig:
     mirrors: tuple[str, ...] = ()  # for data_source "download"; empty: the public mirrors
     tune_malloc: bool = True
     block: int | None = None  # the study's paired block this run belongs to, if any
+    ranks: int = 1  # ranks mode: torch.distributed ranks ...
+    threads: int = 1  # ... of this many torch threads each
+    rank_timeout: float = DEFAULT_RANK_TIMEOUT_S
     timing_lock: str | None = str(DEFAULT_LOCK)
     limits: Limits = field(default_factory=Limits)
     machine_label: str | None = None  # part of the machine identity in the record
@@ -57,7 +61,12 @@ class ClassifyConfig:
     @property
     def processes(self) -> int:
         """Classifying processes besides this one (workers in processes mode)."""
-        return self.workers if MODES[self.mode].runner == "ProcessRunner" else 0
+        return MODES[self.mode].worker_processes(self.workers)
+
+    @property
+    def cores(self) -> int:
+        """Cores' worth of parallelism asked for: --workers, or --ranks x --threads."""
+        return self.ranks * self.threads if MODES[self.mode].ranks else self.workers
 
     @property
     def resolved_backend(self) -> str:
@@ -76,7 +85,7 @@ def validate(config: ClassifyConfig) -> None:
         )
     check_geometry(config.rows, config.cols)
     check_mirrors(config.mirrors, config.data_source)
-    for name in ("workers", "batch_size", "repeats"):
+    for name in ("workers", "batch_size", "repeats", "ranks", "threads"):
         value = getattr(config, name)
         if value < 1:
             raise ClassifyError(f"{name.replace('_', '-')} must be >= 1 (got {value})")
@@ -86,6 +95,23 @@ def validate(config: ClassifyConfig) -> None:
         raise ClassifyError(
             f"{config.mode} mode runs one worker (got --workers {config.workers}); "
             f"use --workers 1, or --mode {parallel} to run several"
+        )
+    if mode.ranks:
+        if not (config.rank_timeout > 0 and config.rank_timeout < float("inf")):
+            raise ClassifyError(
+                f"--rank-timeout must be a positive number of seconds (got {config.rank_timeout})"
+            )
+        from cnnpar.ranks import check_layout
+
+        limits.check_parallelism(config.ranks, "--ranks")
+        limits.check_parallelism(config.threads, "--threads")
+        check_layout(config.ranks, config.threads)  # before any rank starts
+    elif (config.ranks, config.threads) != (1, 1):
+        ranked = "|".join(m.name for m in MODES.values() if m.ranks)
+        raise ClassifyError(
+            f"--ranks and --threads apply to --mode {ranked} only "
+            f"(got --ranks {config.ranks} --threads {config.threads}); use --workers with "
+            f"--mode {config.mode}"
         )
     if mode.device == "cuda":
         if BACKENDS[config.resolved_backend].cpu_only:
@@ -124,7 +150,7 @@ def memory_estimate(config: ClassifyConfig) -> int:
 
     cells = config.rows * config.cols
     batch = min(config.batch_size, cells)
-    net_processes = 0 if config.device == "cuda" else max(1, config.processes)
+    net_processes = 0 if config.device == "cuda" else max(1, config.processes, config.ranks)
     return (
         cells * (PARENT_BYTES_PER_CELL + config.processes * WORKER_BYTES_PER_CELL)
         + config.processes * WORKER_BASE_BYTES

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from cnnpar.measure.timing import Measurement
 from cnnpar.mosaic import Mosaic, render_mask, write_png
 from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
 from cnnpar.record import Parallelism, RunRecord
+from cnnpar.registry import MODES
 
 
 @dataclass
@@ -38,7 +39,9 @@ class Classification:
     malloc: str
     load: dict[str, bool | int]  # oversubscribed, cpus_available (limits.oversubscription)
     interference: Interference | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # mode-specific results (ranks mode)
     weights_note: str | None = None  # how weights saved under other names were mapped
+    machine_cpus: int | None = None  # ranks mode: the job's CPUs on rank 0's node
 
     @property
     def accuracy(self) -> float:
@@ -50,9 +53,11 @@ class Classification:
         # More processes than CPUs (a taskset-confined run) take turns: they are worth no more
         # cores than the CPUs they may use.
         cores = self.processes * int(torch_threads)
+        cpus = int(self.load.get("cpus_available") or cores)  # on this (rank 0's) machine
+        hosts = {rank.get("host") for rank in self.extra.get("ranks", [])}
         return Parallelism(
-            requested=self.config.workers,
-            effective=min(cores, int(self.load.get("cpus_available") or cores)),
+            requested=self.config.cores,
+            effective=cores if len(hosts) > 1 else min(cores, cpus),
             processes=self.processes,
             threads=dict(self.threads),
         )
@@ -111,8 +116,10 @@ class Classification:
                 "mask_shape": list(mask_shape),
                 "weights_note": self.weights_note,
                 **self.load,
+                **self.extra,
             },
             interference=self.interference,
+            machine_cpus=self.machine_cpus,
         )
 
 
@@ -121,13 +128,15 @@ def run_record(
     parallelism: Parallelism,
     results: dict,
     interference: Interference | None = None,
+    machine_cpus: int | None = None,
 ) -> RunRecord:
-    """The run record of a classification run with `config`."""
+    """The run record of a classification run with `config`; `machine_cpus` (ranks mode) is
+    the CPUs the job may use on rank 0's node, for the machine identity."""
     params = {
         k: str(v) if isinstance(v, Path) else v
         for k, v in asdict(config).items()
         # how it was guarded and where, not what ran
-        if k not in ("out", "timing_lock", "limits", "machine_label")
+        if k not in ("out", "timing_lock", "limits", "rank_timeout", "machine_label")
     }
     params.update(
         grid=config.grid, backend=config.resolved_backend, requested_backend=config.backend
@@ -141,7 +150,8 @@ def run_record(
         outputs=list(RESULT_FILES),
         environment=environment().as_dict(),
         interference=interference,
-        machine=this_machine(config.machine_label),
+        # a ranked run's identity is the node as the job may use it, not rank 0's share
+        machine=this_machine(config.machine_label, cpus=machine_cpus),
     )
 
 
@@ -172,8 +182,13 @@ def summary_lines(result: Classification) -> Iterator[str]:
     """The original study's printout (mode, workers, items, runtime, accuracy) plus throughput."""
     c, m, mosaic = result.config, result.measurement, result.mosaic
     threads = result.threads.get("torch_threads")
+    shape = (
+        f"{c.ranks} rank{'s' if c.ranks > 1 else ''}"
+        if MODES[c.mode].ranks
+        else f"{c.workers} worker{'s' if c.workers > 1 else ''}"
+    )
     yield (
-        f"mode: {c.mode} ({c.workers} worker{'s' if c.workers > 1 else ''}, "
+        f"mode: {c.mode} ({shape}, "
         f"{result.processes} process{'es' if result.processes > 1 else ''} × "
         f"{threads} torch thread{'s' if threads != 1 else ''}, backend {c.resolved_backend}, "
         f"batch size {c.batch_size})"

@@ -15,6 +15,9 @@ and backend the modes run identical kernels on identical inputs.
   reads as end-of-file, even in the middle of a message (a shared result queue, as in
   concurrent.futures, can hang forever on a message its writer died halfway through).
 - `CudaRunner` (cuda): batches gathered on the GPU, with digits and index uploaded once.
+- `RanksRunner` (ranks): runs inside each torch.distributed rank (cnnpar.ranks starts them):
+  rank r classifies the r-th of N contiguous ranges of whole batches (possibly empty), and the
+  predictions and confidences are gathered on rank 0 (`gather_object`).
 """
 
 from __future__ import annotations
@@ -408,6 +411,54 @@ class CudaRunner:
                     on_batch(last - first)
         pred_np, confidence_np = pred.cpu().numpy(), confidence.cpu().numpy()  # waits for the GPU
         return pred_np, confidence_np, time.process_time() - cpu0
+
+    def close(self) -> None:
+        pass
+
+
+class RanksRunner:
+    """ranks mode, inside one rank of an initialised process group: this rank's shard of whole
+    batches, gathered on rank 0. `classify` returns the whole mosaic's arrays on rank 0 and this
+    rank's shard elsewhere; `compute_s` and `comm_s` hold each call's classifying and gathering
+    seconds (the gather includes waiting for the slowest rank)."""
+
+    def __init__(self, config: ClassifyConfig, mosaic: Mosaic, images: np.ndarray) -> None:
+        import torch.distributed as dist
+
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        bounds = chunk_bounds(mosaic.cells, config.batch_size, self.world_size)
+        self.start, self.stop = bounds[self.rank] if self.rank < len(bounds) else (0, 0)
+        self.net = prepare(load_mosaicnet(config.weights, "cpu"), config.resolved_backend)
+        self.images, self.mosaic, self.batch_size = images, mosaic, config.batch_size
+        warm_up(self.net, warm_up_batch(config), "cpu")
+        self.threads = effective_threads()
+        self.processes = self.world_size
+        self.compute_s: list[float] = []
+        self.comm_s: list[float] = []
+
+    def classify(self, progress: bool) -> Output:
+        import torch.distributed as dist
+
+        t0 = time.perf_counter()
+        cpu0 = time.process_time()
+        with _Progress(progress and self.rank == 0, self.stop - self.start) as on_batch:
+            pred, confidence = classify_range(
+                self.net, self.images, self.mosaic, self.batch_size, self.start, self.stop, on_batch
+            )
+        cpu_s = time.process_time() - cpu0
+        t1 = time.perf_counter()
+        parts: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object((self.start, pred, confidence, cpu_s), parts, dst=0)
+        self.compute_s.append(t1 - t0)
+        self.comm_s.append(time.perf_counter() - t1)
+        if parts is None:
+            return pred, confidence, cpu_s
+        whole_pred = np.empty(self.mosaic.cells, dtype=np.uint8)
+        whole_confidence = np.empty(self.mosaic.cells, dtype=np.float32)
+        for start, part_pred, part_confidence, _ in parts:
+            whole_pred[start : start + len(part_pred)] = part_pred
+            whole_confidence[start : start + len(part_confidence)] = part_confidence
+        return whole_pred, whole_confidence, sum(part[3] for part in parts)
 
     def close(self) -> None:
         pass

@@ -94,13 +94,15 @@ def check_label(label: str | None) -> str | None:
     return text
 
 
-def this_machine(label: str | None = None) -> Machine:
-    """The identity of the machine this process runs on, as this process may use it."""
+def this_machine(label: str | None = None, cpus: int | None = None) -> Machine:
+    """The identity of the machine this process runs on, as this process may use it; `cpus`
+    replaces this process's affinity where the job may use more CPUs than this process (a rank
+    pinned to its share of them)."""
     from cnnpar.measure.environment import _cpu_model, _ram_gib, cuda_device
 
     return Machine(
         cpu_model=_cpu_model(),
-        cpus=len(os.sched_getaffinity(0)),
+        cpus=len(os.sched_getaffinity(0)) if cpus is None else cpus,
         memory_gib=_whole_gib(_ram_gib()),
         gpu_model=cuda_device(),
         label=check_label(label),

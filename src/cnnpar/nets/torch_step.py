@@ -97,6 +97,10 @@ class TorchTrainer:
         correct = self._correct[:n].cpu().numpy()
         return losses, correct
 
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The trained module's state_dict (what `cnnpar train` saves as model.pt)."""
+        return self.model.state_dict()
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         self.model.eval()
         with torch.inference_mode():

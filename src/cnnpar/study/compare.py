@@ -35,7 +35,7 @@ from cnnpar.measure.intervals import (
     unpaired_ratio_interval,
 )
 from cnnpar.record import RECORD_NAME
-from cnnpar.study.kinds import KINDS, plain_number
+from cnnpar.study.kinds import KINDS, plain_number, rank_count
 from cnnpar.study.tables import TABLE_NAMES, read_table
 
 CONFIG_NAME = "config.yaml"  # the workflow's config, beside the tables
@@ -164,6 +164,7 @@ def _unpack(archive: Path, scratch: Path) -> Path:
 
 def _key(row: dict[str, Any]) -> tuple[str, ...]:
     kind = KINDS[row["study"]]
+    row = {**row, "ranks": rank_count(row.get("ranks"))}  # sets from before ranks ran 1
     return (kind.name, *(plain_number(_scalar(row.get(k))) for k in kind.keys))
 
 

@@ -355,3 +355,25 @@ def usable(
         else:
             warn(f"cnnpar: skipping {kind} {value!r}: {reason}; set strict: true to fail instead")
     return keep
+
+
+# --- how a job's cores are laid out ----------------------------------------------------------
+
+
+def layouts(
+    cores: Sequence[int], ranks: Sequence[int], *, parallel: bool, ranked: bool
+) -> list[tuple[int, int]]:
+    """(ranks, threads per rank) of every job an engine or mode runs, from the sweep's core
+    counts (`train.tinycnn.threads`, `classify.workers`: a job's cores, whatever its layout) and
+    its `ranks` axis.
+
+    A ranked engine or mode (torch-ddp, ranks) splits each core count C evenly over R ranks
+    (R divides C), so it is compared with the other layouts at equal cores; another parallel
+    one runs 1 rank of C threads; a serial one 1 x 1. E.g. cores [1, 2], ranks [2] gives a ranked
+    one [(2, 1)] only. The result may be empty (no R divides any C).
+    """
+    if ranked:
+        return [(r, c // r) for c in cores for r in ranks if c % r == 0]
+    if parallel:
+        return [(1, c) for c in cores]
+    return [(1, 1)]

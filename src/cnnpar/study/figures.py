@@ -38,9 +38,11 @@ COLORS = {
     "cuda": "#2ca02c",
     "torch": "#d62728",
     "torch-cuda": "#ff7f0e",
+    "torch-ddp": "#9467bd",
     "sequential": "#7f7f7f",
     "threads": "#1f77b4",
     "processes": "#d62728",
+    "ranks": "#9467bd",
 }
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 # Figures place and group configurations by the parallelism they asked for: two configurations
@@ -410,6 +412,96 @@ def roofline(summary: pd.DataFrame) -> Figure:
         _roofline_panel(ax, part, kind.subject, extra[kind.name], f"{kind.unit}s")
         ax.set_title(titles[kind.name])
     fig.suptitle("Achieved GFLOP/s as a fraction of the jobs' own matmul probes", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+# --- layouts at equal cores ----------------------------------------------------------------
+
+
+def _equal_cores(rows: pd.DataFrame, who: str) -> tuple[pd.DataFrame, int] | None:
+    """The rows at the core count to compare layouts at: the largest one a ranked layout ran
+    at, else the largest with two layouts; None when no core count has two."""
+    rows = rows.copy()
+    rows["ranks"] = pd.to_numeric(rows.get("ranks", 1), errors="coerce").fillna(1).astype(int)
+    counts = rows.groupby("parallelism_requested")[[who, "ranks"]].apply(
+        lambda g: len(g.drop_duplicates())
+    )
+    candidates = [int(c) for c, n in counts.items() if n > 1]
+    ranked = [
+        c for c in candidates if (rows[rows["parallelism_requested"] == c]["ranks"] > 1).any()
+    ]
+    if not candidates:
+        return None
+    cores = max(ranked or candidates)
+    return rows[rows["parallelism_requested"] == cores], cores
+
+
+def _layout_bars(ax: Axes, rows: pd.DataFrame, who: str, ylabel: str) -> None:
+    """One bar per layout (rate, 95% interval); the hatched foot of a ranked layout's bar is
+    its communication share of the step (all-reduce) or repeat (gather)."""
+    kind = next(k for k in KINDS.values() if k.subject == who)
+    rows = rows.sort_values("rate").reset_index(drop=True)
+    labels = [
+        kind.layout_text(r[who], int(r["parallelism_requested"]), int(r["ranks"]))
+        .replace(" x ", " ×\n")
+        .replace(f"{r[who]} ", f"{r[who]}\n", 1)
+        for _, r in rows.iterrows()
+    ]
+    x = np.arange(len(rows))
+    rate = rows["rate"].to_numpy(dtype=float)
+    ax.bar(
+        x, rate, 0.6, yerr=_interval_err(rows, "rate"), capsize=3,
+        color=[COLORS.get(n, "C0") for n in rows[who]], edgecolor="black", linewidth=0.5,
+    )  # fmt: skip
+    share = pd.to_numeric(rows.get("comm_share"), errors="coerce").to_numpy(dtype=float)
+    for xi, r, c in zip(x, rate, share, strict=True):
+        if np.isfinite(c):
+            ax.bar(xi, r * c, 0.6, color="none", edgecolor="black", hatch="//", linewidth=0.5)
+        text = f"{r:,.0f}" + (f"\ncomm {c:.0%}" if np.isfinite(c) else "")
+        ax.annotate(text, (xi, r), ha="center", va="bottom", fontsize=7, xytext=(0, 2),
+                    textcoords="offset points")  # fmt: skip
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel(ylabel)
+
+
+def layouts(summary: pd.DataFrame) -> Figure:
+    """Training (TinyCNN) and classification (the largest grid) at equal cores: every layout
+    of those cores, ranks x threads (torch-ddp, mode ranks) beside one process of threads or
+    processes, and each ranked layout's communication share."""
+    fig, (ax_t, ax_c) = plt.subplots(1, 2, figsize=(11, 4.4))
+    train = summary[(summary["study"] == "train") & (summary["model"] == "tinycnn")]
+    if not train.empty:  # the first width and batch size: the layouts, not the network, vary
+        first = train.sort_values(["filters", "batch_size"]).iloc[0]
+        train = train[
+            (train["filters"] == first["filters"]) & (train["batch_size"] == first["batch_size"])
+        ]
+    picked = _equal_cores(train, "engine") if not train.empty else None
+    if picked is None:
+        _no_data(ax_t, "two training layouts at equal cores")
+    else:
+        rows, cores = picked
+        _layout_bars(ax_t, rows, "engine", "training throughput (images/s)")
+        ax_t.set_title(
+            f"TinyCNN training, {cores} cores (F={plain_number(first['filters'])}, "
+            f"B={plain_number(first['batch_size'])})"
+        )
+    cls = summary[summary["study"] == "classify"]
+    if not cls.empty:
+        first = cls.sort_values(["cells", "batch_size"], ascending=[False, True]).iloc[0]
+        cls = cls[(cls["cells"] == first["cells"]) & (cls["batch_size"] == first["batch_size"])]
+    picked = _equal_cores(cls, "mode") if not cls.empty else None
+    if picked is None:
+        _no_data(ax_c, "two classify layouts at equal cores")
+    else:
+        rows, cores = picked
+        _layout_bars(ax_c, rows, "mode", "classification (cells/s)")
+        ax_c.set_title(
+            f"Classification, {cores} cores ({first['grid']}, "
+            f"B={plain_number(first['batch_size'])})"
+        )
+    fig.suptitle("Layouts at equal cores (hatched: communication share)", y=1.02)
     fig.tight_layout()
     return fig
 

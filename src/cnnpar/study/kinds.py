@@ -3,9 +3,11 @@
 Tables, figures, the report and `cnnpar compare` read a kind's unit, its keys and its baseline
 from here instead of branching on the study name. A *family* is a set of configurations that
 share one baseline (a speedup is formed inside a family); a *configuration* is one member of a
-family; `keys` is everything that says what was asked, which is how configurations measured in
-different result sets are matched. Parallelism is always `parallelism_requested` (what the
-configuration asked for) and `parallelism` (what the job ran with, from its run record).
+family (its layout: the subject, its torch.distributed ranks and its parallelism); `keys` is
+everything that says what was asked, which is how configurations measured in different result
+sets are matched. Parallelism is always `parallelism_requested` (what the configuration asked
+for, in cores: ranks × threads per rank) and `parallelism` (what the job ran with, from its run
+record).
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ def plain_number(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def rank_count(value: Any) -> int:
+    """A job's torch.distributed rank count: 1 when missing (records from before ranks, or
+    jobs that are one process)."""
+    if value is None or value != value:  # None or NaN
+        return 1
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -46,9 +56,24 @@ class StudyKind:
         """The keys under which subjects (engines, modes) are compared with each other."""
         return tuple(k for k in self.family if k != self.subject)
 
+    @property
+    def layout(self) -> tuple[str, str]:
+        """The columns naming a layout of the cores: what runs, and over how many
+        torch.distributed ranks (1 for everything but torch-ddp and mode ranks)."""
+        return (self.subject, "ranks")
+
     def parallelism_text(self, n: Any) -> str:
         """'2 threads', '1 worker'."""
         return f"{plain_number(n)} {self.unit}{'s' * (float(n) != 1)}"
+
+    def layout_text(self, name: str, n: Any, ranks: Any = 1) -> str:
+        """'numba 2 threads', or with ranks 'torch-ddp 2 ranks x 1 thread', where `n`, the
+        parallelism, counts cores: ranks × threads per rank."""
+        ranks = rank_count(ranks)
+        if ranks > 1:
+            per = int(float(n)) // ranks
+            return f"{name} {ranks} ranks x {per} thread{'s' * (per != 1)}"
+        return f"{name} {self.parallelism_text(n)}"
 
     def is_baseline(self, row: Mapping[str, Any]) -> bool:
         if self.baseline_subject is None:
@@ -73,7 +98,7 @@ class StudyKind:
     def describe(self, row: Mapping[str, Any], parallelism: str = "parallelism_requested") -> str:
         """One configuration in words: 'numba 2 threads F=8 B=32', 'processes 2 workers 50x50
         B=256' (the parallelism from column `parallelism`)."""
-        what = f"{row[self.subject]} {self.parallelism_text(row[parallelism])}"
+        what = self.layout_text(row[self.subject], row[parallelism], row.get("ranks"))
         batch = f"B={plain_number(row['batch_size'])}"
         if self.name == "classify":
             return f"{what} {row['grid']} {batch}"
@@ -92,7 +117,7 @@ KINDS: dict[str, StudyKind] = {
             unit="thread",
             rate_unit="images/s",
             family=("model", "engine", "filters", "batch_size"),
-            config=("parallelism_requested",),
+            config=("ranks", "parallelism_requested"),
             baseline_subject=None,  # the same engine at 1 thread
         ),
         StudyKind(
@@ -102,7 +127,7 @@ KINDS: dict[str, StudyKind] = {
             unit="worker",
             rate_unit="cells/s",
             family=("model", "grid", "cells", "batch_size"),
-            config=("mode", "parallelism_requested"),
+            config=("mode", "ranks", "parallelism_requested"),
             baseline_subject="sequential",
         ),
     )

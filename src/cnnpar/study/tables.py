@@ -38,7 +38,7 @@ from cnnpar.errors import CnnparError
 from cnnpar.io import atomic_path
 from cnnpar.measure.intervals import Interval, log_interval, paired_ratio_interval
 from cnnpar.record import RunRecord
-from cnnpar.study.kinds import KINDS, StudyKind, plain_number
+from cnnpar.study.kinds import KINDS, StudyKind, plain_number, rank_count
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ SUMMARY_COLUMNS = [
     "batch_size",
     "parallelism_requested",  # threads (train) or workers (classify) the config asked for
     "parallelism",  # what the job ran with, from its run record
+    "ranks",  # torch.distributed ranks sharing those cores (torch-ddp, mode ranks), else 1
+    "comm_share",  # ranked jobs: all-reduce or gather seconds / (compute + those), median
     "cpus_available",  # the job's CPU affinity
     "blocks",  # pairing units (block × seed) summarised
     "rate_unit",  # images/s or cells/s
@@ -350,6 +352,8 @@ def _common(first: pd.Series, study: str) -> dict[str, Any]:
         "block": int(first["block"]),
         "parallelism_requested": int(first["parallelism_requested"]),
         "parallelism": int(first["parallelism"]),
+        "ranks": rank_count(first.get("ranks")),
+        "comm_share": first.get("comm_share"),
         "machine": first["machine"],
         "machine_name": first["machine_name"],
         "git_revision": first.get("env.git_revision"),
@@ -440,7 +444,7 @@ def summarize(jobs: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
     summary = pd.DataFrame(rows)
     summary = summary.sort_values(
         ["study", "machine", "model", "engine", "mode", "filters", "cells", "batch_size",
-         "parallelism_requested"],
+         "parallelism_requested", "ranks"],
         na_position="first",
     )  # fmt: skip
     return summary.reindex(columns=SUMMARY_COLUMNS).reset_index(drop=True)
@@ -455,9 +459,12 @@ def _summary_row(
         key: first.get(key)
         for key in (
             "study", "machine", "machine_name", "model", "engine", "mode", "filters", "grid",
-            "cells", "batch_size", "parallelism_requested", "rate_unit", "roofline_device",
+            "cells", "batch_size", "parallelism_requested", "ranks", "rate_unit",
+            "roofline_device",
         )
     }  # fmt: skip
+    if units["comm_share"].notna().any():
+        out["comm_share"] = float(units["comm_share"].median())
     out["parallelism"] = int(group["parallelism"].median())
     out["cpus_available"] = group["cpus_available"].min()
     out["blocks"] = len(units)
@@ -555,7 +562,7 @@ def _compare_family(kind: StudyKind, fam: pd.DataFrame, where: str) -> list[dict
     rows = []
     tops = {
         name: _units(g[g["parallelism_requested"] == g["parallelism_requested"].max()])
-        for name, g in fam.groupby(kind.subject, sort=True)
+        for name, g in fam.groupby(list(kind.layout), sort=True)
     }
     names = sorted(tops, key=lambda n: -log_interval(tops[n]["rate"]).estimate)
     for i, subject in enumerate(names):
@@ -589,8 +596,11 @@ def _compare_family(kind: StudyKind, fam: pd.DataFrame, where: str) -> list[dict
 def _not_formed(kind: StudyKind, family: pd.DataFrame, where: str) -> list[dict[str, Any]]:
     """Subjects of one family that never ran on a common machine: listed, never divided."""
     machines = {
-        name: dict(zip(g["machine"], g["machine_name"], strict=True))
-        for name, g in family.groupby(kind.subject, sort=True)
+        kind.layout_text(name, top["parallelism_requested"].max(), ranks): dict(
+            zip(top["machine"], top["machine_name"], strict=True)
+        )
+        for (name, ranks), g in family.groupby(list(kind.layout), sort=True)
+        for top in [g[g["parallelism_requested"] == g["parallelism_requested"].max()]]
     }
     rows = []
     names = sorted(machines)
@@ -616,8 +626,9 @@ def _not_formed(kind: StudyKind, family: pd.DataFrame, where: str) -> list[dict[
     return rows
 
 
-def _top_text(kind: StudyKind, name: str, units: pd.DataFrame) -> str:
-    return f"{name} {kind.parallelism_text(units['parallelism_requested'].iloc[0])}"
+def _top_text(kind: StudyKind, layout: tuple[str, int], units: pd.DataFrame) -> str:
+    name, ranks = layout
+    return kind.layout_text(name, units["parallelism_requested"].iloc[0], ranks)
 
 
 # --- writing ------------------------------------------------------------------------------

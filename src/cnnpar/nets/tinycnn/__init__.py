@@ -48,9 +48,6 @@ class Engine(Protocol):
     def params(self) -> Params: ...
 
 
-CUDA_MISSING = "engine 'cuda' needs a CUDA GPU; none found (set NUMBA_ENABLE_CUDASIM=1 to simulate)"
-
-
 class EngineUnavailable(CnnparError):
     """The engine exists but cannot run here (no GPU, say)."""
 
@@ -62,12 +59,14 @@ class UnknownEngine(CnnparError):
 def unavailable_reason(name: str) -> str | None:
     """None if engine `name` can run here, else a one-line reason naming the fix.
 
-    An engine compiled by numba needs numba's settings to work: a numba setting it cannot read,
-    or (numba's CPU threads) a threading layer that cannot load, makes it unavailable.
+    A CPU engine always can, given numba's settings where numba compiles it: a numba setting it
+    cannot read, or (numba's CPU threads) a threading layer that cannot load, makes it
+    unavailable. A GPU engine asks its own runtime (numba.cuda or torch.cuda).
     """
     if name not in ENGINES:
         raise UnknownEngine(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
-    target = ENGINES[name].numba_target
+    entry = ENGINES[name]
+    target = entry.numba_target
     if target is not None:
         from cnnpar.measure import numba_settings
 
@@ -77,14 +76,24 @@ def unavailable_reason(name: str) -> str | None:
             return f"engine {name!r} cannot run: {err}"
         if target == "cpu" and (problem := numba_settings.threading_problem()) is not None:
             return f"engine {name!r} cannot run: {problem}"
-    if name == "cuda":
+    if not entry.gpu:
+        return None
+    if entry.runtime == "numba":
         if not _numba_cuda_available():
-            return CUDA_MISSING
-    elif name == "torch-cuda":
-        import torch
+            return (
+                f"engine {name!r} needs a CUDA GPU; none found "
+                "(set NUMBA_ENABLE_CUDASIM=1 to simulate)"
+            )
+        return None
+    import torch
 
-        if not torch.cuda.is_available():
-            return "engine 'torch-cuda' needs a CUDA GPU; none found (use --engine torch)"
+    if not torch.cuda.is_available():
+        cpu = " or ".join(
+            e.name
+            for e in ENGINES.values()
+            if not e.gpu and e.runtime == entry.runtime and e.layout == entry.layout
+        )
+        return f"engine {name!r} needs a CUDA GPU; none found (use --engine {cpu})"
     return None
 
 

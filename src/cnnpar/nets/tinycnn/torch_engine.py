@@ -15,7 +15,7 @@ from torch import nn
 
 from cnnpar.nets.tinycnn import spec
 from cnnpar.nets.tinycnn.spec import CLASSES, KERNEL, POOL, Params
-from cnnpar.nets.torch_step import TorchTrainer
+from cnnpar.nets.torch_step import OptimizerFactory, TorchTrainer
 
 
 class TinyCNN(nn.Module):
@@ -56,6 +56,13 @@ class TorchEngine(TorchTrainer):
     @classmethod
     def from_params(cls, params: Params, *, lr: float, threads: int = 1) -> TorchEngine:
         return cls(params, lr, threads)
+
+    @classmethod
+    def from_module(
+        cls, model: nn.Module, make_optimizer: OptimizerFactory, *, threads: int = 1
+    ) -> TorchTrainer:
+        """Any torch module (MosaicNet) trained by this engine's step on its device."""
+        return TorchTrainer(model, make_optimizer, cls.device_name, threads)
 
     def params(self) -> Params:
         m = self.model
