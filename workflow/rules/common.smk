@@ -177,6 +177,8 @@ def family_group(group: str):
         return group.format(**values)
 
     return of
+
+
 DATA_CHECK = f"{RESULTS}/data/verify.txt"
 TABLES = f"{RESULTS}/tables"
 FIGURE_DIR = f"{RESULTS}/figures"
