@@ -30,6 +30,7 @@ def _job(study: str, who: str, cores: int, ranks: int, rate: float, block: int) 
         "rate": rate * (1.0 if block == 1 else 0.8), "flops_per_item": 1e6,
         "roofline_gflops": 100.0, "roofline_device": "cpu", "accuracy": 0.9, "warmup_s": 0.1,
         "startup_s": 1.0, "flagged": False, "flag_reasons": "",
+        "machine": "AMD EPYC|2|24|", "machine_name": "AMD EPYC, 2 CPUs, 24 GiB",
     }  # fmt: skip
     job["end_to_end_rate"] = job["rate"] / 2
     job["gflops"] = job["rate"] * job["flops_per_item"] / 1e9
