@@ -160,6 +160,9 @@ def test_cli_ctrl_c_ends_every_rank_with_130(tmp_path):
          "--epochs", "50", "--train-size", "6000", "--test-size", "10",
          "--timing-lock", str(tmp_path / "lock"), "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        # Ctrl-C reaches a terminal's foreground job; a test run launched in the background
+        # (`pytest &` without job control) would pass SIGINT on ignored, as POSIX asks.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     parent = psutil.Process(proc.pid)
     try:
