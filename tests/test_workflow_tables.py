@@ -362,6 +362,35 @@ def test_figures_and_report_are_written_and_self_contained(built):
     assert 'id="interference"' not in page  # nothing flagged
 
 
+def test_a_study_of_one_engine_and_one_mode_has_no_comparisons_and_still_reports(
+    tmp_path: Path,
+):
+    """numba at 1 and 2 threads, classify sequential on one grid: nothing to compare engine
+    against engine or mode against mode, which is a valid study, not a damaged table."""
+    def kept(record: RunRecord) -> bool:
+        if record.command == "classify":
+            return record.params["mode"] == "sequential" and record.params["grid"] == "10x10"
+        return record.model == "mosaicnet" or record.params["engine"] == "numba"
+
+    records = [path for path in fake_results(tmp_path / "results") if kept(RunRecord.read(path))]
+    paths = {name: tmp_path / f"results/tables/{name}.csv" for name in tables.TABLE_SCHEMAS}
+    built = tables.build_tables(records=records, out=paths)
+    assert built["comparisons"].empty and len(built["summary"]) > 0
+    assert tables.read_table(paths["comparisons"]).empty  # a header, no rows: accepted
+    written = figures.draw_all(paths, tmp_path / "results/figures")
+    assert {p.stem for p in written} == {f.id for f in registry.table_figures()}
+    record = next(tmp_path.glob("results/mosaicnet-0/run.json"))
+    page = report.write_report(
+        out=tmp_path / "results/report.html", title="one engine", tables=paths,
+        figures=[p for p in written if p.suffix == ".png"], record=record, config_yaml="",
+    ).read_text()  # fmt: skip
+    assert "numba 2 threads" in page and "faster than numba 1 thread" in page
+    path = paths["jobs"]
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    with pytest.raises(tables.TableError, match="has no rows"):  # any other table must have rows
+        tables.read_table(path)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [

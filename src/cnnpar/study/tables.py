@@ -144,6 +144,8 @@ TABLE_SCHEMAS: dict[str, tuple[list[str], list[str]]] = {
     ),
 }  # fmt: skip
 TABLE_NAMES = list(TABLE_SCHEMAS)
+# Tables that may hold a header and no rows: a study of one engine and one mode compares nothing.
+MAY_HAVE_NO_ROWS = frozenset({"comparisons"})
 
 
 # --- reading run records --------------------------------------------------------------------
@@ -153,8 +155,9 @@ def read_table(
     path: str | os.PathLike[str], name: str | None = None, allow_empty: bool = False
 ) -> pd.DataFrame:
     """A table as a frame, checked against `TABLE_SCHEMAS[name]` (name: the file's stem):
-    every required column present, numeric columns numbers, and rows unless `allow_empty`.
-    A damaged file gives a TableError naming the file and the problem."""
+    every required column present, numeric columns numbers, and rows unless `allow_empty` or
+    the table is one of MAY_HAVE_NO_ROWS. A damaged file gives a TableError naming the file and
+    the problem."""
     path = Path(path)
     name = name or path.stem
     fix = "re-run the tables step (snakemake --forcerun tables)"
@@ -174,7 +177,7 @@ def read_table(
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise TableError(f"{path} lacks column(s) {', '.join(missing)}; {fix}")
-    if frame.empty:
+    if frame.empty and name not in MAY_HAVE_NO_ROWS:
         raise TableError(f"{path} has no rows; {fix}")
     for column in numeric:
         values = pd.to_numeric(frame[column], errors="coerce")
