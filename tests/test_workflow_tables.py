@@ -367,6 +367,7 @@ def test_a_study_of_one_engine_and_one_mode_has_no_comparisons_and_still_reports
 ):
     """numba at 1 and 2 threads, classify sequential on one grid: nothing to compare engine
     against engine or mode against mode, which is a valid study, not a damaged table."""
+
     def kept(record: RunRecord) -> bool:
         if record.command == "classify":
             return record.params["mode"] == "sequential" and record.params["grid"] == "10x10"
