@@ -427,6 +427,33 @@ def test_tiny_run_tables_have_exactly_the_expected_rows(tiny_run: dict):
     assert train["env.cpu_model"].notna().all()
 
 
+def test_the_jobs_a_ratio_compares_run_next_to_each_other_in_alternating_order(tiny_run: dict):
+    """Inside a block, a family's jobs run one after another in the config's order (engine by
+    engine, mode by mode, parallelism ascending), reversed in even blocks; training first."""
+    config = load_config(TINY)
+    jobs = pd.read_csv(tiny_run["results"] / "tables/jobs.csv")
+    jobs["finished"] = pd.to_datetime(jobs["finished_utc"])
+    engines, modes = config["train"]["tinycnn"]["engines"], config["classify"]["modes"]
+    for block, in_block in jobs.groupby("block"):
+        train = in_block[in_block["study"] == "train"]
+        classify = in_block[in_block["study"] == "classify"]
+        assert train["finished"].max() <= classify["finished"].min()
+        families = [
+            train.assign(place=train["engine"].map(engines.index)),
+            *(
+                family.assign(place=family["mode"].map(modes.index))
+                for _, family in classify.groupby("grid")
+            ),
+        ]
+        for family in families:
+            planned = family.sort_values(["place", "parallelism_requested"])["finished"]
+            assert len(planned) >= 2
+            if block % 2:
+                assert planned.is_monotonic_increasing, (block, family["label"].tolist())
+            else:
+                assert planned.is_monotonic_decreasing, (block, family["label"].tolist())
+
+
 def test_tiny_run_writes_every_figure_and_the_report(tiny_run: dict):
     results = tiny_run["results"]
     for stem in FIGURE_STEMS:

@@ -14,6 +14,7 @@ rule classify:
         f"{LOGS}/classify/{CLASSIFY_TAIL}/block~{{block}}.log",
     benchmark:
         f"{BENCHMARKS}/classify/{CLASSIFY_TAIL}/block~{{block}}.tsv"
+    priority: block_priority("classify")
     group:
         family_group(CLASSIFY_GROUP)
     shadow:

@@ -328,6 +328,52 @@ def classify_family_members(wildcards) -> list[str]:
     return [f"{CLASSIFY_DIR.format(**c)}/block~{block}/{RECORD}" for c in configs]
 
 
+TRAIN_KEYS = ("engine", "ranks", "threads", "filters", "batch", "seed")
+CLASSIFY_KEYS = ("mode", "ranks", "workers", "grid", "batch", "seed")
+
+
+@cache
+def block_sequence() -> dict[tuple, int]:
+    """Where each timed job of an odd block runs in its block: family by family (training,
+    then classification), and inside a family engine by engine (mode by mode) in the config's
+    order, thread (worker) count ascending. The jobs a ratio compares so run seconds apart,
+    not minutes, and see the same state of the machine."""
+    train = sorted(
+        tinycnn_configs(), key=lambda c: (c["filters"], c["batch"], c["seed"])
+    )
+    classify = sorted(
+        classify_configs(), key=lambda c: (c["grid"], c["batch"], c["seed"])
+    )
+    jobs = [("train", *(str(c[k]) for k in TRAIN_KEYS)) for c in train] + [
+        ("classify", *(str(c[k]) for k in CLASSIFY_KEYS)) for c in classify
+    ]
+    return {job: index for index, job in enumerate(jobs)}
+
+
+def block_priority(kind: str):
+    """A timed job's Snakemake priority (higher runs first; only one timed job runs at a
+    time): its place in block_sequence(), each family reversed in even blocks, so a pair runs
+    A then B in one block and B then A in the next and a drift of the machine's speed within
+    a block does not favour either side."""
+    keys = TRAIN_KEYS if kind == "train" else CLASSIFY_KEYS
+    family = 3  # the last three keys name the family
+
+    def of(wildcards) -> int:
+        order = block_sequence()
+        job = (kind, *(str(getattr(wildcards, k)) for k in keys))
+        if int(wildcards.block) % 2 == 0:
+            members = [
+                j for j in order if j[0] == kind and j[-family:] == job[-family:]
+            ]
+            first = min(order[j] for j in members)
+            position = first + len(members) - 1 - (order[job] - first)
+        else:
+            position = order[job]
+        return len(order) - position
+
+    return of
+
+
 def previous_block(wildcards) -> str:
     """Block N's jobs start once block N-1 is done, so each block's jobs run back to back.
     ancient(): re-running one old job must not re-run every later block."""

@@ -46,6 +46,7 @@ rule train_tinycnn:
         f"{LOGS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.log",
     benchmark:
         f"{BENCHMARKS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.tsv"
+    priority: block_priority("train")
     group:
         family_group(TRAIN_GROUP)
     shadow:
