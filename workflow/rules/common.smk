@@ -2,6 +2,7 @@
 # paths and input functions. Config checks live in cnnpar.study.config and names in
 # cnnpar.registry. No rules here (snakemake --lint wants functions and rules in separate files).
 
+import math
 import os
 import shlex
 from functools import cache
@@ -260,6 +261,17 @@ def tinycnn_full_configs() -> list[dict]:
         ):  # first at a tie
             largest[key] = c
     return list(largest.values())
+
+
+# No TinyCNN engine trains faster than this (images/s); a paired throughput job may run as many
+# epochs as that rate fits in its time budget, so the budget, not the epoch count, ends it.
+FASTEST_IMAGES_PER_S = 10_000_000
+
+
+def throughput_epochs() -> int:
+    """The epoch bound of a paired throughput job (`--epochs`; `--time-budget` stops it)."""
+    budget_images = TINYCNN["time_budget"] * FASTEST_IMAGES_PER_S
+    return max(TINYCNN["epochs"], math.ceil(budget_images / TINYCNN["train_size"]))
 
 
 def tinycnn_block_dirs(block: int) -> list[str]:

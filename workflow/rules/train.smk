@@ -1,6 +1,7 @@
 # Training jobs: `cnnpar train`, the same command a user runs by hand.
 # - train_tinycnn: one paired throughput job per configuration and block, stopped after
-#   train.tinycnn.time_budget seconds of timed training (throughput needs seconds, not epochs);
+#   train.tinycnn.time_budget seconds of timed training (throughput needs seconds, not epochs:
+#   its epoch count is only a bound the budget always reaches first);
 # - train_tinycnn_full: one full-length run per engine at its largest thread count, for time to
 #   accuracy; it runs after the last block;
 # - train_mosaicnet: the classifier's weights, before block 1.
@@ -19,7 +20,6 @@ TINYCNN_SHELL = (
 TINYCNN_PARAMS = dict(
     launch=rank_launch,
     layout=train_layout_args,
-    epochs=TINYCNN["epochs"],
     lr=TINYCNN["lr"],
     train_size=TINYCNN["train_size"],
     test_size=TINYCNN["test_size"],
@@ -62,6 +62,7 @@ rule train_tinycnn:
     params:
         **TINYCNN_PARAMS,
         out=lambda wildcards, output: Path(output.run).parent,
+        epochs=throughput_epochs(),
         budget=TINYCNN["time_budget"],
     shell:
         f"{TINYCNN_SHELL} --block {{wildcards.block}} --time-budget {{params.budget}}"
@@ -90,6 +91,7 @@ rule train_tinycnn_full:
     params:
         **TINYCNN_PARAMS,
         out=lambda wildcards, output: Path(output.run).parent,
+        epochs=TINYCNN["epochs"],
     shell:
         TINYCNN_SHELL
 
