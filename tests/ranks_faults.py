@@ -17,6 +17,12 @@ def rank_dies(ctx, *args):
     return "unreachable"
 
 
+def every_rank_dies(ctx, *args):
+    """Every rank exits abruptly at once, before any report: the launcher may see all of them
+    gone, pipes closed, in one pass."""
+    os._exit(7)
+
+
 def rank_hangs(ctx, *args):
     """Rank 1 never reaches the collective the others wait in."""
     import torch.distributed as dist

@@ -489,6 +489,10 @@ def _launch_local(
                 raise RankError(_diagnose(processes, reports, timeout_s))
         if any(p.exitcode == EXIT_INTERRUPTED for p in processes):
             raise KeyboardInterrupt
+        # Every rank may have exited and closed its pipe between two passes of the loop, which
+        # then ends without having seen the failure.
+        if any(p.exitcode != 0 for p in processes) or reports:
+            raise RankError(_diagnose(processes, reports, timeout_s))
         return value
     finally:
         stop(processes)
