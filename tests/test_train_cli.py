@@ -158,3 +158,92 @@ def test_engines_command_lists_availability(capsys):
     status = json.loads(capsys.readouterr().out)
     assert list(status) == list(registry.ENGINES)
     assert status["numpy"] == status["numba"] == status["torch"] == "available"
+
+
+# --- several thread counts in one process, interleaved -----------------------------------
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_interleaved_thread_counts_write_one_run_each(tmp_path, capsys, engine):
+    budget = 0.3
+    code, _ = train(
+        tmp_path,
+        "--engine", engine, "--threads", "1,2", "--time-budget", str(budget), "--epochs", "500",
+        name="threads~{threads}",
+    )  # fmt: skip
+    assert code == 0
+    runs = {t: RunRecord.read(tmp_path / f"threads~{t}" / "run.json") for t in (1, 2)}
+    inits = [load_weights(tmp_path / f"threads~{t}" / "weights_init.npz") for t in (1, 2)]
+    for key in spec.PARAM_KEYS:  # the same starting point on both sides of the ratio
+        np.testing.assert_array_equal(inits[0][key], inits[1][key])
+    cpus = len(os.sched_getaffinity(0))
+    for threads, run in runs.items():
+        assert run.params["threads"] == threads and run.params["time_budget"] == budget
+        assert run.parallelism.requested == threads
+        assert run.parallelism.effective == min(threads, cpus)
+        library = "numba_threads" if engine == "numba" else "torch_threads"
+        assert run.parallelism.threads[library] == threads  # as it took effect in its windows
+        interleaved = run.results["interleaved"]
+        assert interleaved["threads"] == [1, 2] and interleaved["window_s"] > 0
+        # Each side trained its own budget, in windows that took turns.
+        assert interleaved["rounds"] >= budget / interleaved["window_s"]
+        assert run.results["train_seconds"] >= budget
+        with (tmp_path / f"threads~{threads}" / "metrics.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert sum(int(r["images"]) for r in rows) == run.results["train_images"]
+        assert float(rows[-1]["test_acc"]) > 0.5  # it learned: 256 digits, several epochs
+    out = capsys.readouterr().out
+    assert "1 threads:" in out and "2 threads:" in out
+
+
+def test_interleaved_windows_count_only_their_own_time():
+    """Time spent while a window is paused (another thread count's turn) is not counted."""
+    import time
+
+    from cnnpar.data import load_mnist
+    from cnnpar.train import _first, train_windows
+
+    data = _first(load_mnist("train"), 256)
+    engine = tinycnn.get_engine("numpy").from_params(spec.init_params(2, seed=0), lr=0.05)
+    windows = train_windows(
+        engine, data, data, batch_size=32, epochs=20, seed=0, shuffle=False,
+        progress=False, time_budget=0.2, window_s=0.02,
+    )  # fmt: skip
+    paused = 0
+    start = time.perf_counter()
+    while True:
+        try:
+            next(windows)
+        except StopIteration as done:
+            rows = done.value
+            break
+        time.sleep(0.05)
+        paused += 1
+    elapsed = time.perf_counter() - start
+    timed = sum(r["seconds"] for r in rows)
+    assert paused >= 5
+    assert 0.2 <= timed <= elapsed - 0.05 * paused
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engine", "numpy", "--time-budget", "1"], "interleave in one process only on numba"),
+        (["--engine", "numba"], "need --time-budget"),
+        (["--engine", "numba", "--time-budget", "1", "--threads", "1,1"], "lists a count twice"),
+        (["--engine", "numba", "--time-budget", "1", "--threads", "1,x"], "is not an integer"),
+    ],
+)
+def test_interleaving_that_cannot_work_exits_2_with_one_line(tmp_path, capsys, args, message):
+    threads = [] if "--threads" in args else ["--threads", "1,2"]
+    code, _ = train(tmp_path, *threads, *args, name="threads~{threads}")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interleaving_needs_a_threads_field_in_out(tmp_path, capsys):
+    code, out = train(tmp_path, "--engine", "numba", "--threads", "1,2", "--time-budget", "1")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "{threads} in --out" in err, err
+    assert not out.exists()

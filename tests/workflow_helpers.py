@@ -44,7 +44,8 @@ def _shapes(entry: registry.Engine | registry.Mode, cores: list[int], ranks: lis
 
 def expected_jobs(config: dict) -> dict[str, int]:
     """Job counts computed from the config by the rules the workflow documents: engines and
-    modes that are not parallel run once (at 1 thread or worker), ranked ones (torch-ddp, mode
+    modes that are not parallel run once (at 1 thread or worker), engines that switch threads
+    in one process once for all their thread counts, ranked ones (torch-ddp, mode
     ranks) once per ranks x threads split of a core count, GPU ones are dropped where
     unavailable (a local run), one MosaicNet per seed, and one marker per comparison family
     (training: filters × batch × seed; classification: grid × batch × seed) and block."""
@@ -52,11 +53,16 @@ def expected_jobs(config: dict) -> dict[str, int]:
     engines = [e for e in tiny["engines"] if unavailable_reason(e, "train engine") is None]
     modes = [m for m in cls["modes"] if unavailable_reason(m, "classify mode") is None]
     n_train = 0
+    n_interleaved = 0  # engines that switch threads: one job for all their thread counts
     trained = 0  # engines with at least one job (a full-length run each)
+    per_shape = len(tiny["filters"]) * len(tiny["batch_sizes"]) * len(tiny["seeds"])
     for engine in engines:
         shapes = _shapes(registry.ENGINES[engine], tiny["threads"], tiny["ranks"])
         trained += bool(shapes)
-        n_train += shapes * len(tiny["filters"]) * len(tiny["batch_sizes"]) * len(tiny["seeds"])
+        if registry.ENGINES[engine].switches_threads:
+            n_interleaved += per_shape
+        else:
+            n_train += shapes * per_shape
     n_classify = 0
     grids = {g if isinstance(g, str) else f"{g['rows']}x{g['cols']}" for g in cls["grids"]}
     for mode in modes:
@@ -74,6 +80,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "train_family_done": train_families * blocks if engines else 0,
         "classify_family_done": classify_families * blocks if modes else 0,
         "train_tinycnn": n_train * blocks,
+        "train_tinycnn_interleaved": n_interleaved * blocks,
         "train_tinycnn_full": n_full,
         "classify": n_classify * blocks,
         "mask_figure": 1,
@@ -82,6 +89,14 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "report": 1,
         "all": 1,
     }
+
+
+def paired_train_runs(config: dict) -> int:
+    """Run directories of the paired training jobs: one per job, except that an interleaved
+    job (an engine that switches threads) writes one per thread count."""
+    jobs = expected_jobs(config)
+    threads = len(set(config["train"]["tinycnn"]["threads"]))
+    return jobs["train_tinycnn"] + jobs["train_tinycnn_interleaved"] * threads
 
 
 def fail_once_shim(directory: Path, marker: Path, path: str) -> str:

@@ -67,6 +67,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_ints(text: str) -> tuple[int, ...]:
+    """A comma-separated list of positive integers ("2" or "1,2")."""
+    return tuple(_positive_int(part.strip()) for part in text.split(","))
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -322,7 +327,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out=args.out,
         model=args.model,
         engine=args.engine,
-        threads=args.threads,
+        threads=args.threads[0],
         filters=args.filters,
         batch_size=args.batch_size,
         epochs=args.epochs,
@@ -338,12 +343,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         rank_timeout=args.rank_timeout,
         **_timing_kwargs(args),
     )
-    result = train.run(cfg)
-    if result is None:  # a rank other than 0 of an srun step: rank 0 reports
+    if len(args.threads) > 1:
+        results = train.run_interleaved(cfg, args.threads)
+    else:
+        results = [train.run(cfg)]
+    if results[0] is None:  # a rank other than 0 of an srun step: rank 0 reports
         return 0
-    for row in result.rows:
-        print(train.format_row(row))
-    print(f"wrote {', '.join([*result.record.outputs, 'run.json'])} to {result.out}")
+    for result in results:
+        if len(results) > 1:
+            print(f"{result.record.parallelism.requested} threads:")
+        for row in result.rows:
+            print(train.format_row(row))
+        print(f"wrote {', '.join([*result.record.outputs, 'run.json'])} to {result.out}")
     return 0
 
 
@@ -360,7 +371,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="default: " + ", ".join(f"{m.default_engine} ({m.name})" for m in MODELS.values()),
     )
     p.add_argument(
-        "--threads", type=_positive_int, default=1, help="CPU threads (per rank; default 1)"
+        "--threads",
+        type=_positive_ints,
+        default=(1,),
+        metavar="N[,N...]",
+        help="CPU threads (per rank; default 1). Several (numba, torch, with --time-budget): "
+        "each trains that long in one process, the counts taking turns in 0.1-second windows; "
+        "--out then names one directory per count with {threads}",
     )
     _add_rank_options(p, "engine torch-ddp")
     p.add_argument(

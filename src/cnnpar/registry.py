@@ -46,6 +46,13 @@ class Engine:
         return self.layout == "ranks"
 
     @property
+    def switches_threads(self) -> bool:
+        """Whether one process can run it at several thread counts in turn (numba's and torch's
+        CPU pools change width between steps), so `cnnpar train --threads 1,2` can interleave
+        them in short windows."""
+        return self.parallel and self.layout == "threads" and self.device == "cpu"
+
+    @property
     def numba_target(self) -> Literal["cpu", "cuda"] | None:
         """The numba target it compiles for ("cpu": JIT with numba's threads, "cuda":
         numba.cuda), so numba's settings (JIT off, the CUDA simulator) decide whether it runs

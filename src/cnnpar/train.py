@@ -15,7 +15,7 @@ import dataclasses
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,12 @@ from cnnpar.errors import CnnparError
 from cnnpar.measure.environment import environment
 from cnnpar.measure.interference import DEFAULT_LOCK, Interference, Limits, TimedRegion
 from cnnpar.measure.machine import this_machine
-from cnnpar.measure.threads import numba_threading_layer, set_threads
+from cnnpar.measure.threads import (
+    effective_threads,
+    numba_threading_layer,
+    set_threads,
+    switch_threads,
+)
 from cnnpar.nets import tinycnn, training
 from cnnpar.nets.tinycnn import spec
 from cnnpar.nets.training import EVAL_CHUNK
@@ -212,6 +217,47 @@ def train_epochs(
     `time_budget`, training stops at the first step boundary after that many timed seconds
     (throughput needs seconds, not epochs); the last row then counts only the images trained.
     """
+    windows = train_windows(
+        engine,
+        train,
+        test,
+        batch_size=batch_size,
+        epochs=epochs,
+        seed=seed,
+        shuffle=shuffle,
+        progress=progress,
+        time_budget=time_budget,
+    )
+    # Overflow shows as a NaN, infinite or huge loss, checked per epoch; NumPy's warnings would
+    # only print source lines first.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        while True:
+            try:
+                next(windows)
+            except StopIteration as done:
+                return done.value
+
+
+def train_windows(
+    engine: tinycnn.Engine,
+    train: Mnist,
+    test: Mnist,
+    *,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    shuffle: bool,
+    progress: bool | None = None,
+    time_budget: float | None = None,
+    window_s: float = math.inf,
+) -> Generator[None, None, list[dict[str, float | int]]]:
+    """`train_epochs` as a generator that pauses after each `window_s` seconds of training.
+
+    Each window ends on a step boundary with the statistics read back (`epoch_stats`: the
+    queued steps run, a GPU finishes), so its work is done inside its own time. Only the time
+    between a resume and the next pause counts; whatever runs while it is paused (another
+    engine's window) does not. Returns the metrics rows (StopIteration.value).
+    """
     from tqdm.auto import tqdm
 
     if progress is None:
@@ -219,6 +265,7 @@ def train_epochs(
     n = len(train.labels)
     rows = []
     spent = 0.0
+    window = 0.0  # timed seconds of the current window
     # Data-parallel ranks must run the same steps: they agree on stopping (engine.agree).
     agree = getattr(engine, "agree", None) if time_budget is not None else None
     if agree is None:
@@ -238,20 +285,27 @@ def train_epochs(
             leave=False,
         )
         deadline = math.inf if time_budget is None else time_budget - spent
-        start_time = time.perf_counter()
-        # Overflow shows as a NaN, infinite or huge loss, checked below; NumPy's warnings would only
-        # print source lines first.
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            engine.load_epoch(images, labels)
-            steps = 0
-            for start, stop in bounds:
-                engine.train_step(start, stop)
-                steps += 1
-                bar.update()
-                if agree(time.perf_counter() - start_time >= deadline):
-                    break
-            losses, correct = engine.epoch_stats()
-        seconds = time.perf_counter() - start_time
+        seconds = 0.0  # this epoch's timed seconds, summed over its windows
+        segment_start = time.perf_counter()  # the epoch's start, or the last resume
+        engine.load_epoch(images, labels)
+        steps = 0
+        for start, stop in bounds:
+            engine.train_step(start, stop)
+            steps += 1
+            bar.update()
+            now = time.perf_counter()
+            if agree(seconds + now - segment_start >= deadline):
+                break
+            if window + now - segment_start >= window_s:
+                engine.epoch_stats()  # the window's steps done inside its own time
+                seconds += time.perf_counter() - segment_start
+                yield
+                window = 0.0
+                segment_start = time.perf_counter()
+        losses, correct = engine.epoch_stats()
+        segment = time.perf_counter() - segment_start
+        seconds += segment
+        window += segment  # a window may span epochs (short ones)
         bar.close()
         sizes = np.array([stop - start for start, stop in bounds[:steps]], np.float64)
         trained = int(sizes.sum())
@@ -368,8 +422,6 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult | None:
             time_budget=cfg.time_budget,
         )
 
-    out = Path(cfg.out)
-    outputs = list(MODELS[cfg.model].outputs)
     record = run_record(
         cfg,
         Parallelism(
@@ -379,25 +431,165 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult | None:
             processes=1,
             threads=threads,
         ),
-        results={
-            "numba_threading_layer": numba_threading_layer() if cfg.engine == "numba" else None,
-            "parameters": built.parameters,
-            "flops_per_image": built.flops_per_image,
-            "warmup_s": warmup_s,
-            "train_seconds": sum(r["seconds"] for r in rows),
-            "train_images": sum(r["images"] for r in rows),
-            "final_test_acc": rows[-1]["test_acc"],
-            "final_test_loss": rows[-1]["test_loss"],
-            **load,
-        },
-        outputs=outputs,
+        results=_results(cfg, built, warmup_s, rows, load),
+        outputs=list(MODELS[cfg.model].outputs),
         interference=region.result,
     )
+    return _write(cfg, built, rows, record)
+
+
+def _results(
+    cfg: TrainConfig, built: training.Built, warmup_s: float, rows: list[dict], load: dict
+) -> dict[str, Any]:
+    """The `results` of a one-process training run's record."""
+    return {
+        "numba_threading_layer": numba_threading_layer() if cfg.engine == "numba" else None,
+        "parameters": built.parameters,
+        "flops_per_image": built.flops_per_image,
+        "warmup_s": warmup_s,
+        "train_seconds": sum(r["seconds"] for r in rows),
+        "train_images": sum(r["images"] for r in rows),
+        "final_test_acc": rows[-1]["test_acc"],
+        "final_test_loss": rows[-1]["test_loss"],
+        **load,
+    }
+
+
+def _write(cfg: TrainConfig, built: training.Built, rows: list[dict], record: RunRecord):
+    """Write the run directory `cfg.out` atomically: weights, metrics.csv, run.json last."""
+    out = Path(cfg.out)
     with io.run_directory(out) as tmp:
         trainer(cfg).write(tmp, built)
         io.write_csv(tmp / "metrics.csv", rows, fieldnames=METRIC_FIELDS)
         record.write(tmp)  # last: its presence means the directory is complete
     return TrainResult(out=out, rows=rows, record=record)
+
+
+# The windows `run_interleaved` alternates thread counts in. This VM's vCPUs slow down in
+# stretches of 0.1-3 s (a barrier-synchronised 2-thread step whenever either one is slow):
+# 0.1-second windows put a 1-thread and a 2-thread window inside the same stretch, where jobs
+# seconds apart see different ones. Long enough that switching the pools' width costs nothing.
+INTERLEAVE_WINDOW_S = 0.1
+THREADS_FIELD = "{threads}"  # where `run_interleaved`'s out template puts each thread count
+
+
+def interleaved_configs(cfg: TrainConfig, thread_counts: Sequence[int]) -> list[TrainConfig]:
+    """One validated config per thread count for `run_interleaved`, `cfg.out` a template with
+    {threads}. Raises TrainConfigError (one line) when the thread counts cannot interleave."""
+    counts = list(thread_counts)
+    engine = ENGINES.get(cfg.engine or MODELS[cfg.model].default_engine)
+    checks = [
+        (len(set(counts)) == len(counts), f"--threads lists a count twice ({counts})"),
+        (
+            engine is not None and engine.switches_threads,
+            "several --threads interleave in one process only on "
+            + " or ".join(e.name for e in ENGINES.values() if e.switches_threads)
+            + f" (got --engine {cfg.engine}); run one --threads per command",
+        ),
+        (
+            cfg.time_budget is not None,
+            "several --threads need --time-budget (each thread count trains that long)",
+        ),
+        (
+            THREADS_FIELD in cfg.out,
+            f"several --threads need {THREADS_FIELD} in --out (one run directory per count, "
+            f"e.g. --out 'runs/threads~{THREADS_FIELD}')",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise TrainConfigError(message)
+    return [
+        validate(dataclasses.replace(cfg, threads=t, out=cfg.out.replace(THREADS_FIELD, str(t))))
+        for t in counts
+    ]
+
+
+def run_interleaved(cfg: TrainConfig, thread_counts: Sequence[int]) -> list[TrainResult]:
+    """`cnnpar train --threads 1,2 --time-budget S --out DIR/threads~{threads}`: the same
+    training at several thread counts in one process, timed in alternating windows.
+
+    One engine per thread count, each from the same initial weights and on the same data,
+    trains for `time_budget` seconds in windows of INTERLEAVE_WINDOW_S, the thread counts taking
+    turns (order reversed every round), so a ratio between them compares windows a fraction of
+    a second apart (Hoefler & Belli, SC'15: pair what is compared in time). The pools keep the
+    largest count's threads and change width between windows (`switch_threads`); warm-up is
+    outside the clock. Writes one run directory (and record) per thread count, as separate runs
+    would. Raises TrainConfigError for arguments that cannot interleave.
+    """
+    cfgs = interleaved_configs(cfg, thread_counts)
+    engine_name = cfgs[0].engine
+    uses_numba = ENGINES[engine_name].numba_target == "cpu"
+    top = max(c.threads for c in cfgs)
+    set_threads(top, numba=uses_numba)  # pools sized for the widest; CPUs counted after
+    load = limits.oversubscription(processes=1, threads_per_process=top)
+    first = cfgs[0]
+    train = _first(load_mnist("train", first.data_source, first.mirrors), first.train_size)
+    test = _first(load_mnist("test", first.data_source, first.mirrors), first.test_size)
+    built = {}
+    for c in cfgs:  # each at its own width: an engine reads the count it runs with when built
+        switch_threads(c.threads, numba=uses_numba)
+        built[c.threads] = trainer(c).build(c, c.threads)
+    region = TimedRegion(
+        threads=top, device=ENGINES[engine_name].device, limits=first.limits, lock=first.timing_lock
+    )
+    warmup_s: dict[int, float] = {}
+    threads: dict[int, dict] = {}
+    rows: dict[int, list[dict]] = {}
+    with region:
+        windows = {}
+        for c in cfgs:
+            switch_threads(c.threads, numba=uses_numba)
+            threads[c.threads] = effective_threads()  # read while this count is in effect
+            warm_start = time.perf_counter()
+            built[c.threads].engine.warm_up()
+            warmup_s[c.threads] = time.perf_counter() - warm_start
+            windows[c.threads] = train_windows(
+                built[c.threads].engine,
+                train,
+                test,
+                batch_size=c.batch_size,
+                epochs=c.epochs,
+                seed=c.seed,
+                shuffle=c.shuffle,
+                progress=False,
+                time_budget=c.time_budget,
+                window_s=INTERLEAVE_WINDOW_S,
+            )
+        rounds = 0
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            while len(rows) < len(windows):
+                turn = [t for t in windows if t not in rows]
+                for t in turn if rounds % 2 == 0 else turn[::-1]:
+                    switch_threads(t, numba=uses_numba)
+                    try:
+                        next(windows[t])
+                    except StopIteration as done:
+                        rows[t] = done.value
+                rounds += 1
+    results = []
+    for c in cfgs:
+        record = run_record(
+            c,
+            Parallelism(
+                requested=c.threads,
+                effective=min(int(built[c.threads].engine.threads), int(load["cpus_available"])),
+                processes=1,
+                threads=threads[c.threads],
+            ),
+            results={
+                **_results(c, built[c.threads], warmup_s[c.threads], rows[c.threads], load),
+                "interleaved": {
+                    "threads": [x.threads for x in cfgs],
+                    "window_s": INTERLEAVE_WINDOW_S,
+                    "rounds": rounds,
+                },
+            },
+            outputs=list(MODELS[c.model].outputs),
+            interference=region.result,
+        )
+        results.append(_write(c, built[c.threads], rows[c.threads], record))
+    return results
 
 
 def _run_ranks(cfg: TrainConfig, progress: bool | None) -> TrainResult | None:
@@ -445,8 +637,6 @@ def _train_rank(
     rank saw and writes the run directory."""
     import torch.distributed as dist
 
-    from cnnpar.measure.threads import effective_threads
-
     threads = effective_threads()
     train = _first(load_mnist("train", cfg.data_source, cfg.mirrors), cfg.train_size)
     test = _first(load_mnist("test", cfg.data_source, cfg.mirrors), cfg.test_size)
@@ -488,31 +678,18 @@ def _train_rank(
             threads=threads,
         ),
         results={
-            "numba_threading_layer": None,
-            "parameters": built.parameters,
-            "flops_per_image": built.flops_per_image,
-            "warmup_s": warmup_s,
-            "train_seconds": sum(r["seconds"] for r in rows),
-            "train_images": sum(r["images"] for r in rows),
-            "final_test_acc": rows[-1]["test_acc"],
-            "final_test_loss": rows[-1]["test_loss"],
+            **_results(cfg, built, warmup_s, rows, load),
             "launcher": ctx.placement.launcher,
             "world_size": ctx.world_size,
             # rank 0's steps: compute vs all-reduce seconds (the rate counts the whole step)
             **timings,
             "ranks": per_rank,
-            **load,
         },
         outputs=list(MODELS[cfg.model].outputs),
         interference=interference,
         machine_cpus=ctx.placement.node_cpus,
     )
-    out = Path(cfg.out)
-    with io.run_directory(out) as tmp:
-        trainer(cfg).write(tmp, built)
-        io.write_csv(tmp / "metrics.csv", rows, fieldnames=METRIC_FIELDS)
-        record.write(tmp)  # last: its presence means the directory is complete
-    return TrainResult(out=out, rows=rows, record=record)
+    return _write(cfg, built, rows, record)
 
 
 def _first(data: Mnist, n: int) -> Mnist:

@@ -4,6 +4,7 @@
 
 import math
 import os
+import re
 import shlex
 from functools import cache
 from itertools import product
@@ -263,6 +264,37 @@ def tinycnn_full_configs() -> list[dict]:
     return list(largest.values())
 
 
+def engine_pattern(switches_threads: bool) -> str:
+    """A wildcard constraint matching the engines that do (or do not) switch threads in one
+    process (registry `switches_threads`): the rule that trains them."""
+    names = [
+        name
+        for name, engine in registry.ENGINES.items()
+        if engine.switches_threads == switches_threads
+    ]
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+@cache
+def interleaved_threads() -> list[int]:
+    """The thread counts one paired throughput job of an engine that switches threads trains
+    in turn (`cnnpar train --threads 1,2`): every count of train.tinycnn.threads."""
+    return sorted(
+        {
+            c["threads"]
+            for c in tinycnn_configs()
+            if registry.ENGINES[c["engine"]].switches_threads
+        }
+    ) or [1]
+
+
+def interleaved_dir(wildcards) -> str:
+    """`--out` of an interleaved job: its block's run directory, {threads} left for cnnpar."""
+    values = dict(wildcards.items())
+    run_dir = TINYCNN_DIR.format(**{**values, "ranks": 1, "threads": "{threads}"})
+    return os.path.join(run_dir, f"block~{values['block']}")
+
+
 # No TinyCNN engine trains faster than this (images/s); a paired throughput job may run as many
 # epochs as that rate fits in its time budget, so the budget, not the epoch count, ends it.
 FASTEST_IMAGES_PER_S = 10_000_000
@@ -372,7 +404,13 @@ def block_priority(kind: str):
 
     def of(wildcards) -> int:
         order = block_sequence()
-        job = (kind, *(str(getattr(wildcards, k)) for k in keys))
+        # An interleaved training job (no ranks or threads wildcard) takes its first count's place.
+        values = {
+            "ranks": 1,
+            "threads": interleaved_threads()[0],
+            **dict(wildcards.items()),
+        }
+        job = (kind, *(str(values[k]) for k in keys))
         if int(wildcards.block) % 2 == 0:
             members = [
                 j for j in order if j[0] == kind and j[-family:] == job[-family:]

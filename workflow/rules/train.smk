@@ -2,6 +2,10 @@
 # - train_tinycnn: one paired throughput job per configuration and block, stopped after
 #   train.tinycnn.time_budget seconds of timed training (throughput needs seconds, not epochs:
 #   its epoch count is only a bound the budget always reaches first);
+# - train_tinycnn_interleaved: the same for an engine that switches threads in one process
+#   (numba, torch): one job per block trains every thread count for the budget, the counts
+#   taking turns in 0.1-second windows, so its speedup compares windows a fraction of a second
+#   apart; it writes one run directory per thread count, as separate jobs would;
 # - train_tinycnn_full: one full-length run per engine at its largest thread count, for time to
 #   accuracy; it runs after the last block;
 # - train_mosaicnet: the classifier's weights, before block 1.
@@ -46,6 +50,8 @@ rule train_tinycnn:
         f"{LOGS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.log",
     benchmark:
         f"{BENCHMARKS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.tsv"
+    wildcard_constraints:
+        engine=engine_pattern(switches_threads=False),
     priority: block_priority("train")
     group:
         family_group(TRAIN_GROUP)
@@ -62,6 +68,55 @@ rule train_tinycnn:
     params:
         **TINYCNN_PARAMS,
         out=lambda wildcards, output: Path(output.run).parent,
+        epochs=throughput_epochs(),
+        budget=TINYCNN["time_budget"],
+    shell:
+        f"{TINYCNN_SHELL} --block {{wildcards.block}} --time-budget {{params.budget}}"
+
+
+rule train_tinycnn_interleaved:
+    input:
+        data=DATA_CHECK,
+        previous=previous_block,
+    output:
+        **{
+            f"{name.split('.')[0]}_{t}": f"{TINYCNN_DIR}/block~{{block}}/{name}".replace(
+                "{threads}", str(t)
+            ).replace(
+                "{ranks}", "1"
+            )
+            for t in interleaved_threads()
+            for name in TINYCNN_FILES
+        },
+    log:
+        f"{LOGS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.log".replace(
+            "{threads}", "interleaved"
+        ).replace("{ranks}", "1"),
+    benchmark:
+        f"{BENCHMARKS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.tsv".replace(
+            "{threads}", "interleaved"
+        ).replace("{ranks}", "1")
+    wildcard_constraints:
+        engine=engine_pattern(switches_threads=True),
+    priority: block_priority("train")
+    group:
+        family_group(TRAIN_GROUP)
+    shadow:
+        "minimal"
+    conda:
+        "../../envs/cnnpar.yaml"
+    threads: max(interleaved_threads())
+    resources:
+        bench=1,
+        gpu=0,
+        tasks=1,
+    params:
+        **{
+            **TINYCNN_PARAMS,
+            "launch": "",
+            "layout": f"--ranks 1 --threads {','.join(map(str, interleaved_threads()))}",
+        },
+        out=interleaved_dir,
         epochs=throughput_epochs(),
         budget=TINYCNN["time_budget"],
     shell:

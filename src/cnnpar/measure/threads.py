@@ -53,6 +53,19 @@ def set_threads(threads: int, *, numba: bool = False) -> dict[str, int | None]:
     return effective_threads()
 
 
+def switch_threads(threads: int, *, numba: bool = False) -> None:
+    """Change the width of torch's (and numba's, when `numba`) already started pools to
+    `threads`, cheaply enough to run between two timed windows; `set_threads` must have sized
+    them first (numba's pool never grows past the count it started with)."""
+    import torch
+
+    if numba:
+        import numba as numba_module
+
+        numba_module.set_num_threads(min(threads, numba_module.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(threads)
+
+
 def effective_threads() -> dict[str, int | None]:
     """Thread counts as the libraries report them now; numba's is None unless its pool was
     started in this process (reading it must not start it)."""

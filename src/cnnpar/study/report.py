@@ -395,7 +395,10 @@ METHOD = [
     ("10. Parallel time and interference",
      "timed jobs hold a machine-wide lock so they never overlap; each records other processes' "
      "CPU share, steal time and matmul probes before and after, and is flagged above the "
-     "configured limits. Blocks run in order, so the jobs compared ran minutes apart at most."),
+     "configured limits. Blocks run in order and a block's comparison family runs back to "
+     "back, so the jobs compared ran seconds apart; an engine that switches threads in one "
+     "process (numba, torch) trains every thread count of a block in one job, the counts taking "
+     "turns in 0.1-second windows, so its speedup compares windows a fraction of a second apart."),
     ("11. Upper bounds",
      "each job's roofline is its own float32 matmul probe at its own thread count (GPU jobs: "
      "on their GPU); the speedup figures draw ideal linear scaling."),
