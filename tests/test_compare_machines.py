@@ -95,15 +95,20 @@ def test_compare_sees_the_confinement_in_the_parallel_configurations_only(
     parallel = rows[rows["configuration"].str.startswith(PARALLEL)]
     serial = rows[~rows.index.isin(parallel.index)]
     assert len(parallel) == 3 and serial["configuration"].str.startswith(SERIAL).all()
-    # numba's 2-thread job collapses in some blocks even when free (a barrier per step), so
-    # only the largest mosaic's 2 processes must show the lost CPU; none may come out faster.
-    largest = parallel[
-        parallel["configuration"].str.startswith("classify processes 2 workers 40x40")
+    # The 2-thread training and the largest mosaic's 2 processes must show the lost CPU as a
+    # significant slowdown (numba's thread counts take turns in 0.1-second windows, so its free
+    # 2-thread rate no longer swings with the VM's slow stretches); none may come out faster.
+    # The smallest mosaic's 100 cells are mostly start-up: it need not resolve.
+    headline = parallel[
+        parallel["configuration"].str.startswith(
+            ("train numba 2 threads", "classify processes 2 workers 40x40")
+        )
     ]
-    assert len(largest) == 1 and (largest["ratio"] < 0.8).all(), out
+    assert len(headline) == 2 and (headline["verdict"] == "slower").all(), out
+    assert (headline["ratio"] < 0.8).all() and rows["regression"].any(), out
     assert not (parallel["verdict"] == "faster").any(), out
-    assert (parallel["verdict"] == "slower").any() and rows["regression"].any(), out
-    assert serial["ratio"].between(0.6, 1.6).all(), out
+    # A 1-CPU job loses nothing: not resolved, or within the VM's drift between the two runs.
+    assert ((serial["verdict"] == "not resolved") | serial["ratio"].between(0.9, 1.1)).all(), out
     # The confined parallel jobs ran with the one CPU they had: shown beside their rate.
     for prefix in PARALLEL:
         line = next(line for line in out.splitlines() if line.startswith(prefix))
