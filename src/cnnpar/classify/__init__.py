@@ -18,12 +18,12 @@ from cnnpar.classify import runners
 from cnnpar.classify.config import ClassifyConfig, ClassifyError, validate
 from cnnpar.classify.outputs import Classification, summary_lines, write_outputs
 from cnnpar.classify.runners import chunk_bounds, classify_range
-from cnnpar.data import load_mnist
+from cnnpar.data import Mnist, load_mnist
 from cnnpar.measure.environment import allocator, tune_malloc
 from cnnpar.measure.interference import TimedRegion
 from cnnpar.measure.threads import set_threads
 from cnnpar.measure.timing import measure
-from cnnpar.mosaic import make_mosaic
+from cnnpar.mosaic import Mosaic, make_mosaic
 from cnnpar.nets.mosaicnet import load_weights
 from cnnpar.registry import MODES
 
@@ -82,6 +82,32 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification | None
             )
         finally:
             runner.close()
+    return _finish(
+        config,
+        mosaic,
+        test,
+        outputs,
+        runner,
+        startup_s=startup_s,
+        measurement=measurement,
+        malloc=malloc,
+        interference=region.result,
+        load=load,
+        weights_note=weights_note,
+    )
+
+
+def _finish(
+    config: ClassifyConfig,
+    mosaic: Mosaic,
+    test: Mnist,
+    outputs: list[runners.Output],
+    runner: runners.Runner,
+    **fields: Any,
+) -> Classification:
+    """The Classification of a run's repeats (`outputs`, one (pred, confidence, cpu_s) each,
+    whose predictions must agree), written to `config.out` when set; `fields` are the rest of
+    Classification's fields. Raises ClassifyError when two repeats predicted differently."""
     pred, confidence, _ = outputs[0]
     for other_pred, _, _ in outputs[1:]:
         if not np.array_equal(other_pred, pred):  # same kernels, same inputs: must not happen
@@ -93,15 +119,10 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification | None
         label=test.labels[mosaic.index],
         pred=pred,
         confidence=confidence,
-        startup_s=startup_s,
-        measurement=measurement,
         cpu_s=[cpu_s for _, _, cpu_s in outputs],
         threads=runner.threads,
         processes=runner.processes,
-        malloc=malloc,
-        interference=region.result,
-        load=load,
-        weights_note=weights_note,
+        **fields,
     )
     if config.out is not None:
         write_outputs(result, config.out)
@@ -179,23 +200,15 @@ def _classify_rank(
         return None
     for info, total in zip(per_rank, totals, strict=True):
         info.update(total)
-    pred, confidence, _ = outputs[0]
-    for other_pred, _, _ in outputs[1:]:
-        if not np.array_equal(other_pred, pred):
-            raise ClassifyError("predictions differ between repeats of the same run")
     compute, comm = sum(runner.compute_s), sum(runner.comm_s)
-    result = Classification(
-        config=config,
-        mosaic=mosaic,
-        images=test.images,
-        label=test.labels[mosaic.index],
-        pred=pred,
-        confidence=confidence,
+    return _finish(
+        config,
+        mosaic,
+        test,
+        outputs,
+        runner,
         startup_s=startup_s,
         measurement=measurement,
-        cpu_s=[cpu_s for _, _, cpu_s in outputs],
-        threads=runner.threads,
-        processes=runner.processes,
         malloc=malloc,
         interference=interference,
         load=load,
@@ -213,9 +226,6 @@ def _classify_rank(
             "ranks": per_rank,
         },
     )
-    if config.out is not None:
-        write_outputs(result, config.out)
-    return result
 
 
 def _cuda_sync() -> None:
