@@ -89,26 +89,25 @@ def test_compare_sees_the_confinement_in_the_parallel_configurations_only(
     assert len(rows) == 7  # 3 training and 4 classification configurations of the tiny config
     # The gate fails exactly when a row is a regression beyond 20%.
     assert code == (1 if rows["regression"].any() else 0), out
-    # The two sets ran minutes apart on a VM whose speed drifts by tens of percent: the
-    # assertions on rates leave room for that drift and rely only on a 2-CPU job losing half
-    # its CPUs (a ratio near 0.5 to 0.7) against a 1-CPU job losing none.
     parallel = rows[rows["configuration"].str.startswith(PARALLEL)]
     serial = rows[~rows.index.isin(parallel.index)]
     assert len(parallel) == 3 and serial["configuration"].str.startswith(SERIAL).all()
-    # The 2-thread training and the largest mosaic's 2 processes must show the lost CPU as a
-    # significant slowdown (numba's thread counts take turns in 0.1-second windows, so its free
-    # 2-thread rate no longer swings with the VM's slow stretches); none may come out faster.
-    # The smallest mosaic's 100 cells are mostly start-up: it need not resolve.
-    headline = parallel[
-        parallel["configuration"].str.startswith(
-            ("train numba 2 threads", "classify processes 2 workers 40x40")
-        )
-    ]
-    assert len(headline) == 2 and (headline["verdict"] == "slower").all(), out
-    assert (headline["ratio"] < 0.8).all() and rows["regression"].any(), out
+    # The two sets ran minutes apart on a VM whose speed drifts by tens of percent between
+    # runs (numba 1 thread: 1.01x and 1.22x "faster" confined in two runs), so a row's ratio
+    # carries that drift. The largest mosaic's 2 processes lose half their CPUs: significantly
+    # slower in every run. numba's two thread counts share each block's job (alternating
+    # windows), so the drift cancels between its rows: confinement must cost the 2-thread row
+    # more than the 1-thread row. No parallel row may come out faster.
+    def ratio(prefix: str) -> float:
+        (value,) = rows.loc[rows["configuration"].str.startswith(prefix), "ratio"]
+        return float(value)
+
+    largest = rows[rows["configuration"].str.startswith("classify processes 2 workers 40x40")]
+    assert len(largest) == 1 and (largest["verdict"] == "slower").all(), out
+    assert (largest["ratio"] < 0.8).all() and rows["regression"].any(), out
+    assert ratio("train numba 2 threads") < ratio("train numba 1 thread"), out
     assert not (parallel["verdict"] == "faster").any(), out
-    # A 1-CPU job loses nothing: not resolved, or within the VM's drift between the two runs.
-    assert ((serial["verdict"] == "not resolved") | serial["ratio"].between(0.9, 1.1)).all(), out
+    assert serial["ratio"].between(0.6, 1.6).all(), out
     # The confined parallel jobs ran with the one CPU they had: shown beside their rate.
     for prefix in PARALLEL:
         line = next(line for line in out.splitlines() if line.startswith(prefix))

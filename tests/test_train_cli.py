@@ -247,3 +247,11 @@ def test_interleaving_needs_a_threads_field_in_out(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "{threads} in --out" in err, err
     assert not out.exists()
+
+
+def test_one_thread_count_fills_the_threads_field_of_out(tmp_path):
+    """A workflow whose sweep has one thread count passes the same --out template."""
+    code, _ = train(tmp_path, "--engine", "numba", "--threads", "2", name="threads~{threads}")
+    assert code == 0
+    assert RunRecord.read(tmp_path / "threads~2" / "run.json").params["threads"] == 2
+    assert not (tmp_path / "threads~{threads}").exists()

@@ -323,8 +323,10 @@ def _add_rank_options(p: argparse.ArgumentParser, what: str) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from cnnpar import train
 
+    # One run directory per count; with one count, {threads} is simply that count.
+    out = args.out.replace(train.THREADS_FIELD, str(args.threads[0]))
     cfg = train.TrainConfig(
-        out=args.out,
+        out=args.out if len(args.threads) > 1 else out,
         model=args.model,
         engine=args.engine,
         threads=args.threads[0],
@@ -377,7 +379,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         metavar="N[,N...]",
         help="CPU threads (per rank; default 1). Several (numba, torch, with --time-budget): "
         "each trains that long in one process, the counts taking turns in 0.1-second windows; "
-        "--out then names one directory per count with {threads}",
+        "--out then names one directory per count with {threads} (replaced by the count)",
     )
     _add_rank_options(p, "engine torch-ddp")
     p.add_argument(
