@@ -92,6 +92,7 @@ def test_compare_sees_the_confinement_in_the_parallel_configurations_only(
     parallel = rows[rows["configuration"].str.startswith(PARALLEL)]
     serial = rows[~rows.index.isin(parallel.index)]
     assert len(parallel) == 3 and serial["configuration"].str.startswith(SERIAL).all()
+
     # The two sets ran minutes apart on a VM whose speed drifts by tens of percent between
     # runs (numba 1 thread: 1.01x and 1.22x "faster" confined in two runs), so a row's ratio
     # carries that drift. The largest mosaic's 2 processes lose half their CPUs: significantly
