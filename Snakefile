@@ -7,4 +7,4 @@ include: "workflow/Snakefile"
 
 
 # Snakemake drops the default target an included file sets, so name it again here.
-workflow.default_target = "all"
+smk.set_default_target(workflow, "all")

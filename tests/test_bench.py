@@ -1,155 +1,204 @@
-"""`cnnpar bench train` end to end on a tiny configuration: rows, paired ratios, the CSVs, run
-record and targets, each number checked against its own recomputation from the row's raw fields
-or the per-round samples."""
+"""`cnnpar bench train` as a small study: the target verdicts on synthetic intervals, a tiny
+bench (2 blocks, numpy and numba at 1 and 2 threads, 512 digits, 0.05 s per run) whose runs
+follow the study's plan and write ordinary `cnnpar train` records, its printout, and the
+one-line refusals of bad input. No test looks at a measured speed, ratio or verdict."""
 
 from __future__ import annotations
 
-import csv
+import json
 import math
+from pathlib import Path
+from typing import Any
 
-import numpy as np
+import pandas as pd
 import pytest
 
-from cnnpar.bench import train as bench
-from cnnpar.bench.common import BenchError, BenchRow, check_csv_path
+from cnnpar import train
+from cnnpar.bench import common
+from cnnpar.bench.train import train_bench
 from cnnpar.cli import main
-from cnnpar.nets.tinycnn import spec
-from cnnpar.record import RunRecord
+from cnnpar.measure import interference
+from cnnpar.measure.intervals import Interval
+from cnnpar.measure.machine import this_machine
+from cnnpar.record import RecordError, RunRecord
+from cnnpar.study import plan
+from cnnpar.study.tables import SUMMARY_COLUMNS, read_table
+
+ENGINES, THREADS, BLOCKS = ("numpy", "numba"), (1, 2), 2
 
 
-def test_train_bench_measures_every_engine_and_pairs_thread_counts(
-    tmp_path, monkeypatch, capsys
-) -> None:
-    monkeypatch.setattr(bench, "CPU_CONFIGS", ((2, 8),))
-    monkeypatch.setattr(bench, "BENCH_IMAGES", 256)
-    out = tmp_path / "bench.csv"
-    rows = bench.train_bench(quick=True, seconds=0.02, csv_path=str(out))
+# --- verdicts ---------------------------------------------------------------------------------
 
-    measured = {(r.engine, r.parallelism_requested) for r in rows}
-    assert measured == {("numpy", 1), ("numba", 1), ("numba", 2), ("torch", 1), ("torch", 2)}
-    for row in rows:
-        assert isinstance(row, BenchRow) and row.bench == "train"
-        assert (row.filters, row.batch_size, row.model) == (2, 8, "tinycnn")
-        assert row.rate > 0 and row.repeats == 3
-        assert row.q1_s <= row.median_s <= row.q3_s
-        assert row.rate_q1 <= row.rate <= row.rate_q3
-        # Images/s, GFLOP/s and the roofline fraction, recomputed from the raw fields.
-        steps = row.extra["steps"]
-        assert row.items == steps * row.batch_size
-        assert row.rate_unit == "images/s"
-        assert row.rate == pytest.approx(steps * row.batch_size / row.median_s, rel=1e-12)
-        assert row.rate_q1 == pytest.approx(steps * row.batch_size / row.q3_s, rel=1e-12)
-        assert row.rate_q3 == pytest.approx(steps * row.batch_size / row.q1_s, rel=1e-12)
-        gflops = row.rate * spec.flops_per_image(2) / 1e9
-        assert row.gflops == pytest.approx(gflops, rel=1e-12)
-        assert row.roofline_gflops is not None and row.roofline_gflops > 0
-        assert row.roofline_fraction == pytest.approx(gflops / row.roofline_gflops, rel=1e-12)
-        assert row.parallelism_effective >= 1 and row.processes == 1
-        # A speedup exists only where there is a 1-thread run of the same engine to pair with.
-        if row.parallelism_requested == 1:
-            assert row.speedup is None and row.speedup_over is None
-        else:
-            assert row.speedup_low <= row.speedup <= row.speedup_high
-            assert row.speedup > 0
-            assert row.speedup_over == f"{row.engine} 1 thread"
-            # The geometric mean of the per-round speed-ups over the same engine's 1 thread.
-            one = next(r for r in rows if (r.engine, r.parallelism_requested) == (row.engine, 1))
-            per_round = np.array(one.samples_s) / np.array(row.samples_s)
-            assert row.speedup == pytest.approx(math.exp(np.log(per_round).mean()), rel=1e-9)
 
-    with out.open() as f:
-        written = list(csv.DictReader(f))
-    assert len(written) == len(rows)
-    assert {"speedup", "roofline_fraction", "rate", "rate_unit", "steps", "iqr_s"} <= set(
-        written[0]
-    )
-    for line, row in zip(written, rows, strict=True):
-        assert line["variant"] == row.variant and line["rate_unit"] == "images/s"
-        assert float(line["rate"]) == pytest.approx(
-            int(line["steps"]) * int(line["batch_size"]) / float(line["median_s"]), rel=1e-9
-        )
-        assert float(line["iqr_s"]) == pytest.approx(
-            float(line["q3_s"]) - float(line["q1_s"]), abs=1e-12
-        )
+@pytest.mark.parametrize(
+    ("low", "high", "n", "expected"),
+    [
+        (0.45, 0.55, 5, "met"),
+        (0.40, 0.55, 5, "met"),  # the low end reaching the threshold is enough
+        (0.30, 0.39, 5, "missed"),
+        (0.30, 0.40, 5, "not resolved"),  # the high end touches it: not below
+        (0.35, 0.45, 5, "not resolved"),
+        (math.nan, math.nan, 1, "not resolved"),  # one block: no interval
+        (0.5, 0.6, 1, "not resolved"),
+    ],
+)
+def test_verdict_follows_the_interval(low: float, high: float, n: int, expected: str) -> None:
+    estimate = (low + high) / 2 if math.isfinite(low) else 0.9
+    assert common.verdict(Interval(estimate, low, high, n), 0.40) == expected
 
-    with (tmp_path / "bench_rounds.csv").open() as f:
-        rounds = list(csv.DictReader(f))
-    assert len(rounds) == 3 * len(rows), "one row per case and round"
-    for line in rounds:
-        row = next(r for r in rows if r.variant == line["variant"])
-        assert float(line["seconds"]) == row.samples_s[int(line["round"]) - 1]
 
-    record = RunRecord.read(tmp_path / "run.json")
-    assert record.command == "bench-train" and record.model == "tinycnn"
-    assert record.outputs == ["bench.csv", "bench_rounds.csv"]
-    assert record.params == {"quick": True, "cuda": False, "repeats": 5, "seconds": 0.02}
-    assert record.results["rows"] == len(rows)
-    best = max(rows, key=lambda r: r.rate)
-    assert record.results["best_variant"] == best.variant
-    assert record.results["best_rate"] == pytest.approx(best.rate)
-    assert record.parallelism.requested == 2
-    copies = record.results["copies_scaling"]
-    assert 0 < copies["low"] <= copies["estimate"] <= copies["high"] and copies["n"] == 3
-    targets = record.results["targets"]
-    texts = [t["target"] for t in targets]
-    assert len(texts) == 3, texts
-    assert any("x torch at F=2 B=8 2 threads" in text for text in texts)
-    assert any("x 1 thread at F=2 B=8" in text for text in texts)
-    assert any("of the sgemm roofline" in text for text in texts)
-    for t in targets:
-        assert t["low"] <= t["value"] <= t["high"]
-        assert t["met"] == (t["low"] >= t["goal"])
-        expected = "met" if t["met"] else "missed" if t["high"] < t["goal"] else "not resolved"
-        assert t["verdict"] == expected
-
-    printed = capsys.readouterr().out
-    assert "glibc malloc" in printed or "LD_PRELOAD=" in printed, "the allocator is stated"
-    assert "two independent 1-thread numba trainings at once (processes, F=2 B=8)" in printed
-    assert "2 threads / 1 thread: numba " in printed
-    # The summary follows the measured configuration, not a fixed one.
-    assert "F=2   B=8    threads=2  numba/torch" in printed
-    assert "at F=2 B=8 2 threads" in printed and "F=8 B=32" not in printed
-    numba2 = next(r for r in rows if (r.engine, r.parallelism_requested) == ("numba", 2))
-    torch2 = next(r for r in rows if (r.engine, r.parallelism_requested) == ("torch", 2))
-    # numba over torch, paired: the same round's rates (their step counts may differ).
-    per_round = [
-        (numba2.items / a) / (torch2.items / b)
-        for a, b in zip(numba2.samples_s, torch2.samples_s, strict=True)
+def test_targets_are_declared_once_on_summary_columns() -> None:
+    assert [(t.study, t.statistic, t.threshold) for t in common.TARGETS] == [
+        ("train", "roofline_fraction", 0.40),
+        ("train", "speedup", 1.6),
+        ("classify", "roofline_fraction", 0.85),
     ]
-    target = next(t for t in targets if "torch" in t["target"])
-    assert math.isclose(target["value"], math.exp(np.mean(np.log(per_round))))
-    assert f"{target['value']:.2f}× [{target['low']:.2f}, {target['high']:.2f}] -> " in printed
+    for target in common.TARGETS:
+        for column in (*target.where, *(f"{target.statistic}{s}" for s in ("", "_low", "_high"))):
+            assert column in SUMMARY_COLUMNS, (target.name, column)
 
 
-def test_copies_scaling_is_a_positive_ratio() -> None:
-    copies = bench.copies_scaling(2, 8, repeats=3, seconds=0.02)
-    assert copies.n == 3 and 0 < copies.low <= copies.estimate <= copies.high
-    assert copies.estimate < 4
+def test_target_interval_reads_its_own_summary_row() -> None:
+    rows = [
+        {"study": "train", "engine": "numba", "filters": 8, "batch_size": 32,
+         "parallelism_requested": p, "blocks": 3, "speedup": s, "speedup_low": s - 0.05,
+         "speedup_high": s + 0.05}
+        for p, s in ((1, 1.0), (2, 1.7))
+    ]  # fmt: skip
+    summary = pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
+    speedup = next(t for t in common.TARGETS if t.statistic == "speedup")
+    interval = common.target_interval(speedup, summary)
+    assert (interval.estimate, interval.low, interval.high) == pytest.approx((1.7, 1.65, 1.75))
+    assert interval.n == 3, "the row's blocks"
+    assert common.verdict(interval, speedup.threshold) == "met"
+    classify = next(t for t in common.TARGETS if t.study == "classify")
+    assert common.target_interval(classify, summary) is None, "not measured"
 
 
-def test_csv_path_is_checked_before_measuring(tmp_path, capsys) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    assert main(["bench", "train", "--quick", "--csv", str(blocker / "sub" / "b.csv")]) == 2
+def test_old_bench_records_are_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"schema_version": 3, "command": "bench-train"}))
+    with pytest.raises(RecordError, match="old `cnnpar bench` record") as err:
+        RunRecord.read(path)
+    assert "\n" not in str(err.value)
+
+
+# --- a tiny bench --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The bench on tiny sizes; the compute probe is a constant (its cost, not its value,
+    matters here) and the run functions log each call before running it."""
+    tmp = tmp_path_factory.mktemp("bench")
+    calls: list[tuple[int | None, str, list[int]]] = []
+    lines: list[str] = []
+    real_run, real_interleaved = train.run, train.run_interleaved
+
+    def run(cfg: train.TrainConfig, *args: Any, **kwargs: Any) -> Any:
+        calls.append((cfg.block, cfg.engine, [cfg.threads]))
+        return real_run(cfg, *args, **kwargs)
+
+    def run_interleaved(cfg: train.TrainConfig, counts: list[int]) -> Any:
+        calls.append((cfg.block, cfg.engine, list(counts)))
+        return real_interleaved(cfg, counts)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(interference, "cpu_probe", lambda threads: 10.0 * threads)
+        patch.setattr(train, "run", run)
+        patch.setattr(train, "run_interleaved", run_interleaved)
+        summary, checks = train_bench(
+            ENGINES, THREADS, BLOCKS, time_budget=0.05, out=tmp / "out",
+            csv_path=tmp / "rows" / "summary.csv", train_size=512, test_size=100,
+            timing_lock=str(tmp / "lock"), echo=lines.append,
+        )  # fmt: skip
+    return {"out": tmp / "out", "csv": tmp / "rows" / "summary.csv", "calls": calls,
+            "lines": lines, "summary": summary, "checks": checks}  # fmt: skip
+
+
+def test_runs_follow_the_plan(bench: dict[str, Any]) -> None:
+    section = {"threads": list(THREADS), "ranks": [], "filters": [8], "batch_sizes": [32],
+               "seeds": [0]}  # fmt: skip
+    configs = plan.tinycnn_configs(ENGINES, section)
+    planned = [
+        (block, run.subject, [c["threads"] for c in run.configs])
+        for block in range(1, BLOCKS + 1)
+        for run in plan.family_runs("train", configs, block)
+    ]
+    assert bench["calls"] == planned
+    # numba switches threads: one interleaved run; even blocks reverse the order.
+    assert planned == [(1, "numpy", [1]), (1, "numba", [1, 2]),
+                       (2, "numba", [1, 2]), (2, "numpy", [1])]  # fmt: skip
+
+
+def test_every_run_writes_an_ordinary_train_record(bench: dict[str, Any]) -> None:
+    records = [RunRecord.read(p) for p in sorted(bench["out"].rglob("run.json"))]
+    assert {r.command for r in records} == {"train"}
+    seen = sorted((r.params["block"], r.params["engine"], r.parallelism.requested) for r in records)
+    assert seen == sorted(
+        (b, e, t) for b in (1, 2) for e in ENGINES for t in (THREADS if e == "numba" else (1,))
+    )
+    for record in records:
+        assert (record.params["filters"], record.params["batch_size"]) == (8, 32)
+        assert record.params["time_budget"] == 0.05 and record.params["train_size"] == 512
+        assert record.interference is not None and record.results["train_images"] > 0
+        if record.params["engine"] == "numba":
+            assert record.results["interleaved"]["threads"] == [1, 2]
+    # The study's tables over them: one summary row per configuration over both blocks.
+    summary = bench["summary"]
+    assert sorted(zip(summary["engine"], summary["parallelism_requested"], strict=True)) == [
+        ("numba", 1), ("numba", 2), ("numpy", 1)
+    ]  # fmt: skip
+    assert set(summary["blocks"]) == {BLOCKS}
+    assert len(read_table(bench["csv"], "summary")) == 3
+    assert (bench["out"] / "tables" / "jobs.csv").is_file()
+
+
+def test_printout_names_the_cpu_and_every_target(bench: dict[str, Any]) -> None:
+    lines = bench["lines"]
+    cpu = this_machine().cpu_model
+    assert lines[0].startswith("cnnpar bench train on ") and cpu in lines[0]
+    assert f"targets on {cpu}" in lines
+    train_targets = [t for t in common.TARGETS if t.study == "train"]
+    assert [c.target for c in bench["checks"]] == train_targets
+    for check in bench["checks"]:
+        assert check.interval is not None and check.interval.n == BLOCKS
+        assert check.verdict == common.verdict(check.interval, check.target.threshold)
+        (line,) = [x for x in lines if x.strip().startswith(check.target.name)]
+        assert line.rstrip().endswith(check.verdict)
+    for label in ("numpy 1 thread F=8 B=32", "numba 2 threads F=8 B=32"):
+        assert any(x.startswith(label) for x in lines), label
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--engines", "numba,nope"], "--engines"),
+        (["--engines", "torch-ddp"], "--engines"),
+        (["--engines", "numba,numba"], "--engines"),
+        (["--threads", "1,1"], "--threads"),
+        (["--threads", "0"], "--threads"),
+        (["--blocks", "0"], "--blocks"),
+        (["--time-budget", "0"], "--time-budget"),
+        (["--csv", "{tmp}"], "--csv"),
+        (["--csv", "{tmp}/a-file/b.csv"], "--csv"),
+        (["--out", "{tmp}/a-file"], "--out"),
+        (["--out", "{tmp}"], "--out"),  # not empty
+        (["--quick"], "--quick"),  # the old bench's options are gone
+        (["--seconds", "1"], "--seconds"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    args: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    argv = ["bench", "train", *(a.replace("{tmp}", str(tmp_path)) for a in args)]
+    assert main(argv) == 2
     captured = capsys.readouterr()
     err = captured.err.strip()
-    assert len(err.splitlines()) == 1 and "--csv" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and says in err and "Traceback" not in err, err
     assert captured.out == "", "nothing measured"
-
-    assert main(["bench", "train", "--quick", "--csv", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--csv" in err and "is a directory" in err
-
-    # A missing directory is fine: it is made when the rows are written, so a bench that fails
-    # before that leaves nothing behind.
-    assert check_csv_path(tmp_path / "new" / "b.csv") == tmp_path / "new" / "b.csv"
-    assert not (tmp_path / "new").exists()
-    with pytest.raises(BenchError, match="--csv"):
-        check_csv_path(blocker / "b.csv")
-
-
-def test_bench_train_counts_must_be_positive(capsys) -> None:
-    for option in ("--repeats", "--seconds"):
-        assert main(["bench", "train", option, "0"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and option in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"], "nothing written"

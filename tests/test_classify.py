@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from cnnpar import classify, cli
+from cnnpar import classify, cli, registry
+from cnnpar.classify import runners
 from cnnpar.data import load_mnist
-from cnnpar.mosaic import make_mosaic, mask_geometry, render_mask
+from cnnpar.measure import timing
+from cnnpar.mosaic import Mosaic, make_mosaic, mask_geometry, render_mask
 from cnnpar.nets.mosaicnet import MosaicNet
 from cnnpar.nets.torch_step import to_input
+from cnnpar.record import RECORD_NAME, RunRecord
 
 ROWS, COLS, SEED = 20, 30, 3
 CONTRACT_COLUMNS = [
@@ -146,6 +149,58 @@ def test_ranks_mode_shards_cover_the_mosaic(results: dict[str, classify.Classifi
         assert all(r["host"] and r["cpu_affinity"] for r in extra["ranks"]), name
 
 
+# --- every mode of the registry against sequential --------------------------------------------
+
+# 35 cells in batches of 8: every worker or rank gets a share, and the last batch is partial.
+TINY = dict(rows=5, cols=7, seed=SEED, batch_size=8)
+
+
+def two_cores(mode: str) -> dict[str, int]:
+    """The options that run `mode` on 2 cores, in its own layout (1 core if it has none)."""
+    entry = registry.MODES[mode]
+    if entry.ranks:
+        return dict(ranks=2, threads=1)
+    return dict(workers=2) if entry.parallel else {}
+
+
+@pytest.fixture(scope="module")
+def tiny_sequential(weights: Path, tmp_path_factory: pytest.TempPathFactory):
+    lock = tmp_path_factory.mktemp("lock") / "timing.lock"
+    return classify.run(
+        classify.ClassifyConfig(weights=weights, mode="sequential", timing_lock=str(lock), **TINY)
+    )
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [pytest.param(m, marks=[pytest.mark.gpu] if x.gpu else []) for m, x in registry.MODES.items()],
+)
+def test_every_mode_matches_sequential_and_writes_its_record(
+    mode: str, weights: Path, tmp_path: Path, tiny_sequential: classify.Classification
+) -> None:
+    out = tmp_path / "run"
+    # A lock of its own: the study's machine-wide lock would queue it behind other timed runs.
+    lock = str(tmp_path / "timing.lock")
+    config = classify.ClassifyConfig(
+        weights=weights, mode=mode, out=out, timing_lock=lock, **TINY, **two_cores(mode)
+    )
+    result = classify.run(config)
+    assert result is not None
+    assert np.array_equal(result.pred, tiny_sequential.pred)
+    rtol = 1e-4 if registry.MODES[mode].gpu else 1e-5
+    np.testing.assert_allclose(result.confidence, tiny_sequential.confidence, rtol=rtol)
+
+    record = RunRecord.read(out / RECORD_NAME)
+    assert (record.command, record.model) == ("classify", "mosaicnet")
+    assert record.params["mode"] == mode and record.params["grid"] == "5x7"
+    assert record.outputs == list(registry.CLASSIFY_OUTPUTS)
+    assert all((out / name).is_file() for name in record.outputs)
+    assert record.results["cells"] == 35
+    assert record.parallelism.requested == config.cores
+    assert record.interference is not None and record.machine is not None
+    assert np.array_equal(np.load(out / "predictions.npz")["pred"], tiny_sequential.pred)
+
+
 def test_labels_are_the_true_test_labels(cli_run: Path) -> None:
     test = load_mnist("test")
     p = np.load(cli_run / "predictions.npz")
@@ -164,6 +219,7 @@ def test_result_csv_rows_are_consistent(cli_run: Path) -> None:
         assert set(CONTRACT_COLUMNS) <= set(row)
         assert float(row["accuracy"]) == pytest.approx(np.mean(p["pred"] == p["label"]))
         assert int(row["cells"]) == int(row["distinct_digits"]) == ROWS * COLS
+        assert int(row["cells_classified"]) == ROWS * COLS  # no budget: every cell
         assert row["with_replacement"] == "False"
         assert int(row["repeat"]) == i
         assert (row["processes"], row["torch_threads"]) == ("2", "1")
@@ -268,6 +324,153 @@ def test_a_worker_that_dies_mid_run_ends_the_run_with_one_line(
     assert not (tmp_path / "out" / "run.json").exists()
 
 
+# --- a time budget -----------------------------------------------------------------------------
+
+
+def units(mode: str) -> int:
+    """Batches a budgeted run classifies at least: one per worker process or rank."""
+    layout = two_cores(mode)
+    entry = registry.MODES[mode]
+    return (
+        layout.get("ranks", 1)
+        if entry.ranks
+        else entry.worker_processes(layout.get("workers", 1)) or 1
+    )
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [pytest.param(m, marks=[pytest.mark.gpu] if x.gpu else []) for m, x in registry.MODES.items()],
+)
+def test_every_mode_stops_on_a_spent_budget_after_one_batch_per_worker(
+    mode: str, weights: Path, tmp_path: Path, tiny_sequential: classify.Classification
+) -> None:
+    """A budget spent by the first batch: each worker or rank classifies exactly one batch,
+    together the whole batches from cell 0, and the run makes no second repeat."""
+    out = tmp_path / "run"
+    config = classify.ClassifyConfig(
+        weights=weights,
+        mode=mode,
+        out=out,
+        timing_lock=str(tmp_path / "timing.lock"),
+        time_budget=1e-9,
+        repeats=3,
+        **TINY,
+        **two_cores(mode),
+    )
+    result = classify.run(config)
+    assert result is not None
+    n = min(35, units(mode) * TINY["batch_size"])  # 35 cells in batches of 8
+    assert result.classified == n and result.repeat_cells == [n]
+    assert len(result.measurement.samples) == 1
+    assert np.array_equal(result.pred, tiny_sequential.pred[:n])
+    rtol = 1e-4 if registry.MODES[mode].gpu else 1e-5
+    np.testing.assert_allclose(result.confidence, tiny_sequential.confidence[:n], rtol=rtol)
+    assert result.accuracy == pytest.approx(np.mean(result.pred == result.label))
+
+    record = RunRecord.read(out / RECORD_NAME)
+    assert record.params["time_budget"] == 1e-9
+    assert (record.results["cells"], record.results["cells_classified"]) == (35, n)
+    assert record.results["repeat_cells"] == [n]
+    saved = np.load(out / "predictions.npz")
+    assert np.array_equal(saved["index"], result.mosaic.index[:n])
+    assert np.array_equal(saved["pred"], result.pred) and len(saved["label"]) == n
+    (row,) = read_rows(out / "result.csv")
+    assert (int(row["cells"]), int(row["cells_classified"])) == (35, n)
+    assert float(row["cells_per_s"]) == pytest.approx(n / float(row["classify_s"]))
+    # The cells the run did not classify are flat neutral grey in the mask; the others not.
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(out / "mask.png").convert("RGB")).astype(int)
+    cells = rgb.reshape(5, 28, 7, 28, 3).transpose(0, 2, 1, 3, 4).reshape(35, -1, 3)
+    assert np.all(cells[n:] == 128)
+    assert not np.all(cells[:n] == 128, axis=(1, 2)).any()
+
+
+class BatchClock:
+    """`time` for the runner and the timing loop: one second passes per batch classified (at
+    its start), so where a budget stops is known exactly whatever the machine is doing."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def process_time(self) -> float:
+        return 0.0
+
+
+@pytest.fixture
+def batch_clock(monkeypatch) -> BatchClock:
+    clock = BatchClock()
+    batches = Mosaic.batches
+
+    def timed_batches(self: Mosaic, *args: object, **kwargs: object):
+        for batch in batches(self, *args, **kwargs):
+            clock.now += 1.0
+            yield batch
+
+    monkeypatch.setattr(Mosaic, "batches", timed_batches)
+    monkeypatch.setattr(runners, "time", clock)
+    monkeypatch.setattr(timing, "time", clock)
+    return clock
+
+
+@pytest.mark.parametrize(
+    ("budget", "repeats", "samples", "cells"),
+    [
+        # 5 batches a pass: a whole pass (5 s), then 2.5 s left: 3 batches, the third past it
+        (7.5, 3, [5.0, 3.0], [35, 24]),
+        (100.0, 2, [5.0, 5.0], [35, 35]),  # repeats cap the passes
+        (0.5, 3, [1.0], [8]),  # the first batch always
+        (None, 2, [5.0, 5.0], [35, 35]),  # no budget: whole passes, as many as asked
+    ],
+)
+def test_a_budget_cycles_through_the_mosaic_in_whole_batches_from_cell_0(
+    weights: Path, batch_clock: BatchClock, budget, repeats, samples, cells
+) -> None:
+    config = classify.ClassifyConfig(weights=weights, time_budget=budget, repeats=repeats, **TINY)
+    mosaic = make_mosaic(TINY["rows"], TINY["cols"], TINY["seed"])
+    runner = runners.InProcessRunner(config, mosaic, load_mnist("test").images)
+    measurement, outputs = classify._timed_repeats(runner, config)
+    assert measurement.samples == samples
+    assert [len(pred) for pred, _, _ in outputs] == cells
+    whole = outputs[0][0]
+    for pred, _, _ in outputs[1:]:
+        assert np.array_equal(pred, whole[: len(pred)])
+
+
+def test_a_budgeted_command_says_how_many_cells_it_classified(
+    weights: Path, tmp_path: Path, capsys
+) -> None:
+    args = [f"--weights={weights}", f"--rows={ROWS}", f"--cols={COLS}", "--batch-size=64"]
+    out = tmp_path / "out"
+    code = cli.main(["classify", *args, "--time-budget=1e-9", f"--out={out}"])
+    assert code == 0, capsys.readouterr().err
+    assert "total items classified: 64 of 600 " in capsys.readouterr().out
+    assert RunRecord.read(out / RECORD_NAME).results["cells_classified"] == 64
+
+
+@pytest.mark.parametrize("budget", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_config_s_budget_must_be_a_positive_number_of_seconds(weights: Path, budget) -> None:
+    config = classify.ClassifyConfig(weights=weights, rows=2, cols=2, time_budget=budget)
+    with pytest.raises(classify.ClassifyError, match="--time-budget must be a positive"):
+        classify.validate(config)
+
+
+def test_the_mask_of_some_cells_draws_the_rest_neutral_grey() -> None:
+    mosaic = make_mosaic(4, 5, seed=1)
+    images = load_mnist("test").images
+    n = 7
+    mask = render_mask(mosaic, images, np.ones(n, bool), np.ones(n, np.float32))
+    cells = mask.reshape(4, 28, 5, 28, 3).transpose(0, 2, 1, 3, 4).reshape(20, -1, 3)
+    assert np.all(cells[n:] == 128)
+    assert np.all(cells[:n, :, 1] > cells[:n, :, 0])  # classified right: green
+    with pytest.raises(ValueError, match="same n"):
+        render_mask(mosaic, images, np.ones(21, bool), np.ones(21, np.float32))
+
+
 def test_chunks_are_contiguous_whole_batches() -> None:
     bounds = classify.chunk_bounds(cells=1000, batch_size=64, chunks=8)
     assert len(bounds) == 8
@@ -298,6 +501,9 @@ BAD = {
     "workers 0": (["--mode=processes", "--workers=0"], "workers must be >= 1"),
     "batch-size 0": (["--batch-size=0"], "batch-size must be >= 1"),
     "repeats 0": (["--repeats=0"], "repeats must be >= 1"),
+    "time-budget 0": (["--time-budget=0"], "--time-budget must be a positive finite number"),
+    "time-budget negative": (["--time-budget=-1"], "--time-budget must be a positive finite"),
+    "time-budget nan": (["--time-budget=nan"], "--time-budget must be a positive finite number"),
     "sequential with 2 workers": (["--workers=2"], "sequential mode runs one worker"),
     "missing weights": (["--weights={tmp}/missing.pt"], "not found"),
     "mismatched weights": (["--weights=<bad>"], "does not fit MosaicNet"),

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cnnpar import cli, registry
+from cnnpar import registry
 from cnnpar.classify import runners
 
 
@@ -51,21 +51,6 @@ def test_every_table_figure_has_a_maker() -> None:
 def test_model_defaults_name_a_registered_engine() -> None:
     for model in registry.MODELS.values():
         assert model.default_engine in registry.engines_for(model.name)
-
-
-def test_cli_choices_come_from_the_registry() -> None:
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command").choices
-    choices = {
-        (command, action.dest): list(action.choices)
-        for command in ("train", "classify")
-        for action in sub[command]._actions
-        if action.choices
-    }
-    assert choices[("train", "engine")] == list(registry.ENGINES)
-    assert choices[("train", "model")] == list(registry.MODELS)
-    assert choices[("classify", "mode")] == list(registry.MODES)
-    assert choices[("classify", "backend")] == list(registry.BACKENDS)
 
 
 def test_every_model_names_its_trainer() -> None:

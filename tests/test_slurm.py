@@ -24,6 +24,7 @@ from workflow_helpers import (
     expected_jobs,
     fail_once_shim,
     load_config,
+    paired_classify_runs,
     paired_train_runs,
 )
 
@@ -72,18 +73,9 @@ CLUSTER_FLAGS = (
 # One paired block is enough to show scheduling, failure and resumption through SLURM, and
 # halves the jobs the cluster runs (the local workflow test runs the tiny config's two).
 BLOCKS = 1
-# "Job 3 has been submitted with SLURM jobid 17 (log: /abs/.snakemake/slurm_logs/...)."; a
-# group job is named by a UUID instead of a number.
-SUBMITTED = re.compile(
-    r"Job (?:\d+|[0-9a-f-]{36}) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\."
-)
-LOCAL_RULES = ("all", "block_done", "mask_figure")  # the Snakefile's localrules
-# Each comparison family of a block is one job group (one submission): its timed jobs and the
-# marker closing it.
-GROUPS = {
-    "group_train": (("train_tinycnn", "train_tinycnn_interleaved"), "train_family_done"),
-    "group_classify": (("classify",), "classify_family_done"),
-}
+# "Job 3 has been submitted with SLURM jobid 17 (log: /abs/.snakemake/slurm_logs/...)."
+SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+LOCAL_RULES = ("all", "mask_figure")  # the Snakefile's localrules
 
 
 @dataclass
@@ -93,13 +85,8 @@ class Submission:
 
     @property
     def rule(self) -> str:
-        """The rule name, from the log path .snakemake/slurm_logs/rule_<rule>/...; a job group
-        (one comparison family of one block, .../group_train-block~1-.../...) gives its kind,
-        group_train or group_classify."""
-        part = next(p for p in self.log.parts if p.startswith(("rule_", "group_")))
-        if part.startswith("group_"):
-            return part.split("-block~", 1)[0]
-        return part.removeprefix("rule_")
+        """The rule name, from the log path .snakemake/slurm_logs/rule_<rule>/..."""
+        return next(p for p in self.log.parts if p.startswith("rule_")).removeprefix("rule_")
 
     @property
     def job(self) -> str:
@@ -176,16 +163,18 @@ def test_failed_job_is_reported_with_its_slurm_log(
 ) -> None:
     run = faulted_then_rerun.first
     assert run.returncode != 0, run.output[-3000:]
-    assert faulted_then_rerun.marker.exists(), "the fault was never injected"
-    assert "Error in group train-block~1" in run.output, run.output[-3000:]
+    assert faulted_then_rerun.marker.exists(), (
+        f"the fault was never injected:\n{run.output[-4000:]}"
+    )
+    assert "Error in rule train_family" in run.output, run.output[-3000:]
     failed = [
         s for s in run.submissions if slurm_cluster.job_fields(s.slurm_id)["JobState"] == "FAILED"
     ]
-    # Exactly one job failed: the group of the failed training job. Its SLURM log (kept
-    # because it failed) is named in the error, and show-failed-logs prints the job's own log,
-    # where the shim wrote why it failed.
-    assert [s.rule for s in failed] == ["group_train"], [str(s.log) for s in failed]
-    error_block = run.output[run.output.index("Error in group train-block~1") :]
+    # Exactly one job failed: the training family job whose first run failed. Its SLURM log
+    # (kept because it failed) is named in the error, and show-failed-logs prints the job's own
+    # log, where the shim wrote why it failed.
+    assert [s.rule for s in failed] == ["train_family"], [str(s.log) for s in failed]
+    error_block = run.output[run.output.index("Error in rule train_family") :]
     assert str(failed[0].log) in error_block
     assert failed[0].log.exists()
     assert SHIM_MESSAGE in error_block, error_block[-3000:]
@@ -197,8 +186,8 @@ def test_rerun_completes_without_redoing_finished_jobs(
 ) -> None:
     run = faulted_then_rerun.second
     assert run.returncode == 0, run.output[-3000:]
-    # Only the failed job's group, the jobs waiting on its block and the untimed aggregation
-    # ran again: no job that finished in the first run was submitted a second time.
+    # Only the failed family job and the untimed aggregation ran again: no job that finished
+    # in the first run was submitted a second time.
     first = faulted_then_rerun.first.submissions
     failed = [s.job for s in first if slurm_cluster.job_fields(s.slurm_id)["JobState"] == "FAILED"]
     finished = {s.job for s in first} - set(failed)
@@ -206,14 +195,14 @@ def test_rerun_completes_without_redoing_finished_jobs(
     assert len(failed) == 1 and failed[0] in again, (failed, again)
     assert finished.isdisjoint(again), sorted(finished & set(again))
     assert len(again) == len(set(again)), again
-    # A job group fails and runs again as a whole: the failed job's comparison family in its
-    # block (so its ratios stay pairs of jobs run together). Nothing else was written again.
+    # A family job fails and runs again as a whole: its comparison family in its block (so its
+    # ratios stay pairs of runs made together). Nothing else was written again.
     redone = [
         str(path)
         for path, mtime in faulted_then_rerun.mtimes_after_first.items()
         if "/logs/" not in str(path) and path.stat().st_mtime != mtime
     ]
-    family = re.compile(r"/train/tinycnn/.*/block~1(?:/|\.tsv$)")
+    family = re.compile(r"/train/tinycnn/(?:.*/)?block~1(?:/|\.tsv$)")
     assert all(family.search(path) for path in redone), redone
 
 
@@ -228,11 +217,7 @@ def test_every_job_ran_through_slurm(
     )
     for rule in LOCAL_RULES:  # run by Snakemake itself, not submitted
         del expected[rule]
-    for group, (timed, marker) in GROUPS.items():  # one submission per family and block
-        expected[group] = expected.pop(marker)
-        for rule in timed:
-            expected.pop(rule, None)
-    expected["group_train"] += 1  # the injected failure's group, submitted again by the re-run
+    expected["train_family"] += 1  # the injected failure's job, submitted again by the re-run
     assert per_rule == expected
     # SLURM's own record of each job: where and how it ran, and how it ended.
     states = []
@@ -267,11 +252,13 @@ def test_outputs_and_tables_are_complete(faulted_then_rerun: FaultedThenRerun) -
     assert (paired >= config["train"]["tinycnn"]["time_budget"]).all()
 
     classify = pd.read_csv(results / "tables" / "classify.csv")
-    assert len(classify) == expected["classify"] * config["classify"]["repeats"]
-    assert classify["job_dir"].nunique() == expected["classify"]
+    assert len(classify) == paired_classify_runs(config) * config["classify"]["repeats"]
+    assert classify["job_dir"].nunique() == paired_classify_runs(config)
 
 
-TIMED_RULES = ("group_train", "group_classify", "train_tinycnn_full", "train_mosaicnet")
+TIMED_RULES = (
+    "train_family", "classify_family", "train_tinycnn_full", "classify_full", "train_mosaicnet",
+)  # fmt: skip
 
 
 def test_timed_jobs_queue_together_but_run_alone(
@@ -299,8 +286,8 @@ def test_timed_jobs_queue_together_but_run_alone(
 
 # Which wildcards hold the rank count and the job's cores (threads or workers), in the order the
 # plugin joins them into the job comment "rule_<rule>_wildcards_<w1>_<w2>_...": each rank is a
-# task of cores / ranks CPUs. train_mosaicnet's count is in the config; the paired jobs run in
-# group jobs (below).
+# task of cores / ranks CPUs. train_mosaicnet's count is in the config; a family job reserves
+# its widest member's (below).
 THREADS_WILDCARD = {"train_tinycnn_full": (1, 2)}
 
 
@@ -314,10 +301,13 @@ def test_each_timed_job_reserves_the_cores_it_measures(
         fields = slurm_cluster.job_fields(submission.slurm_id)
         if submission.rule == "train_mosaicnet":
             threads = config["train"]["mosaicnet"]["threads"]
-        elif submission.rule == "group_train":  # its jobs run one after another: the widest
+        elif submission.rule == "train_family":  # its runs go one after another: the widest
             threads = max(config["train"]["tinycnn"]["threads"])
-        elif submission.rule == "group_classify":
+        elif submission.rule == "classify_family":
             threads = max(config["classify"]["workers"])
+        elif submission.rule == "classify_full":  # mode threads at the widest count, or 1
+            cls = config["classify"]
+            threads = max(cls["workers"]) if "threads" in cls["modes"] else 1
         else:
             wildcards = fields["Comment"].split("_wildcards_", 1)[1].split("_")
             ranks, cores = THREADS_WILDCARD[submission.rule]
@@ -352,8 +342,7 @@ def test_gpu_engines_request_a_gpu(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    # "rule train_tinycnn:" ... "wildcards: engine=cuda, ..." ... "resources: ..., gpu=1, ...",
-    # indented once more inside a group job
+    # "rule train_gpu:" ... "wildcards: engine=cuda, ..." ... "resources: ..., gpu=1, ..."
     jobs = re.findall(
         r"^( *)rule (\w+):\n(?:\1    .*\n)*?\1    wildcards: (.*)\n(?:\1    .*\n)*?"
         r"\1    resources: (.*)\n",
@@ -363,8 +352,8 @@ def test_gpu_engines_request_a_gpu(tmp_path: Path) -> None:
     gpu = {
         (rule, wildcards.split(",")[0]): re.search(r"\bgpu=(\d+)", resources).group(1)
         for _, rule, wildcards, resources in jobs
-        if rule in ("train_tinycnn", "classify")
+        if rule in ("train_gpu", "train_family", "classify_family")
     }
-    assert gpu[("train_tinycnn", "engine=cuda")] == "1", gpu
-    assert gpu[("train_tinycnn", "engine=numpy")] == "0", gpu
-    assert {value for (rule, _), value in gpu.items() if rule == "classify"} == {"0"}, gpu
+    assert gpu[("train_gpu", "engine=cuda")] == "1", gpu  # the cuda engine's own jobs
+    assert {value for (rule, _), value in gpu.items() if rule != "train_gpu"} == {"0"}, gpu
+    assert any(rule == "train_family" for rule, _ in gpu), gpu  # numpy's family jobs

@@ -1,11 +1,10 @@
-"""The timing harness on sleep-based callables, thread control and `cnnpar info`."""
+"""The timing harness on a fake clock (samples known exactly), thread control and `cnnpar info`."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -13,37 +12,64 @@ from cnnpar.measure import roofline, threads, timing
 from cnnpar.measure.intervals import paired_ratio_interval
 
 
-def test_median_of_sleeps_within_tolerance_and_warmup_not_counted() -> None:
+class FakeClock:
+    """`time` for cnnpar.measure.timing: perf_counter moves only when the work under test says
+    it took time (`take`), so every sample is known exactly whatever the machine is doing."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def take(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(timing, "time", fake)
+    return fake
+
+
+def test_samples_are_the_timed_calls_and_warmup_is_not_counted(clock) -> None:
+    # The first (warm-up) call is slow, like a JIT compile; it must not be timed.
+    durations = iter([1.0, 0.5, 0.125, 0.375, 0.0625, 0.25])
     calls: list[float] = []
 
     def work() -> None:
-        # The first (warm-up) call is slow, like a JIT compile; it must not be timed.
-        time.sleep(0.25 if not calls else 0.02)
-        calls.append(time.perf_counter())
+        calls.append(clock.now)
+        clock.take(next(durations))
 
     result = timing.measure(work, repeats=5, warmup=1)
     assert len(calls) == 6
-    assert len(result.samples) == 5
-    assert 0.018 <= result.median < 0.06
-    assert max(result.samples) < 0.2, "the slow warm-up call leaked into the samples"
-    assert result.min <= result.q1 <= result.median <= result.q3
+    assert result.samples == [0.5, 0.125, 0.375, 0.0625, 0.25]
+    assert (result.min, result.q1, result.median, result.q3) == (0.0625, 0.125, 0.25, 0.375)
     assert result.iqr == pytest.approx(result.q3 - result.q1)
     summary = result.summary()
     assert summary["repeats"] == 5 and summary["warmup"] == 1
 
 
-def test_sync_hook_runs_before_every_clock_read_and_setup_is_untimed() -> None:
+def test_sync_hook_runs_before_every_clock_read_and_setup_is_untimed(clock) -> None:
+    """fn only queues its work (like a CUDA launch) and sync waits for it: a sample holds the
+    queued work only if sync runs before the clock is read; setup's second is not in it."""
     events: list[str] = []
-    result = timing.measure(
-        lambda: events.append("fn"),
-        repeats=3,
-        warmup=1,
-        sync=lambda: events.append("sync"),
-        setup=lambda: time.sleep(0.05),
-    )
+    queued = []
+
+    def fn() -> None:
+        events.append("fn")
+        queued.append(0.125)
+
+    def sync() -> None:
+        events.append("sync")
+        clock.take(sum(queued))
+        queued.clear()
+
+    result = timing.measure(fn, repeats=3, warmup=1, sync=sync, setup=lambda: clock.take(1.0))
     # warm-up: fn, sync; each repeat: sync, fn, sync.
     assert events == ["fn", "sync"] + ["sync", "fn", "sync"] * 3
-    assert result.median < 0.04, "setup time leaked into the samples"
+    assert result.samples == [0.125] * 3
 
 
 def test_bad_repeats() -> None:
@@ -51,18 +77,73 @@ def test_bad_repeats() -> None:
         timing.measure(lambda: None, repeats=0)
 
 
-def test_interleaved_rounds_alternate_order_and_pair_samples() -> None:
-    events: list[str] = []
+def test_a_budget_ends_the_calls_once_its_seconds_are_spent(clock) -> None:
+    """Each call is told when the budget runs out and may overrun it; the calls stop once
+    the timed seconds reach the budget, or at max_repeats."""
+    deadlines: list[float] = []
 
-    def case(name: str, seconds: float):
+    def work(deadline: float) -> None:
+        deadlines.append(deadline)
+        clock.take(0.375)
+
+    result = timing.measure_budget(work, budget_s=1.0, max_repeats=10)
+    assert result.samples == [0.375] * 3  # 1.125 s: the third call ran past the budget
+    assert deadlines == [1.0, 1.0, 1.0]  # the same moment, whenever a call starts
+    assert result.warmup == 0
+    capped = timing.measure_budget(work, budget_s=100.0, max_repeats=2)
+    assert capped.samples == [0.375] * 2
+    # The first call always runs, however small the budget.
+    assert timing.measure_budget(work, budget_s=1e-9, max_repeats=5).samples == [0.375]
+
+
+def test_a_budget_s_calls_go_on_only_as_every_process_agrees(clock) -> None:
+    """Ranks must make the same calls: `agree` gets this process's wish to stop and returns
+    the common decision, here another rank's wish to stop after the first call."""
+    wishes: list[bool] = []
+
+    def agree(stop: bool) -> bool:
+        wishes.append(stop)
+        return True
+
+    result = timing.measure_budget(
+        lambda deadline: clock.take(0.25), budget_s=1.0, max_repeats=5, agree=agree
+    )
+    assert result.samples == [0.25] and wishes == [False]
+
+
+@pytest.mark.parametrize("budget", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_budgets(budget: float) -> None:
+    with pytest.raises(ValueError, match="budget_s"):
+        timing.measure_budget(lambda deadline: None, budget_s=budget, max_repeats=1)
+    with pytest.raises(ValueError, match="max_repeats"):
+        timing.measure_budget(lambda deadline: None, budget_s=1.0, max_repeats=0)
+
+
+def test_alternating_reverses_the_order_every_other_round() -> None:
+    assert [timing.alternating("ABC", r) for r in range(3)] == [
+        ["A", "B", "C"],
+        ["C", "B", "A"],
+        ["A", "B", "C"],
+    ]
+    assert timing.alternating([], 1) == []
+
+
+def test_interleaved_rounds_alternate_order_and_pair_samples(clock) -> None:
+    """slow takes 3x fast's time in every round while the machine's speed changes from round to
+    round: the paired ratio is exactly 3."""
+    events: list[str] = []
+    speed = [1.0, 2.0, 1.0, 4.0]  # seconds per unit of work in each round (warm-up first)
+
+    def case(name: str, units: float):
         def run() -> None:
             events.append(name)
-            time.sleep(seconds)
+            calls = sum(1 for e in events if not e.startswith("setup"))
+            clock.take(units * speed[(calls - 1) // 2])
 
         return run
 
     result = timing.measure_interleaved(
-        {"slow": case("slow", 0.03), "fast": case("fast", 0.01)},
+        {"slow": case("slow", 0.75), "fast": case("fast", 0.25)},
         repeats=3,
         warmup=1,
         setup=lambda key: events.append(f"setup {key}"),
@@ -71,10 +152,10 @@ def test_interleaved_rounds_alternate_order_and_pair_samples() -> None:
     # ABBA: the order reverses every round, so drift lands on both cases alike.
     assert calls == ["slow", "fast", "fast", "slow", "slow", "fast", "fast", "slow"]
     assert events[:2] == ["setup slow", "slow"], "setup runs before each call of its own case"
-    assert [len(m.samples) for m in result.values()] == [3, 3]
+    assert result["slow"].samples == [1.5, 0.75, 3.0], "the warm-up round is not counted"
+    assert result["fast"].samples == [0.5, 0.25, 1.0]
     ratio = paired_ratio_interval(result["slow"].samples, result["fast"].samples)
-    assert ratio.low <= ratio.estimate <= ratio.high
-    assert 2.0 < ratio.estimate < 3.6
+    assert (ratio.estimate, ratio.low, ratio.high) == pytest.approx((3.0, 3.0, 3.0))
 
 
 def test_paired_ratio_is_round_by_round() -> None:

@@ -73,13 +73,43 @@ def test_reference_learns_something(reference, train_digits):
     assert np.all(np.isfinite(losses))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_numba_matches_numpy(train_digits, reference, threads):
-    assert_matches(run_engine("numba", *train_digits, threads=threads), reference)
+# --- every engine of the registry against the reference -------------------------------------
+
+REFERENCE = "numpy"
+# Engines one process steps through run_engine (a ranked engine needs its ranks started).
+IN_PROCESS = [n for n, e in registry.ENGINES.items() if not e.ranks and not e.gpu]
 
 
-def test_torch_matches_numpy(train_digits, reference):
-    assert_matches(run_engine("torch", *train_digits), reference)
+def engine_cases():
+    """(engine, threads) of every registered engine: a host-threaded one at 1 and 2 threads, a
+    ranked one on 2 ranks of 1 thread; a GPU one is marked gpu (skipped without a GPU)."""
+    for name, entry in registry.ENGINES.items():
+        marks = [pytest.mark.gpu] if entry.gpu else []
+        counts = [1, 2] if entry.parallel and not entry.ranks else [1]
+        for threads in counts:
+            case = f"{name}-2ranks" if entry.ranks else f"{name}-{threads}"
+            yield pytest.param(name, threads, id=case, marks=marks)
+
+
+def skip_unless_runs_as_named(name: str) -> None:
+    simulated = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    if simulated and registry.ENGINES[name].numba_target == "cuda":
+        # The simulator runs every GPU thread in Python: too slow for this problem size; the
+        # simulator tests below check the same kernels on a smaller one.
+        pytest.skip(f"engine {name!r} runs in numba's CUDA simulator here; this is for a GPU")
+    reason = tinycnn.unavailable_reason(name)
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.mark.parametrize(("name", "threads"), list(engine_cases()))
+def test_every_engine_matches_the_reference_step_by_step(train_digits, reference, name, threads):
+    """Same init, same batches: the per-step losses, final weights and logits of the reference."""
+    skip_unless_runs_as_named(name)
+    if registry.ENGINES[name].ranks:
+        assert_matches(run_ddp(2, *train_digits, name=name), reference)
+    else:
+        assert_matches(run_engine(name, *train_digits, threads=threads), reference)
 
 
 def test_numba_queued_steps_run_in_order_whatever_the_queue_length(train_digits, monkeypatch):
@@ -190,12 +220,12 @@ def test_cuda_kernels_take_more_steps_than_images_in_simulator():
     assert got["correct"] == ref["correct"]
 
 
-@pytest.mark.parametrize("name", ["numba", "torch"])
+@pytest.mark.parametrize("name", [n for n in IN_PROCESS if n != REFERENCE])
 def test_more_steps_than_images_in_one_loaded_epoch(train_digits, name):
     images, labels = train_digits[0][:8], train_digits[1][:8]
     bounds = list(spec.batch_bounds(8, 4)) * 5  # 10 steps over 8 images
     results = {}
-    for engine_name in ("numpy", name):
+    for engine_name in (REFERENCE, name):
         engine = tinycnn.get_engine(engine_name).from_params(
             spec.init_params(FILTERS, seed=0), lr=LR, threads=1
         )
@@ -203,7 +233,7 @@ def test_more_steps_than_images_in_one_loaded_epoch(train_digits, name):
         for start, stop in bounds:
             engine.train_step(start, stop)
         results[engine_name] = engine.epoch_stats(), engine.params()
-    (ref_losses, ref_correct), ref_params = results["numpy"]
+    (ref_losses, ref_correct), ref_params = results[REFERENCE]
     (losses, correct), params = results[name]
     assert losses.shape == ref_losses.shape == (10,)
     np.testing.assert_allclose(losses, ref_losses, rtol=RTOL, atol=ATOL)
@@ -213,12 +243,68 @@ def test_more_steps_than_images_in_one_loaded_epoch(train_digits, name):
         engine.train_step(4, 9)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", ["cuda", "torch-cuda"])
-def test_gpu_engines_match_numpy(train_digits, reference, name):
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        pytest.skip("NUMBA_ENABLE_CUDASIM=1: this test is for the real device")
-    assert_matches(run_engine(name, *train_digits), reference)
+# --- torch-compile: compiled before the clock, at one thread count ---------------------------
+
+
+def test_torch_compile_compiles_the_announced_batch_sizes_in_warm_up(train_digits, reference):
+    """After warm_up, training at the announced sizes compiles nothing (the stance raises if it
+    would), and warm_up left the weights as they were. Same shapes as the conformance cases, so
+    it reuses their graphs when run with them."""
+    import torch
+
+    skip_unless_runs_as_named("torch-compile")
+    engine = tinycnn.get_engine("torch-compile").from_params(
+        spec.init_params(FILTERS, seed=0), lr=LR, threads=1
+    )
+    engine.expect_batch_sizes([BATCH, BATCH])
+    engine.warm_up()
+    for key, value in spec.init_params(FILTERS, seed=0).items():
+        np.testing.assert_array_equal(engine.params()[key], value, err_msg=key)
+    images, labels = train_digits
+    engine.load_epoch(images, labels)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for start, stop in spec.batch_bounds(len(labels), BATCH):
+            engine.train_step(start, stop)
+        losses, _ = engine.epoch_stats()
+    np.testing.assert_allclose(losses, reference[0], rtol=RTOL, atol=ATOL)
+
+
+def test_torch_compile_trainer_announces_the_full_and_the_last_batch():
+    from types import SimpleNamespace
+
+    from cnnpar.nets.training import TinyCNNTrainer
+
+    skip_unless_runs_as_named("torch-compile")
+    cfg = SimpleNamespace(
+        engine="torch-compile", filters=2, seed=0, lr=LR, train_size=80, batch_size=32
+    )
+    built = TinyCNNTrainer.build(cfg, host_threads=1)
+    assert built.engine._batch_sizes == (16, 32)  # 32, 32, then the last 16
+
+
+def test_torch_compile_drops_its_graphs_when_the_thread_count_changes(monkeypatch):
+    """Inductor keeps the thread count it compiled at, unguarded: a new count must recompile,
+    and the registry never interleaves its thread counts in one process."""
+    import torch
+
+    skip_unless_runs_as_named("torch-compile")
+    from cnnpar.nets.tinycnn import torch_compile_engine as tce
+
+    entry = registry.ENGINES["torch-compile"]
+    assert entry.parallel and entry.inductor and not entry.switches_threads
+    resets = []
+    monkeypatch.setattr(torch.compiler, "reset", lambda: resets.append(1))
+    monkeypatch.setattr(tce, "_compiled_at_threads", None)
+    before = torch.get_num_threads()
+    try:
+        tce.match_threads()
+        tce.match_threads()
+        assert resets == []
+        torch.set_num_threads(before + 1)
+        tce.match_threads()
+        assert resets == [1]
+    finally:
+        torch.set_num_threads(before)
 
 
 # --- the numpy reference against finite differences ----------------------------------------
@@ -266,8 +352,9 @@ def test_numpy_loss_is_softmax_cross_entropy():
 def test_engine_registry_lists_all_engines():
     status = tinycnn.available_engines()
     assert tuple(status) == tuple(registry.ENGINES)
-    assert {"numpy", "numba", "cuda", "torch", "torch-cuda", "torch-ddp"} <= set(status)
-    assert status["numpy"] is None and status["numba"] is None and status["torch"] is None
+    for name, entry in registry.ENGINES.items():
+        if entry.device == "cpu":
+            assert status[name] is None, name
 
 
 def test_unknown_engine_is_a_user_error():
@@ -289,17 +376,18 @@ def test_cuda_without_gpu_names_the_simulator(monkeypatch):
 # --- torch-ddp: the same steps on ranks ---------------------------------------------------------
 
 
-def _ddp_rank(ctx, images, labels, batch):
-    """A rank's part of run_engine("torch-ddp", ...), started by cnnpar.ranks."""
-    result = run_engine("torch-ddp", images, labels, batch=batch, threads=1)
+def _ddp_rank(ctx, images, labels, batch, name):
+    """A rank's part of run_engine(name, ...), started by cnnpar.ranks."""
+    result = run_engine(name, images, labels, batch=batch, threads=1)
     ctx.end_timed()
     return result
 
 
-def run_ddp(ranks_count, images, labels, batch=BATCH):
+def run_ddp(ranks_count, images, labels, batch=BATCH, name="torch-ddp"):
     from cnnpar import ranks
 
-    return ranks.run(_ddp_rank, (images, labels, batch), ranks=ranks_count, threads=1, timeout_s=60)
+    args = (images, labels, batch, name)
+    return ranks.run(_ddp_rank, args, ranks=ranks_count, threads=1, timeout_s=60)
 
 
 @pytest.fixture
@@ -319,10 +407,6 @@ def test_ddp_shards_cover_the_batch_contiguously():
         assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
         sizes = [hi - lo for lo, hi in bounds]
         assert max(sizes) - min(sizes) <= 1
-
-
-def test_ddp_two_ranks_match_numpy(train_digits, reference):
-    assert_matches(run_ddp(2, *train_digits), reference)
 
 
 def test_ddp_three_uneven_ranks_match_numpy(train_digits, reference, three_cpus):

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+import cnnpar.train as train_module
 from cnnpar import cli, registry
 from cnnpar.nets import tinycnn
 from cnnpar.nets.tinycnn import spec
@@ -22,6 +23,22 @@ def train(tmp_path, *extra: str, name: str = "run") -> tuple[int, os.PathLike]:
     out = tmp_path / name
     code = cli.main(["train", "--model", "tinycnn", *SMALL, "--out", str(out), *extra])
     return code, out
+
+
+class FakeClock:
+    """`time` for cnnpar.train: perf_counter moves `tick` seconds at every read, and `take(s)`
+    moves it by s, so how long training "took" follows from what the program did, not from how
+    fast this machine did it."""
+
+    def __init__(self, tick: float = 0.0) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def take(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def load_weights(path) -> dict[str, np.ndarray]:
@@ -164,7 +181,10 @@ def test_engines_command_lists_availability(capsys):
 
 
 @pytest.mark.parametrize("engine", ["numba", "torch"])
-def test_interleaved_thread_counts_write_one_run_each(tmp_path, capsys, engine):
+def test_interleaved_thread_counts_write_one_run_each(tmp_path, capsys, monkeypatch, engine):
+    # Training's clock ticks 1 ms per read (about one read per step): each side trains the
+    # same number of steps, in the same windows, on any machine.
+    monkeypatch.setattr(train_module, "time", FakeClock(tick=0.001))
     budget = 0.3
     code, _ = train(
         tmp_path,
@@ -196,33 +216,43 @@ def test_interleaved_thread_counts_write_one_run_each(tmp_path, capsys, engine):
     assert "1 threads:" in out and "2 threads:" in out
 
 
-def test_interleaved_windows_count_only_their_own_time():
-    """Time spent while a window is paused (another thread count's turn) is not counted."""
-    import time
-
+def test_interleaved_windows_count_only_their_own_time(monkeypatch):
+    """Time spent while a window is paused (another thread count's turn) is not counted. Each
+    step takes 1/64 s on a fake clock, a pause 1/4 s: a 0.5 s budget is 32 steps in windows of
+    4 steps (1/16 s), paused after each window but the last."""
     from cnnpar.data import load_mnist
     from cnnpar.train import _first, train_windows
 
+    step_s, pause_s = 1 / 64, 1 / 4
+    clock = FakeClock()
+    monkeypatch.setattr(train_module, "time", clock)
     data = _first(load_mnist("train"), 256)
     engine = tinycnn.get_engine("numpy").from_params(spec.init_params(2, seed=0), lr=0.05)
+    train_step = engine.train_step
+
+    def timed_step(start: int, stop: int) -> None:
+        train_step(start, stop)
+        clock.take(step_s)
+
+    engine.train_step = timed_step
     windows = train_windows(
         engine, data, data, batch_size=32, epochs=20, seed=0, shuffle=False,
-        progress=False, time_budget=0.2, window_s=0.02,
+        progress=False, time_budget=0.5, window_s=4 * step_s,
     )  # fmt: skip
     paused = 0
-    start = time.perf_counter()
     while True:
         try:
             next(windows)
         except StopIteration as done:
             rows = done.value
             break
-        time.sleep(0.05)
+        clock.take(pause_s)  # the other thread count's window
         paused += 1
-    elapsed = time.perf_counter() - start
     timed = sum(r["seconds"] for r in rows)
-    assert paused >= 5
-    assert 0.2 <= timed <= elapsed - 0.05 * paused
+    assert paused == 32 // 4 - 1
+    assert timed == pytest.approx(32 * step_s) == pytest.approx(0.5)
+    assert sum(r["images"] for r in rows) == 32 * 32
+    assert clock.now == pytest.approx(timed + paused * pause_s)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ the findings' sentences) is known exactly.
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import re
 from pathlib import Path
@@ -52,6 +53,21 @@ def guard(threads: int, flagged: bool = False) -> Interference:
         lock_wait_s=0.0, max_others_share=0.1, max_probe_change=0.15, flagged=flagged,
         reasons=["other processes took 50% of its 2 CPU(s) (limit 10%)"] if flagged else [],
     )  # fmt: skip
+
+
+def findings_rows(page: str) -> list[dict[str, str]]:
+    """The rows of a report's findings table, each by column header, plus its sentence
+    (`title`); a cell's quieter second line is left out."""
+    section = page[page.index('<section id="findings">') : page.index('<section id="figures">')]
+    head, body = section[section.index("<table") : section.index("</table>")].split("</thead>")
+    names = re.findall(r"<th>(.*?)</th>", head)
+    rows = []
+    for title, tr in re.findall(r'<tr[^>]*title="([^"]*)"[^>]*>(.*?)</tr>', body, re.S):
+        cells = [re.sub(r'<div class="detail">.*?</div>', "", c)
+                 for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S)]  # fmt: skip
+        texts = [html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in cells]
+        rows.append({**dict(zip(names, texts, strict=True)), "title": html.unescape(title)})
+    return rows
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -188,7 +204,7 @@ def test_tables_read_parameters_from_records_not_paths(tmp_path: Path):
     """Job directories named without any parameter give the same tables."""
     records = fake_results(tmp_path / "results")
     assert not any("~" in str(path) for path in records)
-    train = tables.train_frame(tables.read_records(records))
+    train = tables.tidy_frame(tables.read_records(records), KINDS["train"])
     numba2 = train[(train["engine"] == "numba") & (train["threads"] == 2)]
     assert set(numba2["filters"]) == {8} and set(numba2["batch_size"]) == {32}
     assert set(numba2["block"].dropna()) == set(DRIFT)
@@ -309,19 +325,83 @@ def test_noisy_blocks_give_not_resolved_and_flags_mark_findings(tmp_path: Path):
     assert "⚠" in lines[0]
     banner = report.banner_html(t["jobs"])
     assert "Interference detected in 1 of" in banner and "block 2" in banner
+    # In the page: the headline, then the banner, then the findings, the row marked ⚠.
+    page = report.render("noisy", t, [], ENV, "")
+    sections = [page.index(f'<section id="{s}"') for s in ("headline", "interference", "findings")]
+    assert sections == sorted(sections)
+    speedup = "training F=8, B=32: numba 2 threads over numba 1 thread"
+    row = next(r for r in findings_rows(page) if r["comparison"] == speedup)
+    assert (row["verdict"], row["interference"]) == ("not resolved", "⚠ 1")
+    assert report.headline(t["summary"]).iloc[0]["flagged_blocks"] == 1
 
 
-def test_a_job_rerun_after_its_block_is_flagged(tmp_path: Path):
+def test_the_report_opens_with_a_headline_per_workload(built):
+    """Per workload (training; classification per grid) its fastest configuration, with its
+    rate, speedup over its base, efficiency and roofline fraction, each with its interval."""
+    _, t = built
+    top = report.headline(t["summary"])
+    assert list(top["workload"]) == [
+        "training F=8, B=32", "classification 10x10, B=64", "classification 20x30, B=64"
+    ]  # fmt: skip
+    train = top.iloc[0]
+    geo = 7600.0 * np.prod(list(DRIFT.values())) ** (1 / len(DRIFT))
+    assert (train["configuration"], train["baseline"]) == ("numba 2 threads", "numba 1 thread")
+    assert train["rate"] == pytest.approx(geo) and train["rate_low"] < geo < train["rate_high"]
+    assert [train[c] for c in ("speedup", "speedup_low", "speedup_high")] == pytest.approx(
+        [1.9, 1.9, 1.9]
+    )
+    assert train["efficiency"] == pytest.approx(0.95)
+    gflops = geo * flops_per_image(8, training=True) / 1e9
+    assert train["roofline_fraction"] == pytest.approx(gflops / SGEMM[2])
+    assert train["roofline_fraction_low"] < train["roofline_fraction"]
+    for _, row in top.iloc[1:].iterrows():
+        assert (row["configuration"], row["baseline"]) == ("processes 2 workers", "sequential")
+        assert row["speedup"] == pytest.approx(1.8) and row["efficiency"] == pytest.approx(0.9)
+        assert row["flagged_blocks"] == 0
+
+    page = report.render("synthetic", t, [], ENV, "")
+    order = ["headline", "findings", "figures", "method", "summary", "tables"]
+    at = [page.index(f'<section id="{name}">') for name in order]
+    assert at == sorted(at)
+    head = html.unescape(re.sub(r"<[^>]+>", " ", page[at[0] : at[1]]))
+    for text in ("training F=8, B=32", "numba 2 threads", "1.90× [1.90, 1.90]",
+                 "over numba 1 thread", "95% [95, 95]", "classification 20x30, B=64",
+                 "processes 2 workers", "1.80× [1.80, 1.80]", "over sequential"):  # fmt: skip
+        assert text in head, text
+    rows = findings_rows(page)
+    speedup = "training F=8, B=32: numba 2 threads over numba 1 thread"
+    row = next(r for r in rows if r["comparison"] == speedup)
+    assert [row[c] for c in ("ratio", "95% interval", "verdict", "blocks", "interference")] == [
+        "1.90×", "[1.90, 1.90]", "faster", "3", ""
+    ]  # fmt: skip
+    assert "faster than numba 1 thread at" in row["title"]
+    engines = "training F=8, B=32: numba 2 threads over numpy 1 thread"
+    assert next(r for r in rows if r["comparison"] == engines)["ratio"] == "7.60×"
+    assert 'class="data findings sortable"' in page and "<script>" in page
+
+
+def test_blocks_may_run_in_any_order_and_no_ratio_pairs_two_code_versions(tmp_path: Path):
+    """Pairing is by family job, not by the order of blocks: a block that ran after a later one
+    is not flagged. A configuration measured with another code version than its baseline is
+    never divided by it: its speedup is not formed, and the reason names the versions."""
     records = fake_results(tmp_path / "results")
     runs = tables.read_records(records)
-    train = tables.train_frame(runs)
-    classify = tables.classify_frame(runs)
+    train = tables.tidy_frame(runs, KINDS["train"])
+    classify = tables.tidy_frame(runs, KINDS["classify"])
     late = train["block"] == 1
-    train.loc[late & (train["engine"] == "numpy"), "env.utc_time"] = "2099-01-01T00:00:00+00:00"
+    train.loc[late, "env.utc_time"] = "2099-01-01T00:00:00+00:00"
+    assert not tables.jobs_frame(train, classify)["flagged"].any()
+
+    numba2 = (train["engine"] == "numba") & (train["parallelism_requested"] == 2)
+    train.loc[numba2, "code_version"] = "bbbbbbbbbbbb"
     jobs = tables.jobs_frame(train, classify)
-    flagged = jobs[jobs["flagged"]]
-    assert list(flagged["label"]) == ["train numpy 1 thread F=8 B=32 seed 0 block 1"]
-    assert "not measured beside its block" in flagged["flag_reasons"].iloc[0]
+    summary = tables.summarize(jobs, train, classify)
+    row = summary[(summary["engine"] == "numba") & (summary["parallelism_requested"] == 2)]
+    assert row["speedup_verdict"].tolist() == ["not formed"]
+    assert "different code versions" in row["speedup_not_formed"].iloc[0]
+    assert "bbbbbbbbbbbb" in row["code_version"].iloc[0]
+    one = summary[(summary["engine"] == "numba") & (summary["parallelism_requested"] == 1)]
+    assert one["speedup_verdict"].tolist() == ["baseline"]
 
 
 def test_figures_and_report_are_written_and_self_contained(built):
@@ -430,7 +510,7 @@ def test_effective_threads_below_requested_are_recorded(tmp_path: Path):
     cfg = TrainConfig(out="", engine="numba", threads=4, filters=8, batch_size=32, block=1)
     path = train_job(tmp_path / "job", cfg, effective=2, metrics=[row])
     runs = tables.read_records([path])
-    frame = tables.train_frame(runs)
+    frame = tables.tidy_frame(runs, KINDS["train"])
     assert frame.loc[0, "parallelism_requested"] == 4
     assert frame.loc[0, "parallelism"] == 2
     assert frame.loc[0, "threads"] == 4  # the parameter as asked, never overwritten
@@ -449,7 +529,10 @@ def test_a_repeated_option_is_one_cell(tmp_path: Path):
     record = dataclasses.replace(record, params={**record.params, "mirror": mirrors})
     assert record.columns()["mirror"] == " ".join(mirrors)
     record.write(tmp_path / "job")
-    assert tables.train_frame([(RunRecord.read(job), job.parent)])["mirror"].nunique() == 1
+    assert (
+        tables.tidy_frame([(RunRecord.read(job), job.parent)], KINDS["train"])["mirror"].nunique()
+        == 1
+    )
 
 
 def test_jobs_confined_to_fewer_cpus_keep_their_configurations_apart(tmp_path: Path):

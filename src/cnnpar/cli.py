@@ -18,6 +18,7 @@ from typing import NoReturn
 from cnnpar import __version__
 from cnnpar.errors import CnnparError, Terminated, WriteError
 from cnnpar.limits import PARALLELISM_PER_CPU, check_parallelism
+from cnnpar.params import CLASSIFY, TRAIN, Param, parse_bool
 from cnnpar.registry import BACKENDS, ENGINES, MODELS, MODES
 
 EXIT_OK = 0
@@ -93,12 +94,41 @@ def _positive_float(text: str) -> float:
 
 
 def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("true", "yes", "1", "on"):
-        return True
-    if lowered in ("false", "no", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    try:
+        return parse_bool(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _param_type(param: Param) -> Callable[[str], object]:
+    """argparse's `type` for a run parameter: its declared type and bounds."""
+
+    def parse(text: str) -> object:
+        try:
+            return param.parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+def _add_params(p: argparse.ArgumentParser, declared: Sequence[Param]) -> None:
+    """An option per declared run parameter (cnnpar.params): flag, type, default and help."""
+    for param in declared:
+        p.add_argument(
+            param.flag,
+            dest=param.name,
+            type=_param_type(param),
+            default=param.default,
+            choices=list(param.choices) or None,
+            metavar=param.cli_metavar,
+            help=param.cli_help(),
+        )
+
+
+def _param_values(args: argparse.Namespace, declared: Sequence[Param]) -> dict[str, object]:
+    """The parsed run parameters by name: the fields of TrainConfig or ClassifyConfig."""
+    return {param.name: getattr(args, param.name) for param in declared}
 
 
 def _add_data_source(p: argparse.ArgumentParser, aliases: Sequence[str] = ()) -> None:
@@ -291,15 +321,15 @@ BENCH_REGISTRARS: list[Registrar] = []
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="side-by-side throughput ratios measured in one run")
+    p = sub.add_parser("bench", help="a small built-in study: rates, speedups, roofline, targets")
     bench_sub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     for register in BENCH_REGISTRARS:
         register(bench_sub)
 
 
 # --- train / engines ---------------------------------------------------------------------
-# Ranges are checked by train.validate (one place, one-line errors, before any work), so the
-# numeric options here only parse.
+# The run parameters check their declared bounds as they parse; train.validate checks the
+# resolved config (the model's defaults filled in) and whatever depends on several options.
 
 
 def _add_rank_options(p: argparse.ArgumentParser, what: str) -> None:
@@ -330,17 +360,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model=args.model,
         engine=args.engine,
         threads=args.threads[0],
-        filters=args.filters,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        lr=args.lr,
-        seed=args.seed,
-        train_size=args.train_size,
-        test_size=args.test_size,
-        shuffle=args.shuffle,
+        **_param_values(args, TRAIN),
         data_source=args.data_source,
         mirrors=tuple(args.mirrors or ()),
-        time_budget=args.time_budget,
         ranks=args.ranks,
         rank_timeout=args.rank_timeout,
         **_timing_kwargs(args),
@@ -382,53 +404,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--out then names one directory per count with {threads} (replaced by the count)",
     )
     _add_rank_options(p, "engine torch-ddp")
-    p.add_argument(
-        "--filters", type=_positive_int, default=None, help="TinyCNN conv filters F (default 8)"
-    )
-    p.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=None,
-        help="default 32 (tinycnn), 64 (mosaicnet)",
-    )
-    p.add_argument(
-        "--epochs", type=_positive_int, default=None, help="default 3 (tinycnn), 2 (mosaicnet)"
-    )
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="learning rate: plain SGD for tinycnn (default 0.05), Adam for mosaicnet (1e-3)",
-    )
-    p.add_argument(
-        "--seed",
-        type=_non_negative_int,
-        default=0,
-        help="initial weights and shuffling (default 0)",
-    )
-    p.add_argument(
-        "--train-size",
-        type=_positive_int,
-        default=60_000,
-        help="first M training images (default all)",
-    )
-    p.add_argument(
-        "--test-size", type=_positive_int, default=10_000, help="first T test images (default all)"
-    )
-    p.add_argument(
-        "--shuffle",
-        type=_bool,
-        default=True,
-        metavar="{true,false}",
-        help="a seeded permutation per epoch (default true); false: dataset order",
-    )
-    p.add_argument(
-        "--time-budget",
-        type=_positive_float,
-        default=None,
-        metavar="SECONDS",
-        help="stop at the first step after SECONDS of timed training (throughput runs)",
-    )
+    _add_params(p, TRAIN)
     _add_data_source(p)
     p.add_argument("--out", required=True, help="run directory to write")
     _add_timing(p)
@@ -437,20 +413,28 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_engines(args: argparse.Namespace) -> int:
     from cnnpar import train
+    from cnnpar.study.config import unavailable_reason
 
     table = train.engines_table()
-    if args.json:
+    if args.json:  # engine → status, as before the modes were listed
         print(json.dumps(dict(table), indent=2))
-    else:
-        width = max(len(name) for name, _ in table)
-        for name, status in table:
-            print(f"{name:<{width}}  {status}")
+        return 0
+    modes = [(name, unavailable_reason(name, "classify mode") or "available") for name in MODES]
+    width = max(len(name) for name, _ in table + modes)
+    for title, rows in (("engines (train --engine)", table), ("modes (classify --mode)", modes)):
+        print(title)
+        for name, status in rows:
+            print(f"  {name:<{width}}  {status}")
     return 0
 
 
 def _add_engines(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("engines", help="list the TinyCNN training engines and if each runs here")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = sub.add_parser(
+        "engines", help="list the training engines and classify modes, and if each runs here"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the engines as JSON instead of a table"
+    )
     p.set_defaults(func=_cmd_engines)
 
 
@@ -458,36 +442,59 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
     from cnnpar.bench.train import train_bench
 
     train_bench(
-        quick=args.quick,
-        cuda=args.cuda,
-        repeats=args.repeats,
-        seconds=args.seconds,
+        engines=args.engines.split(","),
+        threads=args.threads,
+        blocks=args.blocks,
+        time_budget=args.time_budget,
+        out=args.out,
         csv_path=args.csv,
+        timing_lock=args.timing_lock,
     )
     return 0
 
 
+def _add_bench_options(p: argparse.ArgumentParser, blocks_help: str) -> None:
+    """The options both benches share: blocks, where the rows and runs go, the timing lock."""
+    from cnnpar.measure.interference import DEFAULT_LOCK
+
+    p.add_argument("--blocks", type=_positive_int, default=5, help=f"{blocks_help} (default 5)")
+    p.add_argument("--csv", default=None, help="also write the summary rows to this CSV file")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="keep the run directories and tables in this new or empty directory "
+        "(default: a temporary one)",
+    )
+    p.add_argument(
+        "--timing-lock",
+        default=str(DEFAULT_LOCK),
+        help=f"file every timed cnnpar run locks (default {DEFAULT_LOCK})",
+    )
+
+
 def _add_bench_train(sub: argparse._SubParsersAction) -> None:
+    from cnnpar.bench.train import DEFAULT_ENGINES, ENGINE_CHOICES
+
     p = sub.add_parser(
         "train",
-        help="TinyCNN training images/s: numpy vs numba vs torch, threads 1 and 2, vs roofline",
+        help="TinyCNN F=8 B=32 training: rates, thread speedups, roofline fractions, targets",
     )
-    p.add_argument("--quick", action="store_true", help="3 repeats of ~0.1 s (a smoke run)")
     p.add_argument(
-        "--cuda", action="store_true", help="also cuda vs torch-cuda at F=32 and 256, B=1000"
+        "--engines",
+        default=",".join(DEFAULT_ENGINES),
+        help=f"comma-separated, from {', '.join(ENGINE_CHOICES)} "
+        f"(default {','.join(DEFAULT_ENGINES)})",
     )
-    p.add_argument("--repeats", type=_positive_int, default=5, help="timed repeats (default 5)")
     p.add_argument(
-        "--seconds",
+        "--threads", type=_positive_ints, default=(1, 2), help="thread counts (default 1,2)"
+    )
+    p.add_argument(
+        "--time-budget",
         type=_positive_float,
-        default=0.5,
-        help="target length of one timed repeat (default 0.5)",
+        default=1.0,
+        help="seconds each engine trains per thread count and block (default 1)",
     )
-    p.add_argument(
-        "--csv",
-        default=None,
-        help="also write the rows to this CSV file, with its run.json in the same directory",
-    )
+    _add_bench_options(p, "blocks; each trains every engine and thread count once")
     p.set_defaults(func=_cmd_bench_train)
 
 
@@ -510,9 +517,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         cols=args.cols,
         mode=args.mode,
         workers=args.workers,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        repeats=args.repeats,
+        **_param_values(args, CLASSIFY),
         backend=args.backend,
         data_source=args.data_source,
         mirrors=tuple(args.mirrors or ()),
@@ -552,16 +557,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads", type=_positive_int, default=1, help="torch threads per rank (mode ranks)"
     )
-    p.add_argument(
-        "--batch-size", type=_positive_int, default=256, help="cells per batch (default 256)"
-    )
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="mosaic seed (default 0)")
-    p.add_argument(
-        "--repeats",
-        type=_positive_int,
-        default=1,
-        help="timed repeats, pool kept alive (default 1)",
-    )
+    _add_params(p, CLASSIFY)
     p.add_argument(
         "--backend",
         default="auto",
@@ -585,58 +581,45 @@ def _cmd_bench_classify(args: argparse.Namespace) -> int:
     from cnnpar.bench.classify import classify_bench
 
     classify_bench(
-        weights=args.weights,
+        modes=args.modes.split(","),
+        workers=args.workers,
+        blocks=args.blocks,
         rows=args.rows,
         cols=args.cols,
-        workers=args.workers,
         repeats=args.repeats,
-        seed=args.seed,
+        weights=args.weights,
+        out=args.out,
         csv_path=args.csv,
-        only=args.only,
-        warmup=args.warmup,
+        timing_lock=args.timing_lock,
     )
     return 0
 
 
 def _add_bench_classify(sub: argparse._SubParsersAction) -> None:
+    from cnnpar.bench.classify import DEFAULT_MODES, MODE_CHOICES
+
     p = sub.add_parser(
         "classify",
-        help="mosaic cells/s: sequential B=1 and B=256, threads, processes, speed-ups, roofline",
+        help="MosaicNet B=256 classification: rates, mode speedups, roofline fractions, target",
     )
-    p.add_argument("--weights", default=None, help="model.pt (default: seeded random-init weights)")
-    # 100x100 by default: B=1 now runs in every round too, and on the old 200x300 default it
-    # took ~30 s a round on the reference VM.
+    p.add_argument(
+        "--modes",
+        default=",".join(DEFAULT_MODES),
+        help=f"comma-separated, from {', '.join(MODE_CHOICES)} (default {','.join(DEFAULT_MODES)})",
+    )
+    p.add_argument(
+        "--workers", type=_positive_ints, default=(1, 2), help="worker counts (default 1,2)"
+    )
     p.add_argument("--rows", type=_positive_int, default=100, help="mosaic rows (default 100)")
     p.add_argument("--cols", type=_positive_int, default=100, help="mosaic cols (default 100)")
     p.add_argument(
-        "--workers", type=_positive_int, default=2, help="N for threads/processes (default 2)"
-    )
-    p.add_argument(
         "--repeats",
         type=_positive_int,
-        default=5,
-        help="timed rounds; each runs every variant once, B=1 included (default 5)",
+        default=3,
+        help="timed classifications per run, after its start-up (default 3)",
     )
-    p.add_argument(
-        "--warmup",
-        type=_non_negative_int,
-        default=1,
-        help="untimed rounds before them (default 1)",
-    )
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="mosaic seed (default 0)")
-    p.add_argument(
-        "--only",
-        type=_positive_int,
-        nargs="+",
-        default=None,
-        metavar="N",
-        help="run only these variants (1-based numbers in the printed order)",
-    )
-    p.add_argument(
-        "--csv",
-        default=None,
-        help="also write the rows to this CSV file, with its run.json in the same directory",
-    )
+    p.add_argument("--weights", default=None, help="model.pt (default: seeded random-init weights)")
+    _add_bench_options(p, "blocks; each runs every mode and worker count once")
     p.set_defaults(func=_cmd_bench_classify)
 
 

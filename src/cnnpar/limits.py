@@ -9,6 +9,7 @@ it is announced and recorded, because its timings do not measure scaling.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -215,6 +216,14 @@ def cpu_quota(proc: Path = Path("/proc/self")) -> float | None:
             if quota_us.isdigit() and period_us:
                 quotas.append(int(quota_us) / period_us)
     return round(min(quotas), 3) if quotas else None
+
+
+def usable_cpus() -> int:
+    """CPUs this process can keep busy: its affinity mask, lowered to a cgroup CPU quota (a
+    container's --cpus), which does not shrink the mask."""
+    quota = cpu_quota()
+    cpus = _affinity()
+    return max(1, min(cpus, math.floor(quota))) if quota else cpus
 
 
 def available_memory() -> int:

@@ -91,6 +91,7 @@ MASK_MAX_SIDE = 4096  # the mask PNG is at most this many pixels on its longer s
 MASK_ALPHA = 0.6  # overlay opacity at confidence 1.0
 _GREEN = np.array([0.0, 1.0, 0.0], dtype=np.float32)
 _RED = np.array([1.0, 0.0, 0.0], dtype=np.float32)
+_NEUTRAL = np.array([0.5, 0.5, 0.5], dtype=np.float32)  # a cell the run did not classify
 _DIGIT = 28
 
 
@@ -116,19 +117,37 @@ def render_mask(
 ) -> np.ndarray:
     """The mosaic in grey with a green (correct) / red (wrong) tint of strength `confidence`.
 
-    images: (N, 28, 28) uint8 source digits; correct: (cells,) bool; confidence: (cells,) in
-    [0, 1]. Returns an RGB uint8 image of at most `max_side` pixels a side. It is built one
-    band of cell rows at a time in float32, so memory stays at a few bands plus the output.
+    images: (N, 28, 28) uint8 source digits; correct: (n,) bool and confidence: (n,) in [0, 1]
+    for the cells [0, n) a run classified (n ≤ cells, in mosaic order); the cells after them
+    are drawn flat neutral grey. Returns an RGB uint8 image of at most `max_side` pixels a side.
+    It is built one band of cell rows at a time in float32, so memory stays at a few bands plus
+    the output. Raises ValueError for arrays of other shapes.
     """
-    if correct.shape != (mosaic.cells,) or confidence.shape != (mosaic.cells,):
+    n = len(correct)
+    if correct.shape != (n,) or confidence.shape != (n,) or n > mosaic.cells:
         raise ValueError(
-            f"correct {correct.shape} and confidence {confidence.shape} must be ({mosaic.cells},)"
+            f"correct {correct.shape} and confidence {confidence.shape} must be (n,) with the "
+            f"same n <= {mosaic.cells}"
         )
     px, per_px = mask_geometry(mosaic.rows, mosaic.cols, max_side)
     # Each cell's tint colour and opacity: (cells, 3) would be 12 B/cell, so computed per band.
-    grid_correct = correct.reshape(mosaic.rows, mosaic.cols)
-    grid_alpha = (MASK_ALPHA * confidence.astype(np.float32)).reshape(mosaic.rows, mosaic.cols)
-    grid_index = mosaic.index.reshape(mosaic.rows, mosaic.cols)
+    # An unclassified cell is the neutral tint at full opacity.
+    shape = (mosaic.rows, mosaic.cols)
+    grid_correct = np.zeros(mosaic.cells, dtype=bool)
+    grid_correct[:n] = correct
+    grid_correct = grid_correct.reshape(shape)
+    grid_alpha = np.ones(mosaic.cells, dtype=np.float32)
+    grid_alpha[:n] = MASK_ALPHA * confidence.astype(np.float32)
+    grid_alpha = grid_alpha.reshape(shape)
+    grid_done = np.zeros(mosaic.cells, dtype=bool)
+    grid_done[:n] = True
+    grid_done = grid_done.reshape(shape)
+    grid_index = mosaic.index.reshape(shape)
+
+    def tint_of(r0: int, r1: int) -> np.ndarray:
+        """(b, cols, 3) tint of cell rows [r0, r1)."""
+        tint = np.where(grid_correct[r0:r1, :, None], _GREEN, _RED)
+        return np.where(grid_done[r0:r1, :, None], tint, _NEUTRAL)
 
     if per_px == 1:
         # Source digits shrunk once to px×px by block means: (N, px, px) float32 in [0, 1].
@@ -140,7 +159,7 @@ def render_mask(
             r1 = min(r0 + band, mosaic.rows)
             grey = small[grid_index[r0:r1]]  # (b, cols, px, px)
             grey = grey.transpose(0, 2, 1, 3).reshape((r1 - r0) * px, mosaic.cols * px)
-            tint = np.where(grid_correct[r0:r1, :, None], _GREEN, _RED)  # (b, cols, 3)
+            tint = tint_of(r0, r1)  # (b, cols, 3)
             alpha = grid_alpha[r0:r1]
             # Upsample per-cell tint and alpha to pixels: (b*px, cols*px, ...).
             tint = tint.repeat(px, axis=0).repeat(px, axis=1)
@@ -158,7 +177,7 @@ def render_mask(
         r1 = min(r0 + per_px, mosaic.rows)
         grey = mean_grey[grid_index[r0:r1]][..., None]  # (b, cols, 1)
         alpha = grid_alpha[r0:r1, :, None]
-        tint = np.where(grid_correct[r0:r1, :, None], _GREEN, _RED)
+        tint = tint_of(r0, r1)
         rgb = (1.0 - alpha) * grey + alpha * tint  # (b, cols, 3)
         # Edge blocks are averaged over the cells that exist (NaN padding is ignored).
         rgb = np.pad(rgb, ((0, 0), (0, pad_cols), (0, 0)), constant_values=np.nan)

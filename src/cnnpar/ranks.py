@@ -115,11 +115,12 @@ class RankContext:
         self.store.set(TIMED_DONE, "1")
         return _interference_from_json(self.store.get(TIMED_RESULT).decode())
 
-    def gather_ranks(self) -> list[dict[str, Any]] | None:
-        """Every rank's host, CPU affinity and effective threads, on rank 0 (None elsewhere)."""
+    def gather_ranks(self, extra: dict[str, Any] | None = None) -> list[dict[str, Any]] | None:
+        """Every rank's host, CPU affinity and effective threads, with its `extra` entries (its
+        own totals), on rank 0 (None elsewhere)."""
         import torch.distributed as dist
 
-        mine = describe_rank(self.placement, self.threads)
+        mine = {**describe_rank(self.placement, self.threads), **(extra or {})}
         out: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
         dist.gather_object(mine, out, dst=0)
         return out
@@ -179,6 +180,15 @@ def check_layout(ranks: int, threads: int) -> None:
             f"--ranks {ranks} x --threads {threads} = {ranks * threads} threads, more than the "
             f"{cpus} CPU(s) available; use fewer --ranks or --threads"
         )
+
+
+def oversubscription(ranks: int, threads: int) -> dict[str, bool | int]:
+    """`limits.oversubscription` of `ranks` ranks of `threads` threads each: locally they share
+    this process's CPUs; under srun each task has its own allocation."""
+    from cnnpar.limits import oversubscription as load
+
+    processes = 1 if slurm_step_tasks() > 1 else ranks
+    return load(processes=processes, threads_per_process=threads)
 
 
 def slurm_step_tasks() -> int:

@@ -1,5 +1,5 @@
-"""The run record: one typed, versioned `run.json` per run of `cnnpar train`, `cnnpar classify`
-or a bench.
+"""The run record: one typed, versioned `run.json` per run of `cnnpar train` or `cnnpar classify`
+(`cnnpar bench` runs them too).
 
 Everything downstream (tables, figures, the report, `compare`) reads these records and never
 re-parses where a file lives. A record says what was asked (`params`, one stable key per
@@ -31,8 +31,8 @@ SCHEMA_VERSION = 3
 READABLE_VERSIONS = (2, 3)  # 2: no `machine`; it is derived from the environment
 RECORD_NAME = "run.json"
 
-Command = Literal["train", "classify", "bench-train", "bench-classify"]
-COMMANDS: tuple[str, ...] = ("train", "classify", "bench-train", "bench-classify")
+Command = Literal["train", "classify"]
+COMMANDS: tuple[str, ...] = ("train", "classify")
 
 
 class RecordError(CnnparError):
@@ -57,19 +57,19 @@ class Parallelism:
 
 @dataclass(frozen=True)
 class RunRecord:
-    command: Command
-    model: str
-    params: dict[str, Any]
-    parallelism: Parallelism
-    results: dict[str, Any]
-    outputs: list[str]
-    environment: dict[str, Any]
+    command: Command  # what wrote it: train or classify
+    model: str  # tinycnn or mosaicnet
+    params: dict[str, Any]  # what was asked: every parameter under one stable key, block included
+    parallelism: Parallelism  # what was asked and what took effect
+    results: dict[str, Any]  # what came out: rates, seconds, accuracy, warm-up
+    outputs: list[str]  # the run directory's other files, relative to it
+    environment: dict[str, Any]  # software, host, limits, numba's settings (measure.environment)
     # The guard around the timed region (lock wait, probes, others' CPU share); None for
     # records of untimed work.
     interference: Interference | None = None
     # Where it ran; None only for records built by hand (read() always fills it in).
     machine: Machine | None = None
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = SCHEMA_VERSION  # see the module docstring for when to bump it
 
     @property
     def machine_identity(self) -> Machine:
@@ -96,6 +96,14 @@ class RunRecord:
                 f"{where} has schema_version {version!r}, this cnnpar reads {readable}; "
                 "re-run the job that wrote it"
             )
+        command = data.get("command")
+        if command not in COMMANDS:
+            if str(command).startswith("bench-"):  # the old benches wrote one of their own
+                raise RecordError(
+                    f"{where} is an old `cnnpar bench` record ({command}), which cnnpar no longer "
+                    "reads; re-run `cnnpar bench train|classify --out DIR` for run records"
+                )
+            raise RecordError(f"{where} has unknown command {command!r}; re-run its job")
         try:
             guard = data.get("interference")
             machine = data.get("machine")
@@ -132,11 +140,7 @@ class RunRecord:
 
     def engines(self) -> list[str]:
         """The engines this run trained with (none for classification)."""
-        if "engine" in self.params:
-            return [str(self.params["engine"])]
-        if self.command == "bench-train":
-            return ["numba", *(["cuda"] if self.params.get("cuda") else [])]
-        return []
+        return [str(self.params["engine"])] if "engine" in self.params else []
 
     def not_as_named(self) -> list[str]:
         """Why this run did not run as its parameters say; empty when it did.
@@ -169,6 +173,14 @@ class RunRecord:
             )
         return reasons
 
+    @property
+    def code_version(self) -> str:
+        """The version of the code this run measured (cnnpar.measure.code: a hash of the
+        sources its kind executes); 'unknown' for records from before it was kept."""
+        versions = self.environment.get("code_versions") or {}
+        kind = "mosaicnet" if (self.command, self.model) == ("train", "mosaicnet") else self.command
+        return str(versions.get(kind) or "unknown")
+
     def columns(self) -> dict[str, Any]:
         """The record as flat table columns: parameters by name, then `parallelism_*`,
         `processes`, the per-library thread counts, results, and the environment as `env.*`."""
@@ -182,6 +194,7 @@ class RunRecord:
         flat.update({k: v for k, v in self.results.items() if _scalar(v)})
         flat.update({f"env.{k}": v for k, v in self.environment.items() if _scalar(v)})
         flat["not_as_named"] = "; ".join(self.not_as_named())
+        flat["code_version"] = self.code_version
         machine = self.machine_identity
         flat["machine"] = machine.key
         flat["machine_name"] = machine.name

@@ -35,6 +35,9 @@ class Engine:
     models: tuple[str, ...]  # which models it can train
     summary: str
     layout: Layout = "threads"
+    # Compiled by torch.compile's inductor: it needs a C++ compiler, and its kernels keep the
+    # torch thread count they were compiled at, so one process runs it at one count.
+    inductor: bool = False
 
     @property
     def gpu(self) -> bool:
@@ -49,8 +52,10 @@ class Engine:
     def switches_threads(self) -> bool:
         """Whether one process can run it at several thread counts in turn (numba's and torch's
         CPU pools change width between steps), so `cnnpar train --threads 1,2` can interleave
-        them in short windows."""
-        return self.parallel and self.layout == "threads" and self.device == "cpu"
+        them in short windows. Not an inductor engine: its compiled kernels would keep their
+        count, and recompiling at every switch would put compiles inside the clock."""
+        host_threads = self.layout == "threads" and self.device == "cpu"
+        return self.parallel and host_threads and not self.inductor
 
     @property
     def numba_target(self) -> Literal["cpu", "cuda"] | None:
@@ -174,6 +179,17 @@ ENGINES: dict[str, Engine] = {
             runtime="torch",
             models=("tinycnn", "mosaicnet"),
             summary="PyTorch on the CPU",
+        ),
+        Engine(
+            "torch-compile",
+            f"{TINYCNN_ENGINE_MODULE}.torch_compile_engine",
+            "TorchCompileEngine",
+            parallel=True,
+            device="cpu",
+            runtime="torch",
+            models=("tinycnn",),
+            summary="PyTorch on the CPU, the whole SGD step one torch.compile graph (inductor)",
+            inductor=True,
         ),
         Engine(
             "torch-cuda",

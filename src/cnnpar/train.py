@@ -1,8 +1,12 @@
-"""The engine-agnostic training loop behind `cnnpar train`.
+"""The engine-agnostic training loop behind `cnnpar train`: one loop (`_train`) for every run.
 
     config → validate everything (before any work) → set threads → load MNIST → build engine →
     warm-up (compile; not timed) → epochs: [timed: load epoch, every step, read back stats] →
     evaluate on the test digits (not timed) → write weights, metrics.csv, run.json atomically.
+
+Two strategies vary it: how ranks start (this process alone, or torch.distributed ranks through
+`cnnpar.ranks`, rank 0 writing) and which thread counts take turns (`run_interleaved`: one
+engine and run directory per count, in alternating windows; one count is one long window).
 
 The loop sees only the engine protocol of `cnnpar.nets.tinycnn` (load_epoch, train_step,
 epoch_stats, predict), so TinyCNN on any engine and MosaicNet (through the shared torch step,
@@ -11,12 +15,14 @@ epoch_stats, predict), so TinyCNN on any engine and MosaicNet (through the share
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,7 @@ from cnnpar.measure.threads import (
     set_threads,
     switch_threads,
 )
+from cnnpar.measure.timing import alternating
 from cnnpar.nets import tinycnn, training
 from cnnpar.nets.tinycnn import spec
 from cnnpar.nets.training import EVAL_CHUNK
@@ -198,46 +205,6 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], data: Mnist) -> tuple[
     return loss_sum / n, correct / n
 
 
-def train_epochs(
-    engine: tinycnn.Engine,
-    train: Mnist,
-    test: Mnist,
-    *,
-    batch_size: int,
-    epochs: int,
-    seed: int,
-    shuffle: bool,
-    progress: bool | None = None,
-    time_budget: float | None = None,
-) -> list[dict[str, float | int]]:
-    """Train `engine` in place; one metrics row per epoch.
-
-    `seconds` covers handing the epoch's data to the engine, every step, and reading the step
-    statistics back (which waits for a GPU to finish); test evaluation is outside it. With a
-    `time_budget`, training stops at the first step boundary after that many timed seconds
-    (throughput needs seconds, not epochs); the last row then counts only the images trained.
-    """
-    windows = train_windows(
-        engine,
-        train,
-        test,
-        batch_size=batch_size,
-        epochs=epochs,
-        seed=seed,
-        shuffle=shuffle,
-        progress=progress,
-        time_budget=time_budget,
-    )
-    # Overflow shows as a NaN, infinite or huge loss, checked per epoch; NumPy's warnings would
-    # only print source lines first.
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        while True:
-            try:
-                next(windows)
-            except StopIteration as done:
-                return done.value
-
-
 def train_windows(
     engine: tinycnn.Engine,
     train: Mnist,
@@ -251,12 +218,16 @@ def train_windows(
     time_budget: float | None = None,
     window_s: float = math.inf,
 ) -> Generator[None, None, list[dict[str, float | int]]]:
-    """`train_epochs` as a generator that pauses after each `window_s` seconds of training.
+    """Train `engine` in place, pausing (yield) after each `window_s` seconds of training;
+    return one metrics row per epoch (StopIteration.value).
 
-    Each window ends on a step boundary with the statistics read back (`epoch_stats`: the
-    queued steps run, a GPU finishes), so its work is done inside its own time. Only the time
-    between a resume and the next pause counts; whatever runs while it is paused (another
-    engine's window) does not. Returns the metrics rows (StopIteration.value).
+    `seconds` covers handing the epoch's data to the engine, every step, and reading the step
+    statistics back (which waits for a GPU to finish); test evaluation is outside it. With a
+    `time_budget`, training stops at the first step boundary after that many timed seconds
+    (throughput needs seconds, not epochs); the last row then counts only the images trained.
+    Each window ends on a step boundary with the statistics read back, so its work is done
+    inside its own time; only the time between a resume and the next pause counts, not what
+    runs while it is paused (another thread count's window). Raises TrainDivergedError.
     """
     from tqdm.auto import tqdm
 
@@ -384,85 +355,8 @@ def run(cfg: TrainConfig, progress: bool | None = None) -> TrainResult | None:
             "engine (the run record and the report say so)",
             file=sys.stderr,
         )
-    if ENGINES[cfg.engine].ranks:
-        return _run_ranks(cfg, progress)
-    # The numpy reference and the GPU engines use one host thread; the others get --threads.
-    host_threads = cfg.threads if ENGINES[cfg.engine].parallel else 1
-    # Pools first: starting torch's (and numba's) OpenMP can narrow the CPUs this process may
-    # use, so the CPUs are counted after.
-    threads = set_threads(host_threads, numba=ENGINES[cfg.engine].numba_target == "cpu")
-    load = limits.oversubscription(processes=1, threads_per_process=host_threads)
-    source = cfg.data_source
-    train = _first(load_mnist("train", source, cfg.mirrors), cfg.train_size)
-    test = _first(load_mnist("test", source, cfg.mirrors), cfg.test_size)
-    built = trainer(cfg).build(cfg, host_threads)
-    engine = built.engine
-
-    # Warm-up and every epoch run inside the guarded region: the lock keeps other timed runs
-    # out, and the probes and CPU accounting tell whether anything else got in.
-    region = TimedRegion(
-        threads=host_threads,
-        device=ENGINES[cfg.engine].device,
-        limits=cfg.limits,
-        lock=cfg.timing_lock,
-    )
-    with region:
-        warm_start = time.perf_counter()
-        engine.warm_up()
-        warmup_s = time.perf_counter() - warm_start
-        rows = train_epochs(
-            engine,
-            train,
-            test,
-            batch_size=cfg.batch_size,
-            epochs=cfg.epochs,
-            seed=cfg.seed,
-            shuffle=cfg.shuffle,
-            progress=progress,
-            time_budget=cfg.time_budget,
-        )
-
-    record = run_record(
-        cfg,
-        Parallelism(
-            requested=cfg.threads,
-            # Threads beyond the CPUs this process may use take turns (a taskset-confined run).
-            effective=min(int(engine.threads), int(load["cpus_available"])),
-            processes=1,
-            threads=threads,
-        ),
-        results=_results(cfg, built, warmup_s, rows, load),
-        outputs=list(MODELS[cfg.model].outputs),
-        interference=region.result,
-    )
-    return _write(cfg, built, rows, record)
-
-
-def _results(
-    cfg: TrainConfig, built: training.Built, warmup_s: float, rows: list[dict], load: dict
-) -> dict[str, Any]:
-    """The `results` of a one-process training run's record."""
-    return {
-        "numba_threading_layer": numba_threading_layer() if cfg.engine == "numba" else None,
-        "parameters": built.parameters,
-        "flops_per_image": built.flops_per_image,
-        "warmup_s": warmup_s,
-        "train_seconds": sum(r["seconds"] for r in rows),
-        "train_images": sum(r["images"] for r in rows),
-        "final_test_acc": rows[-1]["test_acc"],
-        "final_test_loss": rows[-1]["test_loss"],
-        **load,
-    }
-
-
-def _write(cfg: TrainConfig, built: training.Built, rows: list[dict], record: RunRecord):
-    """Write the run directory `cfg.out` atomically: weights, metrics.csv, run.json last."""
-    out = Path(cfg.out)
-    with io.run_directory(out) as tmp:
-        trainer(cfg).write(tmp, built)
-        io.write_csv(tmp / "metrics.csv", rows, fieldnames=METRIC_FIELDS)
-        record.write(tmp)  # last: its presence means the directory is complete
-    return TrainResult(out=out, rows=rows, record=record)
+    results = _launch([cfg], progress)
+    return None if results is None else results[0]
 
 
 # The windows `run_interleaved` alternates thread counts in. This VM's vCPUs slow down in
@@ -512,111 +406,223 @@ def run_interleaved(cfg: TrainConfig, thread_counts: Sequence[int]) -> list[Trai
     One engine per thread count, each from the same initial weights and on the same data,
     trains for `time_budget` seconds in windows of INTERLEAVE_WINDOW_S, the thread counts taking
     turns (order reversed every round), so a ratio between them compares windows a fraction of
-    a second apart (Hoefler & Belli, SC'15: pair what is compared in time). The pools keep the
-    largest count's threads and change width between windows (`switch_threads`); warm-up is
-    outside the clock. Writes one run directory (and record) per thread count, as separate runs
-    would. Raises TrainConfigError for arguments that cannot interleave.
+    a second apart (Hoefler & Belli, SC'15: pair what is compared in time). Writes one run
+    directory (and record) per thread count, as separate runs would. Raises TrainConfigError
+    for arguments that cannot interleave.
     """
-    cfgs = interleaved_configs(cfg, thread_counts)
-    engine_name = cfgs[0].engine
-    uses_numba = ENGINES[engine_name].numba_target == "cpu"
-    top = max(c.threads for c in cfgs)
-    set_threads(top, numba=uses_numba)  # pools sized for the widest; CPUs counted after
-    load = limits.oversubscription(processes=1, threads_per_process=top)
-    first = cfgs[0]
-    train = _first(load_mnist("train", first.data_source, first.mirrors), first.train_size)
-    test = _first(load_mnist("test", first.data_source, first.mirrors), first.test_size)
-    built = {}
-    for c in cfgs:  # each at its own width: an engine reads the count it runs with when built
-        switch_threads(c.threads, numba=uses_numba)
-        built[c.threads] = trainer(c).build(c, c.threads)
-    region = TimedRegion(
-        threads=top, device=ENGINES[engine_name].device, limits=first.limits, lock=first.timing_lock
-    )
-    warmup_s: dict[int, float] = {}
-    threads: dict[int, dict] = {}
+    return _launch(interleaved_configs(cfg, thread_counts), progress=False) or []
+
+
+# --- the one run loop and its strategies --------------------------------------------------
+# How ranks are started: this process alone, or torch.distributed ranks (`cnnpar.ranks`,
+# `_train_rank`). Which thread counts take turns: one config per count, each training in
+# windows; a single count is the degenerate case (one window as long as its training).
+
+
+def _host_threads(cfg: TrainConfig) -> int:
+    """The numpy reference and the GPU engines use one host thread; the others get --threads."""
+    return cfg.threads if ENGINES[cfg.engine].parallel else 1
+
+
+def _launch(cfgs: list[TrainConfig], progress: bool | None) -> list[TrainResult] | None:
+    """Start the run loop for the validated `cfgs` (one per thread count taking turns) in this
+    process, or on `ranks` torch.distributed ranks for a ranks engine (one config); rank 0's
+    results, None on the other ranks of an srun step. Raises RankError when a rank fails."""
+    cfg, engine = cfgs[0], ENGINES[cfgs[0].engine]
+    if engine.ranks:
+        region = partial(
+            TimedRegion,
+            threads=cfg.ranks * cfg.threads,
+            device=engine.device,
+            limits=cfg.limits,
+            lock=cfg.timing_lock,
+        )
+        return ranks_mod.run(
+            _train_rank,
+            (cfg, progress, ranks_mod.oversubscription(cfg.ranks, cfg.threads)),
+            ranks=cfg.ranks,
+            threads=cfg.threads,
+            timeout_s=cfg.rank_timeout,
+            region=region,
+        )
+    # Pools first, at the widest count: starting torch's (and numba's) OpenMP can narrow the
+    # CPUs this process may use, so the CPUs are counted after.
+    widest = max(_host_threads(c) for c in cfgs)
+    set_threads(widest, numba=engine.numba_target == "cpu")
+    load = limits.oversubscription(processes=1, threads_per_process=widest)
+    return _train(None, cfgs, progress, load)
+
+
+def _train_rank(
+    ctx: ranks_mod.RankContext, cfg: TrainConfig, progress: bool | None, load: dict
+) -> list[TrainResult] | None:
+    """One rank of a data-parallel run: every rank trains its shards; rank 0 writes."""
+    return _train(ctx, [cfg], bool(progress) and ctx.rank == 0, load)
+
+
+def _train(
+    ctx: ranks_mod.RankContext | None,
+    cfgs: list[TrainConfig],
+    progress: bool | None,
+    load: dict,
+) -> list[TrainResult] | None:
+    """The one run loop: load the data, build one engine per config, warm each up and train
+    them taking turns inside the timed region, then write one run directory per config.
+
+    `ctx` is None in a process of its own, which holds the timed region over warm-up and
+    training (the lock keeps other timed runs out; probes and CPU accounting tell whether
+    anything else got in); a rank's context otherwise, whoever started the ranks holding it.
+    `cfgs` are validated configs, one per thread count (one for ranks): several train in
+    windows of INTERLEAVE_WINDOW_S, order reversed every round, the pools switched to each
+    count's width for its windows and its probe; each count is built at its own width, since an
+    engine reads the count it runs with when built. `load` is `limits.oversubscription`'s.
+    Returns the results in `cfgs` order; None on ranks other than 0.
+    """
+    cfg, engine = cfgs[0], ENGINES[cfgs[0].engine]
+    turns = len(cfgs) > 1
+
+    def switch(threads: int) -> None:
+        if turns:  # one count: the pools stay as they were started
+            switch_threads(threads, numba=engine.numba_target == "cpu")
+
+    train = _first(load_mnist("train", cfg.data_source, cfg.mirrors), cfg.train_size)
+    test = _first(load_mnist("test", cfg.data_source, cfg.mirrors), cfg.test_size)
+    built = []
+    for c in cfgs:
+        switch(c.threads)
+        built.append(trainer(c).build(c, _host_threads(c)))
+    region: Any = contextlib.nullcontext()
+    if ctx is None:
+        region = TimedRegion(
+            threads=[_host_threads(c) for c in cfgs],
+            device=engine.device,
+            limits=cfg.limits,
+            lock=cfg.timing_lock,
+            switch=switch,
+        )
+    threads, warmup_s, windows = [], [], []
     rows: dict[int, list[dict]] = {}
+    rounds = 0
     with region:
-        windows = {}
-        for c in cfgs:
-            switch_threads(c.threads, numba=uses_numba)
-            threads[c.threads] = effective_threads()  # read while this count is in effect
+        if ctx is not None:
+            import torch.distributed as dist
+
+            dist.barrier()  # every rank built: the clock starts together
+        for c, b in zip(cfgs, built, strict=True):
+            switch(c.threads)
+            threads.append(effective_threads())  # read while this count is in effect
             warm_start = time.perf_counter()
-            built[c.threads].engine.warm_up()
-            warmup_s[c.threads] = time.perf_counter() - warm_start
-            windows[c.threads] = train_windows(
-                built[c.threads].engine,
-                train,
-                test,
-                batch_size=c.batch_size,
-                epochs=c.epochs,
-                seed=c.seed,
-                shuffle=c.shuffle,
-                progress=False,
-                time_budget=c.time_budget,
-                window_s=INTERLEAVE_WINDOW_S,
+            b.engine.warm_up()
+            warmup_s.append(time.perf_counter() - warm_start)
+            windows.append(
+                train_windows(
+                    b.engine,
+                    train,
+                    test,
+                    batch_size=c.batch_size,
+                    epochs=c.epochs,
+                    seed=c.seed,
+                    shuffle=c.shuffle,
+                    progress=progress,
+                    time_budget=c.time_budget,
+                    window_s=INTERLEAVE_WINDOW_S if turns else math.inf,
+                )
             )
-        rounds = 0
+        # Overflow shows as a NaN, infinite or huge loss, checked per epoch; NumPy's warnings
+        # would only print source lines first.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while len(rows) < len(windows):
-                turn = [t for t in windows if t not in rows]
-                for t in turn if rounds % 2 == 0 else turn[::-1]:
-                    switch_threads(t, numba=uses_numba)
+                for i in alternating([i for i in range(len(cfgs)) if i not in rows], rounds):
+                    switch(cfgs[i].threads)
                     try:
-                        next(windows[t])
+                        next(windows[i])
                     except StopIteration as done:
-                        rows[t] = done.value
+                        rows[i] = done.value
                 rounds += 1
-    results = []
-    for c in cfgs:
-        record = run_record(
-            c,
+
+    cpus = int(load["cpus_available"])
+    if ctx is None:
+        interference = [region.results[_host_threads(c)] for c in cfgs]
+        # Threads beyond the CPUs this process may use take turns (a taskset-confined run).
+        parallelism = [
             Parallelism(
                 requested=c.threads,
-                effective=min(int(built[c.threads].engine.threads), int(load["cpus_available"])),
+                effective=min(int(b.engine.threads), cpus),
                 processes=1,
-                threads=threads[c.threads],
-            ),
-            results={
-                **_results(c, built[c.threads], warmup_s[c.threads], rows[c.threads], load),
-                "interleaved": {
-                    "threads": [x.threads for x in cfgs],
-                    "window_s": INTERLEAVE_WINDOW_S,
-                    "rounds": rounds,
-                },
-            },
+                threads=t,
+            )
+            for c, b, t in zip(cfgs, built, threads, strict=True)
+        ]
+        extra: dict[str, Any] = {}
+        if turns:
+            extra["interleaved"] = {
+                "threads": [c.threads for c in cfgs],
+                "window_s": INTERLEAVE_WINDOW_S,
+                "rounds": rounds,
+            }
+        machine_cpus = None
+    else:
+        interference = [ctx.end_timed()]
+        timings = built[0].engine.timings()
+        per_rank = ctx.gather_ranks({k: timings[k] for k in ("compute_s", "comm_s", "comm_share")})
+        if ctx.rank != 0:
+            return None
+        parallelism = [
+            Parallelism(
+                requested=cfg.ranks * cfg.threads,  # the job's cores, as for the other engines
+                # on one machine, at most its CPUs (ranks beyond them take turns)
+                effective=_effective_cores(per_rank, cpus),
+                processes=cfg.ranks,
+                threads=threads[0],
+            )
+        ]
+        extra = {
+            "launcher": ctx.placement.launcher,
+            "world_size": ctx.world_size,
+            # rank 0's steps: compute vs all-reduce seconds (the rate counts the whole step)
+            **timings,
+            "ranks": per_rank,
+        }
+        machine_cpus = ctx.placement.node_cpus
+    results = []
+    for i, c in enumerate(cfgs):
+        record = run_record(
+            c,
+            parallelism[i],
+            results={**_results(c, built[i], warmup_s[i], rows[i], load), **extra},
             outputs=list(MODELS[c.model].outputs),
-            interference=region.result,
+            interference=interference[i],
+            machine_cpus=machine_cpus,
         )
-        results.append(_write(c, built[c.threads], rows[c.threads], record))
+        results.append(_write(c, built[i], rows[i], record))
     return results
 
 
-def _run_ranks(cfg: TrainConfig, progress: bool | None) -> TrainResult | None:
-    """`cnnpar train` on `cfg.ranks` torch.distributed ranks (cnnpar.ranks starts them, or srun
-    did): rank 0's result, None on the other ranks of an srun step."""
-    from functools import partial
+def _results(
+    cfg: TrainConfig, built: training.Built, warmup_s: float, rows: list[dict], load: dict
+) -> dict[str, Any]:
+    """The `results` of a training run's record, before its strategy's own."""
+    return {
+        "numba_threading_layer": numba_threading_layer() if cfg.engine == "numba" else None,
+        "parameters": built.parameters,
+        "flops_per_image": built.flops_per_image,
+        "warmup_s": warmup_s,
+        "train_seconds": sum(r["seconds"] for r in rows),
+        "train_images": sum(r["images"] for r in rows),
+        "final_test_acc": rows[-1]["test_acc"],
+        "final_test_loss": rows[-1]["test_loss"],
+        **load,
+    }
 
-    region = partial(
-        TimedRegion,
-        threads=cfg.ranks * cfg.threads,
-        device=ENGINES[cfg.engine].device,
-        limits=cfg.limits,
-        lock=cfg.timing_lock,
-    )
-    # Locally the ranks share this process's CPUs; under srun each has its own allocation.
-    if ranks_mod.slurm_step_tasks() > 1:
-        load = limits.oversubscription(processes=1, threads_per_process=cfg.threads)
-    else:
-        load = limits.oversubscription(processes=cfg.ranks, threads_per_process=cfg.threads)
-    return ranks_mod.run(
-        _train_rank,
-        (cfg, progress, load),
-        ranks=cfg.ranks,
-        threads=cfg.threads,
-        timeout_s=cfg.rank_timeout,
-        region=region,
-    )
+
+def _write(cfg: TrainConfig, built: training.Built, rows: list[dict], record: RunRecord):
+    """Write the run directory `cfg.out` atomically: weights, metrics.csv, run.json last."""
+    out = Path(cfg.out)
+    with io.run_directory(out) as tmp:
+        trainer(cfg).write(tmp, built)
+        io.write_csv(tmp / "metrics.csv", rows, fieldnames=METRIC_FIELDS)
+        record.write(tmp)  # last: its presence means the directory is complete
+    return TrainResult(out=out, rows=rows, record=record)
 
 
 def _effective_cores(per_rank: list[dict[str, Any]], cpus: int) -> int:
@@ -628,68 +634,6 @@ def _effective_cores(per_rank: list[dict[str, Any]], cpus: int) -> int:
         host = str(rank.get("host"))
         per_host[host] = per_host.get(host, 0) + int(rank["torch_threads"])
     return sum(min(n, cpus) for n in per_host.values())
-
-
-def _train_rank(
-    ctx: ranks_mod.RankContext, cfg: TrainConfig, progress: bool | None, load: dict
-) -> Any:
-    """One rank of a data-parallel run: every rank trains its shards; rank 0 gathers what every
-    rank saw and writes the run directory."""
-    import torch.distributed as dist
-
-    threads = effective_threads()
-    train = _first(load_mnist("train", cfg.data_source, cfg.mirrors), cfg.train_size)
-    test = _first(load_mnist("test", cfg.data_source, cfg.mirrors), cfg.test_size)
-    built = trainer(cfg).build(cfg, cfg.threads)
-    engine = built.engine
-    dist.barrier()  # every rank built: the clock starts together
-    warm_start = time.perf_counter()
-    engine.warm_up()
-    warmup_s = time.perf_counter() - warm_start
-    rows = train_epochs(
-        engine,
-        train,
-        test,
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        seed=cfg.seed,
-        shuffle=cfg.shuffle,
-        progress=bool(progress) and ctx.rank == 0,
-        time_budget=cfg.time_budget,
-    )
-    interference = ctx.end_timed()
-    per_rank = ctx.gather_ranks()
-    timings = engine.timings()
-    totals: list[Any] | None = [None] * ctx.world_size if ctx.rank == 0 else None
-    dist.gather_object(
-        {k: timings[k] for k in ("compute_s", "comm_s", "comm_share")}, totals, dst=0
-    )
-    if ctx.rank != 0:
-        return None
-    for info, total in zip(per_rank, totals, strict=True):
-        info.update(total)
-    record = run_record(
-        cfg,
-        Parallelism(
-            requested=cfg.ranks * cfg.threads,  # the job's cores, as for the other engines
-            # on one machine, at most its CPUs (ranks beyond them take turns)
-            effective=_effective_cores(per_rank, int(load["cpus_available"])),
-            processes=cfg.ranks,
-            threads=threads,
-        ),
-        results={
-            **_results(cfg, built, warmup_s, rows, load),
-            "launcher": ctx.placement.launcher,
-            "world_size": ctx.world_size,
-            # rank 0's steps: compute vs all-reduce seconds (the rate counts the whole step)
-            **timings,
-            "ranks": per_rank,
-        },
-        outputs=list(MODELS[cfg.model].outputs),
-        interference=interference,
-        machine_cpus=ctx.placement.node_cpus,
-    )
-    return _write(cfg, built, rows, record)
 
 
 def _first(data: Mnist, n: int) -> Mnist:

@@ -26,6 +26,8 @@ rule tables:
         # resolved against the workdir at start-up; named in the report as the config gives them
         compare_with=[str(path) for _, path in COMPARE_WITH],
         compare_names=[given for given, _ in COMPARE_WITH],
+        # the stopping rule: intervals at its per-look level, each headline's target verdict
+        precision=[PRECISION.half_width, PRECISION.min_blocks, PRECISION.max_blocks],
     script:
         "../scripts/tables.py"
 

@@ -1,22 +1,58 @@
-# Classification jobs: one `cnnpar classify` per configuration and paired block.
+# Classification jobs: `cnnpar classify`, the same command a user runs by hand.
+# - classify_family: one job per paired block and classification family (grid, batch, seed)
+#   that runs every CPU mode and worker count of the family back to back, in the order
+#   cnnpar.study.plan gives (the config's, reversed in even blocks);
+# - classify_gpu: one paired run of a GPU mode per configuration and block;
+# - classify_full: one classification of the whole mosaic per grid and seed, without a time
+#   budget (the paired runs classify what classify.time_budget allows), in mode threads at the
+#   widest worker count: the report's mask and the accuracy over every cell. It is timed like
+#   the others, but has no block, so no ratio pairs it.
 
 
-rule classify:
+# (no family job when the config names GPU engines or modes only)
+if CLASSIFY_MEMBERS:
+
+    rule classify_family:
+        input:
+            weights=f"{MOSAICNET_DIR}/model.pt",
+        output:
+            **member_files(CLASSIFY_DIR, CLASSIFY_MEMBERS, CLASSIFY_FILES),
+        log:
+            FAMILY_LOGS["classify"],
+        benchmark:
+            TIMED_BENCHMARKS["classify_family"]
+        shadow:
+            "minimal"
+        conda:
+            "../../envs/cnnpar.yaml"
+        threads: family_threads("classify")
+        resources:
+            bench=1,
+            gpu=0,
+            tasks=family_tasks("classify"),
+            cpus_per_task=family_cpus_per_task("classify"),
+            nodes=family_nodes("classify"),
+        params:
+            script=family_script("classify"),
+            code=CODE["classify"],
+        shell:
+            "{params.script}"
+
+
+rule classify_gpu:
     input:
         weights=f"{MOSAICNET_DIR}/model.pt",
-        previous=previous_block,
     output:
         **{
             name.split(".")[0]: f"{CLASSIFY_DIR}/block~{{block}}/{name}"
             for name in CLASSIFY_FILES
         },
     log:
-        f"{LOGS}/classify/{CLASSIFY_TAIL}/block~{{block}}.log",
+        RUN_LOGS["classify", False],
     benchmark:
-        f"{BENCHMARKS}/classify/{CLASSIFY_TAIL}/block~{{block}}.tsv"
-    priority: block_priority("classify")
-    group:
-        family_group(CLASSIFY_GROUP)
+        TIMED_BENCHMARKS["classify_gpu"]
+    wildcard_constraints:
+        mode=GPU_MODE_PATTERN,
     shadow:
         "minimal"
     conda:
@@ -24,28 +60,35 @@ rule classify:
     threads: lambda wildcards: int(wildcards.workers)
     resources:
         bench=1,
-        gpu=mode_gpus,
-        tasks=rank_tasks,
-        nodes=rank_nodes,
+        gpu=1,
+        tasks=1,
     params:
-        out=lambda wildcards, output: Path(output.result).parent,
-        launch=rank_launch,
-        layout=classify_layout_args,
-        rows=lambda wildcards: parse_grid(wildcards.grid)[0],
-        cols=lambda wildcards: parse_grid(wildcards.grid)[1],
-        repeats=CLASSIFY["repeats"],
-        data=data_source(),
-        mirrors=mirror_options(),
-        lock=timing_lock(),
-        max_others=TIMING["max_others_share"],
-        max_probe=TIMING["max_probe_change"],
-        machine=machine_option(),
+        script=run_script("classify"),
+        code=CODE["classify"],
     shell:
-        f"{LOGGED} {{log:q}}"
-        " {params.launch}cnnpar classify --weights {input.weights:q} --rows {params.rows} --cols {params.cols}"
-        " --mode {wildcards.mode} {params.layout} --batch-size {wildcards.batch}"
-        " --seed {wildcards.seed} --repeats {params.repeats} --data-source {params.data:q}"
-        " {params.mirrors}"
-        " --block {wildcards.block} {params.lock:q}"
-        " --max-others-share {params.max_others} --max-probe-change {params.max_probe}"
-        " {params.machine} --out {params.out:q}"
+        "{params.script}"
+
+
+rule classify_full:
+    input:
+        weights=f"{MOSAICNET_DIR}/model.pt",
+    output:
+        **{name.split(".")[0]: f"{CLASSIFY_FULL_DIR}/{name}" for name in CLASSIFY_FILES},
+    log:
+        RUN_LOGS["classify", True],
+    benchmark:
+        TIMED_BENCHMARKS["classify_full"]
+    shadow:
+        "minimal"
+    conda:
+        "../../envs/cnnpar.yaml"
+    threads: CLASSIFY_FULL_THREADS
+    resources:
+        bench=1,
+        gpu=0,
+        tasks=1,
+    params:
+        script=run_script("classify", full=True),
+        code=CODE["classify"],
+    shell:
+        "{params.script}"

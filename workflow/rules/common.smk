@@ -2,12 +2,11 @@
 # paths and input functions. Config checks live in cnnpar.study.config and names in
 # cnnpar.registry. No rules here (snakemake --lint wants functions and rules in separate files).
 
-import math
+import json
 import os
 import re
 import shlex
 from functools import cache
-from itertools import product
 from pathlib import Path
 
 import yaml
@@ -16,14 +15,17 @@ from snakemake.logging import logger
 
 from cnnpar import registry
 from cnnpar.errors import CnnparError
+from cnnpar.limits import usable_cpus
+from cnnpar.measure.code import code_versions
 from cnnpar.mosaic import parse_grid
 from cnnpar.record import RECORD_NAME
+from cnnpar.study import cost, plan
+from cnnpar.study import snakemake_api as smk
 from cnnpar.study.config import (
     check_compare_with,
     check_results_dir,
     check_thread_cap,
     compare_with_inputs,
-    layouts,
     mirrors,
     resolve_paths,
     usable,
@@ -36,30 +38,50 @@ from cnnpar.study.tables import TABLE_NAMES
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
     resolve_paths(config, os.getcwd())
+    # 'auto' counts follow the cores a job can use; a cluster job expands them as its
+    # submitter did (it inherits the submitter's environment).
+    if smk.is_remote_job(workflow) and os.environ.get(plan.SWEEP_CORES_ENV):
+        SWEEP_CORES = int(os.environ[plan.SWEEP_CORES_ENV])
+    else:
+        threads = smk.thread_settings(workflow)
+        SWEEP_CORES = plan.usable_cores(
+            threads.cores, threads.max_threads, usable_cpus()
+        )
+        os.environ.update({plan.SWEEP_CORES_ENV: str(SWEEP_CORES)})
+    plan.expand_sweep(config, SWEEP_CORES)
     check_results_dir(config["results"])
     # Other result sets for the report's Machines section, read once where the run starts (a
     # cluster job re-parsing this file only resolves them).
     COMPARE_WITH = check_compare_with(
-        config["compare_with"], config["results"], read=not workflow.remote_exec
+        config["compare_with"], config["results"], read=not smk.is_remote_job(workflow)
     )
 except CnnparError as err:
     raise WorkflowError(str(err)) from None
 
 
+def print_estimate() -> None:
+    """Before the first job: the timed jobs and the estimated wall time (cnnpar.study.cost)."""
+    engines, modes = sweep()
+    estimate = cost.estimate_study(
+        config, engines, modes, GRIDS, TIMED_BENCHMARKS, BENCHMARKS
+    )
+    logger.info(estimate.text())
+
+
 def check_cores() -> None:
     """On start (a real run, DAG built, no job started): refuse thread or worker counts
     that --cores, --max-threads or --set-threads would silently change."""
-    if workflow.touch:
+    if smk.is_touch(workflow):
         return
     asked = {
         "train.tinycnn.threads": max(c["threads"] for c in tinycnn_configs()),
         "classify.workers": max(c["workers"] for c in classify_configs()),
         "train.mosaicnet.threads": MOSAICNET["threads"],
     }
-    settings = workflow.resource_settings
-    timed = {rule.name for rule in workflow.rules if "bench" in rule.resources}
-    overrides = settings.overwrite_threads.items()
-    forced = [f"{rule}={n.value}" for rule, n in overrides if rule in timed]
+    settings = smk.thread_settings(workflow)
+    timed = smk.rules_with_resource(workflow, "bench")
+    overrides = settings.overrides.items()
+    forced = [f"{rule}={n}" for rule, n in overrides if rule in timed]
     try:
         check_thread_cap(asked, settings.cores, settings.max_threads, forced)
     except CnnparError as err:
@@ -67,11 +89,18 @@ def check_cores() -> None:
 
 
 RESULTS = config["results"]
-BLOCKS = list(range(1, config["blocks"] + 1))
+try:
+    PRECISION = plan.precision(config)
+except CnnparError as err:
+    raise WorkflowError(str(err)) from None
 TIMING = config["timing"]
 TINYCNN = config["train"]["tinycnn"]
 MOSAICNET = config["train"]["mosaicnet"]
 CLASSIFY = config["classify"]
+
+# The version of the code each kind of timed job measures (cnnpar.measure.code): a rule
+# parameter, so Snakemake re-runs exactly the timed jobs whose code changed.
+CODE = code_versions()
 
 # envs/cnnpar.yaml installs this checkout as ${CNNPAR_SRC}: Snakemake copies the env file into
 # .snakemake/conda/ before conda reads it, so a path relative to the file would point nowhere.
@@ -106,11 +135,10 @@ def probe_gpus() -> bool:
     jobs run here. A cluster submitter (or a job on a compute node, which must build the same
     graph) trusts the config; a GPU job on a node without one fails with a clear message.
     """
-    if workflow.remote_exec:
+    if smk.is_remote_job(workflow):
         return False
     # None while the Snakefile is parsed: call this from input functions only.
-    plugin = workflow.executor_plugin
-    return plugin is None or plugin.name in ("local", "dryrun", "touch")
+    return smk.local_executor(smk.executor_name(workflow))
 
 
 @cache
@@ -139,9 +167,9 @@ def sweep() -> tuple[list[str], list[str]]:
 
 
 # Parameters are named in the path (key~value), so a result is self-describing; the tables
-# read them from each job's run record, never from the path. A timed job runs once per paired
+# read them from each job's run record, never from the path. A timed run runs once per paired
 # block (block~N); a tinycnn configuration also has one full-length run for time to accuracy.
-# threads (train) and workers (classify) are the job's cores; ranks~R splits them over R
+# threads (train) and workers (classify) are the run's cores; ranks~R splits them over R
 # torch.distributed ranks (torch-ddp, mode ranks), ranks~1 everywhere else.
 TINYCNN_TAIL = "engine~{engine}/ranks~{ranks}/threads~{threads}/filters~{filters}/batch~{batch}/seed~{seed}"
 CLASSIFY_TAIL = (
@@ -150,42 +178,38 @@ CLASSIFY_TAIL = (
 TINYCNN_DIR = f"{RESULTS}/train/tinycnn/{TINYCNN_TAIL}"
 MOSAICNET_DIR = f"{RESULTS}/train/mosaicnet/seed~{{seed}}"
 CLASSIFY_DIR = f"{RESULTS}/classify/{CLASSIFY_TAIL}"
-BLOCK_DONE = f"{RESULTS}/blocks/block~{{block}}.done"
-# A comparison family of one block: the timed jobs whose rates are divided by each other (every
-# engine and thread count of one filters/batch/seed; every mode and worker count of one
-# grid/batch/seed). Each is one Snakemake job group, closed by its marker file: on a cluster
-# the group is one submission, so the jobs a ratio divides run on one node, one after another.
-# (Groups only take effect on cluster executors; locally the marker is one more tiny job.)
+# The one unbudgeted classification of each whole mosaic: the report's mask and the accuracy.
+CLASSIFY_FULL_DIR = f"{RESULTS}/classify/full/grid~{{grid}}/seed~{{seed}}"
+# A comparison family of one block (cnnpar.study.plan): the timed runs whose rates are divided
+# by each other. Each is one job that runs its members back to back in the planned order.
 TRAIN_FAMILY = "filters~{filters}/batch~{batch}/seed~{seed}"
 CLASSIFY_FAMILY = "grid~{grid}/batch~{batch}/seed~{seed}"
-TRAIN_FAMILY_DONE = f"{RESULTS}/blocks/block~{{block}}/train/{TRAIN_FAMILY}.done"
-CLASSIFY_FAMILY_DONE = (
-    f"{RESULTS}/blocks/block~{{block}}/classify/{CLASSIFY_FAMILY}.done"
-)
-TRAIN_GROUP = "train-block~{block}-filters~{filters}-batch~{batch}-seed~{seed}"
-CLASSIFY_GROUP = "classify-block~{block}-grid~{grid}-batch~{batch}-seed~{seed}"
-
-
-def family_group(group: str):
-    """The job group of a timed job: its family's, except for a ranked job (ranks~R, R > 1),
-    which is submitted on its own: srun starts its R tasks, and one group job cannot mix that
-    multi-task launch with the family's one-task jobs. Its ratios still pair only within one
-    machine (the tables check each job's machine identity)."""
-
-    def of(wildcards) -> str | None:
-        values = dict(wildcards.items())
-        if int(values.get("ranks", 1)) > 1:
-            return None
-        return group.format(**values)
-
-    return of
-
+LOGS = f"{RESULTS}/logs"
+FAMILY_LOGS = {
+    "train": f"{LOGS}/train/tinycnn/block~{{block}}/{TRAIN_FAMILY}.log",
+    "classify": f"{LOGS}/classify/block~{{block}}/{CLASSIFY_FAMILY}.log",
+}
+RUN_LOGS = {
+    ("train", False): f"{LOGS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.log",
+    ("train", True): f"{LOGS}/train/tinycnn/{TINYCNN_TAIL}/full.log",
+    ("classify", False): f"{LOGS}/classify/{CLASSIFY_TAIL}/block~{{block}}.log",
+    ("classify", True): f"{LOGS}/classify/full/grid~{{grid}}/seed~{{seed}}.log",
+}
 
 DATA_CHECK = f"{RESULTS}/data/verify.txt"
 TABLES = f"{RESULTS}/tables"
 FIGURE_DIR = f"{RESULTS}/figures"
-LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
+# Where Snakemake writes each timed job's wall time (read back by the cost estimate).
+TIMED_BENCHMARKS = {
+    "train_family": f"{BENCHMARKS}/train/tinycnn/block~{{block}}/{TRAIN_FAMILY}.tsv",
+    "train_gpu": f"{BENCHMARKS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.tsv",
+    "train_tinycnn_full": f"{BENCHMARKS}/train/tinycnn/{TINYCNN_TAIL}/full.tsv",
+    "train_mosaicnet": f"{BENCHMARKS}/train/mosaicnet/seed~{{seed}}.tsv",
+    "classify_family": f"{BENCHMARKS}/classify/block~{{block}}/{CLASSIFY_FAMILY}.tsv",
+    "classify_gpu": f"{BENCHMARKS}/classify/{CLASSIFY_TAIL}/block~{{block}}.tsv",
+    "classify_full": f"{BENCHMARKS}/classify/full/grid~{{grid}}/seed~{{seed}}.tsv",
+}
 REPORT_HTML = f"{RESULTS}/report.html"
 RECORD = RECORD_NAME  # written last by every train and classify job
 TINYCNN_FILES = [*registry.MODELS["tinycnn"].outputs, RECORD]
@@ -195,115 +219,179 @@ CLASSIFY_FILES = [*registry.CLASSIFY_OUTPUTS, RECORD]
 FIGURE_IDS = [figure.id for figure in registry.table_figures()]
 
 
-def job_layouts(
-    entry, cores: list[int], ranks: list[int], what: str
-) -> list[tuple[int, int]]:
-    """(ranks, cores) of each job of an engine or mode (study.config.layouts); a ranked one
-    that no rank count fits is skipped with a warning."""
-    found = layouts(cores, ranks, parallel=entry.parallel, ranked=entry.ranks)
-    if not found:
-        logger.warning(
-            f"cnnpar: skipping {what} {entry.name!r}: no rank count in {ranks} divides a "
-            f"core count in {cores}"
-        )
-    return [(r, r * t) for r, t in found]
+def warn_unplaced(entries, cores: list[int], ranks: list[int], what: str) -> None:
+    """Warn about a ranked engine or mode that no rank count fits (it gets no run)."""
+    for entry in entries:
+        if not plan.run_layouts(entry, cores, ranks):
+            logger.warning(
+                f"cnnpar: skipping {what} {entry.name!r}: no rank count in {ranks} divides "
+                f"a core count in {cores}"
+            )
 
 
 @cache
 def tinycnn_configs() -> list[dict]:
-    """One dict of wildcards per tinycnn configuration (engine, ranks, threads = the job's
+    """One dict of wildcards per tinycnn configuration (engine, ranks, threads = the run's
     cores, filters, batch, seed)."""
-    configs = []
-    for engine in sweep()[0]:
-        shapes = job_layouts(
-            registry.ENGINES[engine],
-            TINYCNN["threads"],
-            TINYCNN["ranks"],
-            "train engine",
-        )
-        for (r, t), f, b, s in product(
-            shapes, TINYCNN["filters"], TINYCNN["batch_sizes"], TINYCNN["seeds"]
-        ):
-            configs.append(
-                dict(engine=engine, ranks=r, threads=t, filters=f, batch=b, seed=s)
-            )
-    return configs
+    engines = sweep()[0]
+    entries = [registry.ENGINES[e] for e in engines]
+    warn_unplaced(entries, TINYCNN["threads"], TINYCNN["ranks"], "train engine")
+    return plan.tinycnn_configs(engines, TINYCNN)
 
 
 @cache
 def classify_configs() -> list[dict]:
-    """One dict of wildcards per classify configuration (workers = the job's cores); the
+    """One dict of wildcards per classify configuration (workers = the run's cores); the
     largest grids come last."""
-    configs = []
-    for grid in GRIDS:
-        for mode in sweep()[1]:
-            shapes = job_layouts(
-                registry.MODES[mode],
-                CLASSIFY["workers"],
-                CLASSIFY["ranks"],
-                "classify mode",
-            )
-            for (r, w), b, s in product(
-                shapes, CLASSIFY["batch_sizes"], CLASSIFY["seeds"]
-            ):
-                configs.append(
-                    dict(mode=mode, ranks=r, workers=w, grid=grid, batch=b, seed=s)
-                )
-    return configs
+    modes = sweep()[1]
+    entries = [registry.MODES[m] for m in modes]
+    warn_unplaced(entries, CLASSIFY["workers"], CLASSIFY["ranks"], "classify mode")
+    return plan.classify_configs(modes, GRIDS, CLASSIFY)
 
 
 def tinycnn_full_configs() -> list[dict]:
     """The full-length (time to accuracy) runs: each engine at its largest thread count."""
-    largest = {}
-    for c in tinycnn_configs():
-        key = (c["engine"], c["filters"], c["batch"], c["seed"])
-        if (
-            key not in largest or c["threads"] > largest[key]["threads"]
-        ):  # first at a tie
-            largest[key] = c
-    return list(largest.values())
+    return plan.full_configs(tinycnn_configs())
 
 
-def engine_pattern(switches_threads: bool) -> str:
-    """A wildcard constraint matching the engines that do (or do not) switch threads in one
-    process (registry `switches_threads`): the rule that trains them."""
-    names = [
-        name
-        for name, engine in registry.ENGINES.items()
-        if engine.switches_threads == switches_threads
-    ]
-    return "|".join(re.escape(name) for name in names) or "(?!)"
+def classify_full_config(grid: str, seed: str) -> dict:
+    """The whole-mosaic classification of a grid and seed (cnnpar.study.plan): mode threads
+    at the widest worker count, or sequential when the config has no threads mode."""
+    return plan.full_classify_config(CLASSIFY["modes"], grid, seed, CLASSIFY)
 
 
-@cache
-def interleaved_threads() -> list[int]:
-    """The thread counts one paired throughput job of an engine that switches threads trains
-    in turn (`cnnpar train --threads 1,2`): every count of train.tinycnn.threads."""
-    return sorted(
-        {
-            c["threads"]
-            for c in tinycnn_configs()
-            if registry.ENGINES[c["engine"]].switches_threads
-        }
-    ) or [1]
+# Its cores: the same for every grid and seed.
+CLASSIFY_FULL_THREADS = int(classify_full_config(GRIDS[0], "0")["workers"])
 
 
-def interleaved_dir(wildcards) -> str:
-    """`--out` of an interleaved job: its block's run directory, {threads} left for cnnpar."""
+# --- family jobs -------------------------------------------------------------------------------
+# A family job's outputs must be known when the Snakefile is parsed, before the executor is, so
+# it holds the CPU engines and modes (always available). A GPU run, whose availability is
+# decided once the executor is known (a cluster submitter trusts the config), is a job of its
+# own; its ratios are still formed inside its block.
+CPU_ENGINES = [e for e in TINYCNN["engines"] if registry.ENGINES[e].device == "cpu"]
+CPU_MODES = [m for m in CLASSIFY["modes"] if registry.MODES[m].device == "cpu"]
+GPU_ENGINE_PATTERN = "|".join(re.escape(e) for e in registry.gpu_engines()) or "(?!)"
+GPU_MODE_PATTERN = "|".join(re.escape(m) for m in registry.gpu_modes()) or "(?!)"
+# The members of every family (each family has the same ones, for its own filters/batch/seed
+# or grid/batch/seed), with the family's keys left as wildcards.
+TRAIN_MEMBERS = plan.tinycnn_configs(
+    CPU_ENGINES,
+    {
+        **TINYCNN,
+        "filters": ["{filters}"],
+        "batch_sizes": ["{batch}"],
+        "seeds": ["{seed}"],
+    },
+)
+CLASSIFY_MEMBERS = plan.classify_configs(
+    CPU_MODES, ["{grid}"], {**CLASSIFY, "batch_sizes": ["{batch}"], "seeds": ["{seed}"]}
+)
+
+
+def member_files(
+    template: str, members: list[dict], names: list[str]
+) -> dict[str, str]:
+    """Named outputs of a family job: each member's files, its family keys left as wildcards."""
+    out = {}
+    for i, member in enumerate(members):
+        run_dir = f"{template.format(**member)}/block~{{block}}"
+        for name in names:
+            out[f"{name.split('.')[0]}_{i}"] = f"{run_dir}/{name}"
+    return out
+
+
+def family_members(kind: str, wildcards) -> list[dict]:
+    """The configurations of one family job (its wildcards filled in)."""
     values = dict(wildcards.items())
-    run_dir = TINYCNN_DIR.format(**{**values, "ranks": 1, "threads": "{threads}"})
-    return os.path.join(run_dir, f"block~{values['block']}")
+    members = TRAIN_MEMBERS if kind == "train" else CLASSIFY_MEMBERS
+    return [{k: str(v).format(**values) for k, v in m.items()} for m in members]
 
 
-# No TinyCNN engine trains faster than this (images/s); a paired throughput job may run as many
-# epochs as that rate fits in its time budget, so the budget, not the epoch count, ends it.
-FASTEST_IMAGES_PER_S = 10_000_000
+def logged(argvs: list[list[str]], log: str) -> str:
+    """Commands as one shell line that stops at the first failure, each run by logged.sh into
+    the job's log (the first truncates it, the others append)."""
+    lines = []
+    for i, argv in enumerate(argvs):
+        append = "-a " if i else ""
+        lines.append(f"{LOGGED} {append}{shlex.quote(log)} {shlex.join(argv)}")
+    return " && ".join(lines)
 
 
-def throughput_epochs() -> int:
-    """The epoch bound of a paired throughput job (`--epochs`; `--time-budget` stops it)."""
-    budget_images = TINYCNN["time_budget"] * FASTEST_IMAGES_PER_S
-    return max(TINYCNN["epochs"], math.ceil(budget_images / TINYCNN["train_size"]))
+def family_script(kind: str):
+    """A family job's commands in planned order, one shell line (cnnpar.study.plan)."""
+    log = FAMILY_LOGS[kind]
+
+    def of(wildcards, resources) -> str:
+        block = int(wildcards.block)
+        launcher = resources.get("mpi")
+        runs = plan.family_runs(kind, family_members(kind, wildcards), block)
+        argvs = []
+        for run in runs:
+            if kind == "train":
+                out = TINYCNN_DIR.format(
+                    **(
+                        {**run.configs[0], "threads": "{threads}"}
+                        if run.interleaved
+                        else run.configs[0]
+                    )
+                )
+                argvs.append(
+                    plan.train_argv(
+                        run,
+                        f"{out}/block~{block}",
+                        config,
+                        block=block,
+                        launcher=launcher,
+                    )
+                )
+            else:
+                out = f"{CLASSIFY_DIR.format(**run.configs[0])}/block~{block}"
+                weights = f"{MOSAICNET_DIR.format(seed=wildcards.seed)}/model.pt"
+                argvs.append(
+                    plan.classify_argv(
+                        run, out, weights, config, block=block, launcher=launcher
+                    )
+                )
+        return logged(argvs, log.format(**dict(wildcards.items())))
+
+    return of
+
+
+def family_tasks(kind: str) -> int:
+    """Tasks a family job asks a cluster for: its widest ranked member's ranks (1 if none)."""
+    members = TRAIN_MEMBERS if kind == "train" else CLASSIFY_MEMBERS
+    return max([int(m["ranks"]) for m in members] or [1])
+
+
+def family_threads(kind: str) -> int:
+    """The cores a family job reserves: its widest member's."""
+    members = TRAIN_MEMBERS if kind == "train" else CLASSIFY_MEMBERS
+    key = "threads" if kind == "train" else "workers"
+    return max([int(m[key]) for m in members] or [1])
+
+
+# The cluster profile reads these (its resource expressions expand environment variables):
+# it names the launcher of a family's ranked members only where the family has some, since
+# the SLURM plugin refuses `mpi` on a one-task job.
+os.environ.update(
+    CNNPAR_TRAIN_TASKS=str(family_tasks("train")),
+    CNNPAR_CLASSIFY_TASKS=str(family_tasks("classify")),
+)
+
+
+def family_cpus_per_task(kind: str) -> int:
+    """cpus_per_task of a family job on a cluster: its cores over its tasks on one node (a
+    ranked member's srun then gives each rank its share); on several nodes each task gets them
+    all, so the one-process members on the first node still have their cores."""
+    if config["nodes"] > 1 and family_tasks(kind) > 1:
+        return family_threads(kind)
+    return max(1, family_threads(kind) // family_tasks(kind))
+
+
+def family_nodes(kind: str) -> int | None:
+    """Nodes a family job spreads its ranked members over, when the config asks for several."""
+    return config["nodes"] if config["nodes"] > 1 and family_tasks(kind) > 1 else None
 
 
 def tinycnn_block_dirs(block: int) -> list[str]:
@@ -316,6 +404,14 @@ def classify_block_dirs(block: int) -> list[str]:
 
 def tinycnn_full_dirs() -> list[str]:
     return [f"{TINYCNN_DIR.format(**c)}/full" for c in tinycnn_full_configs()]
+
+
+def classify_full_dirs() -> list[str]:
+    return [
+        CLASSIFY_FULL_DIR.format(grid=g, seed=s)
+        for g in GRIDS
+        for s in CLASSIFY["seeds"]
+    ]
 
 
 def mosaicnet_dirs() -> list[str]:
@@ -333,113 +429,43 @@ def figure_files(ext: str) -> list[str]:
 # --- input functions (called when the DAG is built, once the executor is known) -------------
 
 
-def block_members(wildcards) -> list[str]:
-    """What block N waits for: block 0 is the set-up (data check, MosaicNet weights); block
-    N >= 1 is the marker of every comparison family of that block."""
-    block = int(wildcards.block)
-    if block == 0:
-        return [DATA_CHECK, *files(mosaicnet_dirs(), ["model.pt"])]
-    train = {TRAIN_FAMILY_DONE.format(block=block, **c) for c in tinycnn_configs()}
-    classify = {
-        CLASSIFY_FAMILY_DONE.format(block=block, **c) for c in classify_configs()
-    }
-    return sorted(train) + sorted(classify)
+DECISION = f"{RESULTS}/blocks/decision~{{block}}.json"
 
 
-def _in_family(config: dict, wildcards, keys: tuple[str, ...]) -> bool:
-    return all(str(config[k]) == str(getattr(wildcards, k)) for k in keys)
+def planned_blocks() -> list[int]:
+    """The paired blocks the study runs: a fixed number, or min_blocks and then one more each
+    time the stopping rule (checkpoint block_decision, cnnpar.study.stop) says the headline
+    intervals are still wider than the target, up to max_blocks. Call from input functions:
+    a decision not yet made raises Snakemake's IncompleteCheckpointException, which schedules
+    it and re-evaluates the caller afterwards."""
+    n = PRECISION.min_blocks
+    while n < PRECISION.max_blocks:
+        decision = checkpoints.block_decision.get(block=n).output.decision
+        if json.loads(Path(decision).read_text())["stop"]:
+            break
+        n += 1
+    return list(range(1, n + 1))
 
 
-def train_family_members(wildcards) -> list[str]:
-    """The run records of one training comparison family in one block."""
-    block = int(wildcards.block)
-    configs = [
-        c
-        for c in tinycnn_configs()
-        if _in_family(c, wildcards, ("filters", "batch", "seed"))
+def records_through(last: int) -> list[str]:
+    """The run records of blocks 1..`last` (every kind, every configuration)."""
+    block_dirs = [
+        d
+        for b in range(1, last + 1)
+        for d in (*tinycnn_block_dirs(b), *classify_block_dirs(b))
     ]
-    return [f"{TINYCNN_DIR.format(**c)}/block~{block}/{RECORD}" for c in configs]
+    return files(block_dirs, [RECORD])
 
 
-def classify_family_members(wildcards) -> list[str]:
-    """The run records of one classification comparison family in one block."""
-    block = int(wildcards.block)
-    configs = [
-        c
-        for c in classify_configs()
-        if _in_family(c, wildcards, ("grid", "batch", "seed"))
-    ]
-    return [f"{CLASSIFY_DIR.format(**c)}/block~{block}/{RECORD}" for c in configs]
-
-
-TRAIN_KEYS = ("engine", "ranks", "threads", "filters", "batch", "seed")
-CLASSIFY_KEYS = ("mode", "ranks", "workers", "grid", "batch", "seed")
-
-
-@cache
-def block_sequence() -> dict[tuple, int]:
-    """Where each timed job of an odd block runs in its block: family by family (training,
-    then classification), and inside a family engine by engine (mode by mode) in the config's
-    order, thread (worker) count ascending. The jobs a ratio compares so run seconds apart,
-    not minutes, and see the same state of the machine."""
-    train = sorted(
-        tinycnn_configs(), key=lambda c: (c["filters"], c["batch"], c["seed"])
-    )
-    classify = sorted(
-        classify_configs(), key=lambda c: (c["grid"], c["batch"], c["seed"])
-    )
-    jobs = [("train", *(str(c[k]) for k in TRAIN_KEYS)) for c in train] + [
-        ("classify", *(str(c[k]) for k in CLASSIFY_KEYS)) for c in classify
-    ]
-    return {job: index for index, job in enumerate(jobs)}
-
-
-def block_priority(kind: str):
-    """A timed job's Snakemake priority (higher runs first; only one timed job runs at a
-    time): its place in block_sequence(), each family reversed in even blocks, so a pair runs
-    A then B in one block and B then A in the next and a drift of the machine's speed within
-    a block does not favour either side."""
-    keys = TRAIN_KEYS if kind == "train" else CLASSIFY_KEYS
-    family = 3  # the last three keys name the family
-
-    def of(wildcards) -> int:
-        order = block_sequence()
-        # An interleaved training job (no ranks or threads wildcard) takes its first count's place.
-        values = {
-            "ranks": 1,
-            "threads": interleaved_threads()[0],
-            **dict(wildcards.items()),
-        }
-        job = (kind, *(str(values[k]) for k in keys))
-        if int(wildcards.block) % 2 == 0:
-            members = [
-                j for j in order if j[0] == kind and j[-family:] == job[-family:]
-            ]
-            first = min(order[j] for j in members)
-            position = first + len(members) - 1 - (order[job] - first)
-        else:
-            position = order[job]
-        return len(order) - position
-
-    return of
-
-
-def previous_block(wildcards) -> str:
-    """Block N's jobs start once block N-1 is done, so each block's jobs run back to back.
-    ancient(): re-running one old job must not re-run every later block."""
-    return ancient(BLOCK_DONE.format(block=int(wildcards.block) - 1))
-
-
-def last_block(wildcards) -> str:
-    """Full-length runs come after the paired blocks."""
-    return ancient(BLOCK_DONE.format(block=BLOCKS[-1]))
+def decision_records(wildcards) -> list[str]:
+    """What the stopping decision after block N reads: every paired record so far."""
+    return records_through(int(wildcards.block))
 
 
 def all_records(wildcards) -> list[str]:
-    block_dirs = [
-        d for b in BLOCKS for d in (*tinycnn_block_dirs(b), *classify_block_dirs(b))
-    ]
-    return files([*block_dirs, *tinycnn_full_dirs(), *mosaicnet_dirs()], [RECORD])
+    paired = records_through(planned_blocks()[-1])
+    unpaired = [*tinycnn_full_dirs(), *classify_full_dirs(), *mosaicnet_dirs()]
+    return [*paired, *files(unpaired, [RECORD])]
 
 
 def compare_with_files(wildcards) -> list[str]:
@@ -453,15 +479,17 @@ def report_record(wildcards) -> str:
 
 
 def largest_grid_mask(wildcards) -> str:
-    """The mask.png of the largest grid (its first mode, fewest workers, first seed, block 1)."""
-    first = next(c for c in classify_configs() if c["grid"] == GRIDS[-1])
-    return f"{CLASSIFY_DIR.format(**first)}/block~1/mask.png"
+    """The mask.png of the largest grid's whole-mosaic classification (first seed): a paired
+    run classifies only what its time budget allows."""
+    run_dir = CLASSIFY_FULL_DIR.format(grid=GRIDS[-1], seed=CLASSIFY["seeds"][0])
+    return f"{run_dir}/mask.png"
 
 
 def final_outputs(wildcards) -> list[str]:
     """The report and every job's files: a deleted intermediate is rebuilt, with what needs it."""
-    block_dirs = [b for n in BLOCKS for b in tinycnn_block_dirs(n)]
-    classify_dirs = [b for n in BLOCKS for b in classify_block_dirs(n)]
+    blocks = planned_blocks()
+    block_dirs = [b for n in blocks for b in tinycnn_block_dirs(n)]
+    classify_dirs = [b for n in blocks for b in classify_block_dirs(n)]
     return [
         REPORT_HTML,
         *(f"{TABLES}/{name}.csv" for name in TABLE_NAMES),
@@ -469,7 +497,7 @@ def final_outputs(wildcards) -> list[str]:
         *figure_files("svg"),
         f"{FIGURE_DIR}/mask.png",
         *files([*block_dirs, *tinycnn_full_dirs()], TINYCNN_FILES),
-        *files(classify_dirs, CLASSIFY_FILES),
+        *files([*classify_dirs, *classify_full_dirs()], CLASSIFY_FILES),
         *files(mosaicnet_dirs(), MOSAICNET_FILES),
     ]
 
@@ -511,7 +539,7 @@ def figure_caption(figure_id: str) -> str:
     report() takes captions only as files, and the wording lives once, in cnnpar.registry.
     """
     path = Path(".snakemake/cnnpar/captions") / f"{figure_id}.rst"
-    text = registry.FIGURES[figure_id].caption + "\n"
+    text = f"{registry.FIGURES[figure_id].caption}\n"
     if not path.is_file() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(
@@ -539,17 +567,6 @@ def mode_gpus(wildcards) -> int:
 # --- layouts: ranks x threads per rank -------------------------------------------------------
 
 
-def rank_threads(wildcards) -> int:
-    """Threads per rank (per task on a cluster): the job's cores over its ranks."""
-    cores = int(getattr(wildcards, "threads", None) or wildcards.workers)
-    return cores // int(wildcards.ranks)
-
-
-def train_layout_args(wildcards) -> str:
-    """`cnnpar train`'s layout options: --ranks R --threads T (T per rank)."""
-    return f"--ranks {int(wildcards.ranks)} --threads {rank_threads(wildcards)}"
-
-
 def rank_tasks(wildcards) -> int:
     """Tasks a cluster job asks for (the SLURM plugin's `tasks`): one per rank."""
     return int(wildcards.ranks)
@@ -563,19 +580,32 @@ def rank_nodes(wildcards) -> int | None:
     return None
 
 
-def rank_launch(wildcards, resources) -> str:
-    """What starts a ranked job's command: nothing where cnnpar starts its ranks itself (a
-    local run); `<mpi> -n <tasks>` where the cluster profile sets the `mpi` resource (srun),
-    as the SLURM executor plugin documents for multi-task jobs."""
-    launcher = resources.get("mpi")
-    if not launcher or int(wildcards.ranks) == 1:
-        return ""
-    return f"{launcher} -n {int(wildcards.ranks)} "
+def run_script(kind: str, full: bool = False):
+    """The command of a job of one run (a GPU run, a full-length run, a whole-mosaic
+    classification), one shell line."""
+    log = RUN_LOGS[kind, full]
 
+    def of(wildcards, resources) -> str:
+        values = dict(wildcards.items())
+        block = None if full else int(values["block"])
+        if kind == "classify" and full:  # its wildcards name the grid and seed only
+            values = classify_full_config(values["grid"], values["seed"])
+        run = plan.Run(kind, (values,))
+        launcher = resources.get("mpi")
+        if kind == "train":
+            run_dir = TINYCNN_DIR.format(**values)
+            out = f"{run_dir}/full" if full else f"{run_dir}/block~{block}"
+            argv = plan.train_argv(run, out, config, block=block, launcher=launcher)
+        elif full:
+            out = CLASSIFY_FULL_DIR.format(**values)
+            weights = f"{MOSAICNET_DIR.format(seed=values['seed'])}/model.pt"
+            argv = plan.classify_argv(run, out, weights, config, block=None)
+        else:
+            out = f"{CLASSIFY_DIR.format(**values)}/block~{block}"
+            weights = f"{MOSAICNET_DIR.format(seed=values['seed'])}/model.pt"
+            argv = plan.classify_argv(
+                run, out, weights, config, block=block, launcher=launcher
+            )
+        return logged([argv], log.format(**values))
 
-def classify_layout_args(wildcards) -> str:
-    """`cnnpar classify`'s layout options: --ranks R --threads T in a ranked mode, else
-    --workers W."""
-    if registry.MODES[wildcards.mode].ranks:
-        return f"--ranks {int(wildcards.ranks)} --threads {rank_threads(wildcards)}"
-    return f"--workers {int(wildcards.workers)}"
+    return of

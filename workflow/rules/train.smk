@@ -1,60 +1,61 @@
 # Training jobs: `cnnpar train`, the same command a user runs by hand.
-# - train_tinycnn: one paired throughput job per configuration and block, stopped after
-#   train.tinycnn.time_budget seconds of timed training (throughput needs seconds, not epochs:
-#   its epoch count is only a bound the budget always reaches first);
-# - train_tinycnn_interleaved: the same for an engine that switches threads in one process
-#   (numba, torch): one job per block trains every thread count for the budget, the counts
-#   taking turns in 0.1-second windows, so its speedup compares windows a fraction of a second
-#   apart; it writes one run directory per thread count, as separate jobs would;
+# - train_family: one job per paired block and training family (filters, batch, seed) that
+#   trains every CPU engine and thread count of the family back to back, in the order
+#   cnnpar.study.plan gives (the config's, reversed in even blocks); numba and torch train all
+#   their thread counts in one command, the counts taking turns in 0.1-second windows. Each
+#   run stops after train.tinycnn.time_budget seconds of timed training;
+# - train_gpu: one paired run of a GPU engine per configuration and block;
 # - train_tinycnn_full: one full-length run per engine at its largest thread count, for time to
-#   accuracy; it runs after the last block;
-# - train_mosaicnet: the classifier's weights, before block 1.
+#   accuracy;
+# - train_mosaicnet: the classifier's weights.
 # shadow "minimal": a job runs in a scratch directory and only a finished job's outputs are
 # moved into results/, so an interrupted job never leaves a half-written directory behind.
 
-TINYCNN_SHELL = (
-    f"{LOGGED} {{log:q}}"
-    " {params.launch}cnnpar train --model tinycnn --engine {wildcards.engine} {params.layout}"
-    " --filters {wildcards.filters} --batch-size {wildcards.batch} --epochs {params.epochs}"
-    " --lr {params.lr} --seed {wildcards.seed} --train-size {params.train_size}"
-    " --test-size {params.test_size} --shuffle {params.shuffle} --data-source {params.data:q}"
-    " {params.mirrors} {params.lock:q} --max-others-share {params.max_others}"
-    " --max-probe-change {params.max_probe} {params.machine} --out {params.out:q}"
-)
-TINYCNN_PARAMS = dict(
-    launch=rank_launch,
-    layout=train_layout_args,
-    lr=TINYCNN["lr"],
-    train_size=TINYCNN["train_size"],
-    test_size=TINYCNN["test_size"],
-    shuffle=str(TINYCNN["shuffle"]).lower(),
-    data=data_source(),
-    mirrors=mirror_options(),
-    lock=timing_lock(),
-    max_others=TIMING["max_others_share"],
-    max_probe=TIMING["max_probe_change"],
-    machine=machine_option(),
-)
+
+# (no family job when the config names GPU engines or modes only)
+if TRAIN_MEMBERS:
+
+    rule train_family:
+        input:
+            data=DATA_CHECK,
+        output:
+            **member_files(TINYCNN_DIR, TRAIN_MEMBERS, TINYCNN_FILES),
+        log:
+            FAMILY_LOGS["train"],
+        benchmark:
+            TIMED_BENCHMARKS["train_family"]
+        shadow:
+            "minimal"
+        conda:
+            "../../envs/cnnpar.yaml"
+        threads: family_threads("train")
+        resources:
+            bench=1,
+            gpu=0,
+            tasks=family_tasks("train"),
+            cpus_per_task=family_cpus_per_task("train"),
+            nodes=family_nodes("train"),
+        params:
+            script=family_script("train"),
+            code=CODE["train"],
+        shell:
+            "{params.script}"
 
 
-rule train_tinycnn:
+rule train_gpu:
     input:
         data=DATA_CHECK,
-        previous=previous_block,
     output:
         **{
             name.split(".")[0]: f"{TINYCNN_DIR}/block~{{block}}/{name}"
             for name in TINYCNN_FILES
         },
     log:
-        f"{LOGS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.log",
+        RUN_LOGS["train", False],
     benchmark:
-        f"{BENCHMARKS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.tsv"
+        TIMED_BENCHMARKS["train_gpu"]
     wildcard_constraints:
-        engine=engine_pattern(switches_threads=False),
-    priority: block_priority("train")
-    group:
-        family_group(TRAIN_GROUP)
+        engine=GPU_ENGINE_PATTERN,
     shadow:
         "minimal"
     conda:
@@ -62,77 +63,24 @@ rule train_tinycnn:
     threads: lambda wildcards: int(wildcards.threads)
     resources:
         bench=1,
-        gpu=engine_gpus,
-        tasks=rank_tasks,
-        nodes=rank_nodes,
-    params:
-        **TINYCNN_PARAMS,
-        out=lambda wildcards, output: Path(output.run).parent,
-        epochs=throughput_epochs(),
-        budget=TINYCNN["time_budget"],
-    shell:
-        f"{TINYCNN_SHELL} --block {{wildcards.block}} --time-budget {{params.budget}}"
-
-
-rule train_tinycnn_interleaved:
-    input:
-        data=DATA_CHECK,
-        previous=previous_block,
-    output:
-        **{
-            f"{name.split('.')[0]}_{t}": f"{TINYCNN_DIR}/block~{{block}}/{name}".replace(
-                "{threads}", str(t)
-            ).replace(
-                "{ranks}", "1"
-            )
-            for t in interleaved_threads()
-            for name in TINYCNN_FILES
-        },
-    log:
-        f"{LOGS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.log".replace(
-            "{threads}", "interleaved"
-        ).replace("{ranks}", "1"),
-    benchmark:
-        f"{BENCHMARKS}/train/tinycnn/{TINYCNN_TAIL}/block~{{block}}.tsv".replace(
-            "{threads}", "interleaved"
-        ).replace("{ranks}", "1")
-    wildcard_constraints:
-        engine=engine_pattern(switches_threads=True),
-    priority: block_priority("train")
-    group:
-        family_group(TRAIN_GROUP)
-    shadow:
-        "minimal"
-    conda:
-        "../../envs/cnnpar.yaml"
-    threads: max(interleaved_threads())
-    resources:
-        bench=1,
-        gpu=0,
+        gpu=1,
         tasks=1,
     params:
-        **{
-            **TINYCNN_PARAMS,
-            "launch": "",
-            "layout": f"--ranks 1 --threads {','.join(map(str, interleaved_threads()))}",
-        },
-        out=interleaved_dir,
-        epochs=throughput_epochs(),
-        budget=TINYCNN["time_budget"],
+        script=run_script("train"),
+        code=CODE["train"],
     shell:
-        f"{TINYCNN_SHELL} --block {{wildcards.block}} --time-budget {{params.budget}}"
+        "{params.script}"
 
 
 rule train_tinycnn_full:
     input:
         data=DATA_CHECK,
-        previous=last_block,
     output:
         **{name.split(".")[0]: f"{TINYCNN_DIR}/full/{name}" for name in TINYCNN_FILES},
     log:
-        f"{LOGS}/train/tinycnn/{TINYCNN_TAIL}/full.log",
+        RUN_LOGS["train", True],
     benchmark:
-        f"{BENCHMARKS}/train/tinycnn/{TINYCNN_TAIL}/full.tsv"
+        TIMED_BENCHMARKS["train_tinycnn_full"]
     shadow:
         "minimal"
     conda:
@@ -144,11 +92,10 @@ rule train_tinycnn_full:
         tasks=rank_tasks,
         nodes=rank_nodes,
     params:
-        **TINYCNN_PARAMS,
-        out=lambda wildcards, output: Path(output.run).parent,
-        epochs=TINYCNN["epochs"],
+        script=run_script("train", full=True),
+        code=CODE["train"],
     shell:
-        TINYCNN_SHELL
+        "{params.script}"
 
 
 rule train_mosaicnet:
@@ -159,7 +106,7 @@ rule train_mosaicnet:
     log:
         f"{LOGS}/train/mosaicnet/seed~{{seed}}.log",
     benchmark:
-        f"{BENCHMARKS}/train/mosaicnet/seed~{{seed}}.tsv"
+        TIMED_BENCHMARKS["train_mosaicnet"]
     shadow:
         "minimal"
     conda:
@@ -170,6 +117,7 @@ rule train_mosaicnet:
         # For cluster executors (the SLURM plugin turns it into sbatch --gpus=1).
         gpu=int(registry.ENGINES[MOSAICNET["engine"]].gpu),
     params:
+        code=CODE["mosaicnet"],
         out=lambda wildcards, output: Path(output.model).parent,
         engine=MOSAICNET["engine"],
         epochs=MOSAICNET["epochs"],

@@ -2,6 +2,7 @@
 
 import logging
 
+from cnnpar.measure.stopping import Precision
 from cnnpar.study import tables
 
 
@@ -13,6 +14,7 @@ def main(smk) -> None:
         config=(smk.output.config, smk.params.config_yaml),
         compare_with=smk.params.compare_with,
         compare_names=smk.params.compare_names,
+        precision=Precision(*smk.params.precision),
     )
 
 

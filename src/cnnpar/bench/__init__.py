@@ -1,3 +1,2 @@
-"""Side-by-side throughput benches: `bench.train` (TinyCNN engines in one process) and
-`bench.classify` (MosaicNet classify modes, each a fresh process); `bench.common` holds the row
-type and the CSV/run-record writer both use."""
+"""`cnnpar bench train|classify`: small built-in studies run through the study's plan, run
+functions, records and tables (`bench.common`), each with its targets and their verdicts."""

@@ -1,187 +1,107 @@
-"""What both benches share: one row type, paired ratios with their intervals, the `--csv`
-check, and writing the CSVs and run record.
+"""What both benches share: the targets and their verdicts, the block loop, the tables and
+the printout.
 
-Both benches time their variants in interleaved rounds (every variant once per round, the order
-reversed every other round), so sample i of every variant in one interleaved set comes from the
-same stretch of machine time. Every ratio is formed round by round from those paired samples and
-summarised by `cnnpar.measure.intervals.paired_ratio_interval`: the geometric mean over rounds
-with a Student-t 95% interval. `bench train` runs the engines of one configuration in one
-process; `bench classify` runs each variant as a fresh `cnnpar classify` process. Both end in the
-same `BenchRow`s, so one CSV reader and one run-record reader serve both.
+A bench is a small built-in study. The study's plan gives its runs and their order in each
+block (`cnnpar.study.plan.family_runs`: config order, reversed in even blocks); the study's run
+functions time them, each writing an ordinary run record; the study's tables
+(`cnnpar.study.tables.build_tables`) turn those records into rates, speedups and roofline
+fractions, each a geometric mean over blocks with a 95% interval. The bench only adds TARGETS
+and a short printout.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+import pandas as pd
 
 from cnnpar.errors import CnnparError
-from cnnpar.measure.intervals import Interval, paired_ratio_interval
-from cnnpar.record import Parallelism, RunRecord
+from cnnpar.measure.intervals import Interval
+from cnnpar.study import plan
+from cnnpar.study.kinds import KINDS
 
-BenchName = Literal["train", "classify"]
+MET, MISSED, NOT_RESOLVED = "met", "missed", "not resolved"
+# The tables a bench's --out keeps (study.tables.build_tables), beside its run directories.
+KEPT_TABLES = ("train", "classify", "jobs", "summary", "comparisons")
 
 
 class BenchError(CnnparError):
-    """A bench argument is unusable, or a benchmark variant failed."""
+    """A bench argument is unusable (one line, before any work)."""
 
 
-@dataclass
-class BenchRow:
-    """One measured variant. Rates come from `items` (images or cells per timed repeat) over the
-    repeat times: rate = items / median_s, and the rate quartiles from the time quartiles
-    (rate_q1 = items / q3_s, the slower side). Ratios between variants (`speedup`) come from
-    the per-round samples in `rounds`, paired by round."""
+@dataclass(frozen=True)
+class Target:
+    """A goal for one summary statistic of one configuration: `statistic` (a summary column
+    with `_low`/`_high` bounds: speedup, roofline_fraction) of the summary row of study `study`
+    whose columns hold the values in `where` must reach `threshold`."""
 
-    bench: BenchName
-    variant: str  # the label printed for it
-    engine: str  # the training engine (train) or the classify mode (classify)
-    model: str
-    filters: int | None  # TinyCNN conv filters F (train)
-    grid: str | None  # mosaic "ROWSxCOLS" (classify)
-    batch_size: int
-    parallelism_requested: int  # threads (train) or workers (classify) asked for
-    parallelism_effective: int  # cores' worth that ran: processes x threads per process
-    processes: int
-    repeats: int
-    median_s: float
-    q1_s: float
-    q3_s: float
-    items: int  # images or cells per timed repeat
-    rate: float
-    rate_q1: float
-    rate_q3: float
-    rate_unit: str  # "images/s" or "cells/s"
-    gflops: float  # achieved: rate x the model's FLOPs per item
-    # sgemm at parallelism_effective cores (None on a GPU); bench classify probes it every
-    # round and gives the geometric mean here, its fraction the geometric mean of per-round ones
-    roofline_gflops: float | None
-    roofline_fraction: float | None
-    # Rate over the `speedup_over` reference from paired rounds: the geometric mean of the
-    # per-round ratios and its 95% interval (None on the reference; low/high None below 2 rounds)
-    speedup: float | None
-    speedup_low: float | None
-    speedup_high: float | None
-    speedup_over: str | None
-    extra: dict[str, Any] = field(default_factory=dict)  # bench-specific; CSV columns at the end
-    # One dict per timed round, in round order: "seconds" (the sample), optionally
-    # "roofline_gflops" (the roofline that round) and bench-specific values. Written to the
-    # rounds CSV (one row per variant x round), not to the per-variant CSV.
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def samples_s(self) -> list[float]:
-        return [r["seconds"] for r in self.rounds]
-
-    @property
-    def iqr_s(self) -> float:
-        return self.q3_s - self.q1_s
-
-    def csv_row(self) -> dict[str, Any]:
-        row = asdict(self)
-        row.pop("rounds")
-        extra = row.pop("extra")
-        return {**row, "iqr_s": self.iqr_s, **extra}
-
-    def round_rows(self) -> list[dict[str, Any]]:
-        """Tidy rows, one per timed round: the sample, its rate, GFLOP/s and roofline fraction.
-        Rows of the same `round` in one interleaved set are the pairs every ratio is built from."""
-        gflop_per_item = self.gflops / self.rate
-        out = []
-        for index, r in enumerate(self.rounds, start=1):
-            roof = r.get("roofline_gflops", self.roofline_gflops)
-            gflops = gflop_per_item * self.items / r["seconds"]
-            out.append(
-                {
-                    "bench": self.bench,
-                    "variant": self.variant,
-                    "engine": self.engine,
-                    "filters": self.filters,
-                    "grid": self.grid,
-                    "batch_size": self.batch_size,
-                    "parallelism_effective": self.parallelism_effective,
-                    "round": index,
-                    "items": self.items,
-                    "rate_unit": self.rate_unit,
-                    **r,
-                    "rate": self.items / r["seconds"],
-                    "gflops": gflops,
-                    "roofline_gflops": roof,
-                    "roofline_fraction": gflops / roof if roof else None,
-                }
-            )
-        return out
+    name: str
+    study: str  # train | classify
+    where: Mapping[str, Any] = field(hash=False)
+    statistic: str
+    threshold: float
 
 
-def paired_rate_ratio(num: BenchRow, den: BenchRow) -> Interval:
-    """`num`'s rate over `den`'s, round by round; both rows must come from the same rounds."""
-    return paired_ratio_interval(
-        [num.items / s for s in num.samples_s], [den.items / s for s in den.samples_s]
-    )
+TARGETS = (
+    Target(
+        "numba TinyCNN training F=8 B=32, 1 thread: >= 40% of its 1-thread compute probe",
+        "train",
+        {"engine": "numba", "filters": 8, "batch_size": 32, "parallelism_requested": 1},
+        "roofline_fraction",
+        0.40,
+    ),
+    Target(
+        "numba TinyCNN training F=8 B=32: 2 threads >= 1.6x its 1 thread",
+        "train",
+        {"engine": "numba", "filters": 8, "batch_size": 32, "parallelism_requested": 2},
+        "speedup",
+        1.6,
+    ),
+    Target(
+        "MosaicNet classification B=256, 1 worker (sequential): >= 85% of its compute probe",
+        "classify",
+        {"mode": "sequential", "batch_size": 256, "parallelism_requested": 1},
+        "roofline_fraction",
+        0.85,
+    ),
+)
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+@dataclass(frozen=True)
+class Check:
+    """A target as measured: its interval over blocks (None: its configuration did not run)."""
+
+    target: Target
+    interval: Interval | None
+    verdict: str
 
 
-def speedup_fields(interval: Interval | None, over: str | None) -> dict[str, Any]:
-    """BenchRow's speedup, speedup_low, speedup_high and speedup_over from a paired ratio."""
-    if interval is None:
-        return {"speedup": None, "speedup_low": None, "speedup_high": None, "speedup_over": None}
-    return {**interval.columns("speedup", missing=None), "speedup_over": over}
-
-
-def interval_dict(interval: Interval) -> dict[str, Any]:
-    """An interval for JSON: NaN (fewer than 2 rounds) becomes null."""
-    return interval.as_dict()
-
-
-def interval_text(interval: Interval, unit: str = "×", digits: int = 2) -> str:
-    """`1.72× [1.61, 1.84]`: the estimate and its 95% interval over rounds."""
-    return interval.text(f"{{:.{digits}f}}", unit, count="round")
-
-
-def direction(interval: Interval, above: str = "faster", below: str = "slower") -> str:
-    """Which side of 1 the whole interval lies on, in the benches' words."""
-    return interval.direction(above, below)
-
-
-def target_verdict(interval: Interval, goal: float) -> str:
-    """'met' when the interval's low end reaches `goal`, 'missed' when its high end is below it,
-    else 'not resolved' (the interval straddles the goal, or there is none)."""
+def verdict(interval: Interval, threshold: float) -> str:
+    """'met' when the 95% interval's low end reaches `threshold`, 'missed' when its high end is
+    below it, else 'not resolved' (it straddles the threshold, or there is no interval)."""
     if not interval.resolved:
-        return "not resolved"
-    if interval.low >= goal:
-        return "met"
-    if interval.high < goal:
-        return "missed"
-    return "not resolved"
+        return NOT_RESOLVED
+    if interval.low >= threshold:
+        return MET
+    return MISSED if interval.high < threshold else NOT_RESOLVED
 
 
-def target_check(text: str, interval: Interval, goal: float, unit: str) -> dict[str, Any]:
-    """One target for the run record: `value` is the estimate, `met` true only on 'met'."""
-    verdict = target_verdict(interval, goal)
-    return {
-        "target": text,
-        "value": _finite(interval.estimate),
-        "low": _finite(interval.low),
-        "high": _finite(interval.high),
-        "rounds": interval.n,
-        "goal": goal,
-        "unit": unit,
-        "verdict": verdict,
-        "met": verdict == "met",
-    }
-
-
-def rate_fields(items: int, median_s: float, q1_s: float, q3_s: float) -> dict[str, float]:
-    """rate, rate_q1, rate_q3 of `items` per repeat from the repeat-time quartiles."""
-    return {"rate": items / median_s, "rate_q1": items / q3_s, "rate_q3": items / q1_s}
+def target_interval(target: Target, summary: pd.DataFrame) -> Interval | None:
+    """The target's statistic over blocks from the study's summary table; None when the bench
+    did not measure its configuration."""
+    rows = summary[summary["study"] == target.study]
+    for column, value in target.where.items():
+        rows = rows[rows[column] == value]
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    return Interval.from_columns(row, target.statistic, n=row["blocks"])
 
 
 def check_csv_path(csv_path: str | os.PathLike[str] | None) -> Path | None:
@@ -208,66 +128,155 @@ def check_csv_path(csv_path: str | os.PathLike[str] | None) -> Path | None:
     return path
 
 
-def rounds_csv_path(csv_path: str | os.PathLike[str]) -> Path:
-    """Where the per-round samples of `--csv F` go: F's name with `_rounds` before the suffix."""
-    path = Path(csv_path)
-    return path.with_name(f"{path.stem}_rounds{path.suffix or '.csv'}")
+def check_out(out: str | os.PathLike[str] | None) -> None:
+    """`--out` must be new or an empty directory: records already there would join the tables."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise BenchError(f"--out {path} is not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        raise BenchError(f"--out {path} is not empty; give a new directory for this bench")
 
 
-def write_results(
-    rows: Sequence[BenchRow],
-    csv_path: str | os.PathLike[str],
-    params: Mapping[str, Any],
-    results: Mapping[str, Any] | None = None,
-) -> RunRecord:
-    """Write the rows to `csv_path`, their per-round samples to `rounds_csv_path(csv_path)`
-    (one row per variant x round) and a run record (`run.json`) beside them, the record last,
-    all or none (`io.run_directory`: other files in that directory are left alone).
+def check_counts(counts: Sequence[int], option: str) -> None:
+    """Thread or worker counts: at least one, each >= 1, none twice."""
+    from cnnpar.limits import check_parallelism
 
-    `params` are the bench's arguments; `results` bench-specific summaries added to the common
-    ones (row count, best variant). The record's parallelism is the most any row asked for and
-    ran with.
-    """
-    from cnnpar import io
-    from cnnpar.measure.environment import environment
-    from cnnpar.measure.machine import this_machine
+    if not counts or min(counts) < 1:
+        raise BenchError(f"{option} needs counts >= 1 (got {','.join(map(str, counts))})")
+    if len(set(counts)) != len(counts):
+        raise BenchError(f"{option} lists a count twice ({','.join(map(str, counts))})")
+    check_parallelism(max(counts), option)
 
-    if not rows:
-        raise BenchError("no rows measured; nothing to write")
-    path = Path(csv_path)
-    outputs = [path.name]
-    rounds = [line for r in rows for line in r.round_rows()]
-    if rounds:
-        outputs.append(rounds_csv_path(path).name)
-    best = max(rows, key=lambda r: r.rate)
-    record = RunRecord(
-        command=f"bench-{rows[0].bench}",  # type: ignore[arg-type]
-        model=",".join(dict.fromkeys(r.model for r in rows)),
-        params=dict(params),
-        parallelism=Parallelism(
-            requested=max(r.parallelism_requested for r in rows),
-            effective=max(r.parallelism_effective for r in rows),
-            processes=max(r.processes for r in rows),
-        ),
-        results={
-            "rows": len(rows),
-            "rate_unit": best.rate_unit,
-            "best_variant": best.variant,
-            "best_rate": best.rate,
-            "best_gflops": best.gflops,
-            "best_roofline_fraction": max(
-                (r.roofline_fraction for r in rows if r.roofline_fraction is not None),
-                default=None,
-            ),
-            **(results or {}),
-        },
-        outputs=outputs,
-        environment=environment().as_dict(),
-        machine=this_machine(params.get("machine_label")),
-    )
-    with io.run_directory(path.absolute().parent, replace=False) as tmp:
-        io.write_csv(tmp / path.name, [r.csv_row() for r in rows])
-        if rounds:
-            io.write_csv(tmp / rounds_csv_path(path).name, rounds)
-        record.write(tmp)
-    return record
+
+def check_names(names: Sequence[str], allowed: Sequence[str], option: str) -> None:
+    """Engines or modes: at least one, each one the bench can run, none twice."""
+    unknown = [n for n in names if n not in allowed]
+    if not names or unknown or len(set(names)) != len(names):
+        got = ",".join(names) or "nothing"
+        raise BenchError(f"{option} {got}: choose distinct names from {', '.join(allowed)}")
+
+
+def say(line: str) -> None:
+    """The benches' default echo: a line to stdout, at once (a bench runs for minutes)."""
+    print(line, flush=True)
+
+
+@contextlib.contextmanager
+def output_directory(out: str | os.PathLike[str] | None) -> Iterator[Path]:
+    """`out` (created), or a temporary directory removed on exit."""
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        yield Path(out)
+        return
+    with tempfile.TemporaryDirectory(prefix="cnnpar-bench-") as tmp:
+        yield Path(tmp)
+
+
+RunOne = Callable[[plan.Run, int, Path], None]  # (run, block, its run directory's stem)
+
+
+def run_blocks(
+    kind: str,
+    configs: Sequence[Mapping[str, Any]],
+    blocks: int,
+    run_one: RunOne,
+    out: Path,
+    echo: Callable[[str], None],
+) -> None:
+    """Every family's runs in every block, in the plan's order (blocks outermost); `run_one`
+    runs one of them into a directory named from the stem it is given."""
+    for block in range(1, blocks + 1):
+        for family in plan.families(configs, kind):
+            members = [c for c in configs if plan.family_of(c, kind) == tuple(family.values())]
+            name = "-".join(f"{k}{v}" for k, v in family.items())
+            for index, run in enumerate(plan.family_runs(kind, members, block), start=1):
+                echo(f"block {block}/{blocks}: {run.label()}")
+                run_one(run, block, out / f"block{block}" / name / f"{index:02d}-{run.subject}")
+
+
+def finish(
+    kind: str,
+    out: Path,
+    keep: bool,
+    csv_path: Path | None,
+    cpu: str,
+    echo: Callable[[str], None],
+) -> tuple[pd.DataFrame, list[Check]]:
+    """The study's tables over the bench's run records (kept in `out`/tables when `keep`),
+    the summary rows of this kind written to `csv_path`, and both printed: one line per
+    configuration, then this kind's targets on `cpu`. Returns the summary rows and the
+    targets' checks."""
+    from cnnpar.study.tables import build_tables, write_frame
+
+    names = {name: out / "tables" / f"{name}.csv" for name in KEPT_TABLES} if keep else {}
+    summary = build_tables(sorted(out.rglob("run.json")), names)["summary"]
+    summary = summary[summary["study"] == kind].reset_index(drop=True)
+    if csv_path is not None:
+        write_frame(csv_path, summary)
+    checked = []
+    for target in (t for t in TARGETS if t.study == kind):
+        interval = target_interval(target, summary)
+        result = NOT_RESOLVED if interval is None else verdict(interval, target.threshold)
+        checked.append(Check(target, interval, result))
+    echo("")
+    _print_summary(kind, summary, echo)
+    echo("")
+    _print_targets(checked, cpu, echo)
+    written = [str(p) for p in (out / "tables" if keep else None, csv_path) if p is not None]
+    if written:
+        echo(f"wrote {' and '.join(written)}")
+    return summary, checked
+
+
+def _print_summary(kind: str, summary: pd.DataFrame, echo: Callable[[str], None]) -> None:
+    """One line per configuration: rate, speedup over its baseline and roofline fraction,
+    each the geometric mean over blocks [95% interval], and its blocks with interference."""
+    study = KINDS[kind]
+    lines = [("configuration", f"rate {study.rate_unit}", "speedup", "roofline", "flagged")]
+    for row in summary.to_dict("records"):
+        n = int(row["blocks"])
+        speedup = Interval.from_columns(row, "speedup", n=n).text(count="block")
+        if row["speedup_verdict"] == "baseline":
+            speedup = "baseline"
+        elif pd.isna(row["speedup"]):  # its baseline was not measured
+            speedup = "-"
+        lines.append(
+            (
+                study.describe(row),
+                Interval.from_columns(row, "rate", n=n).text("{:,.0f}", "", count="block"),
+                speedup,
+                _percent(Interval.from_columns(row, "roofline_fraction", n=n)),
+                f"{int(row['flagged_blocks'])}/{n}",
+            )
+        )
+    _columns(lines, echo)
+    echo("geometric mean over blocks [95% interval]; speedup: paired within each block;")
+    echo("roofline: share of the run's own compute probe; flagged: blocks that saw interference")
+
+
+def _print_targets(checked: Sequence[Check], cpu: str, echo: Callable[[str], None]) -> None:
+    echo(f"targets on {cpu}")
+    lines = []
+    for c in checked:
+        if c.interval is None:
+            value = "not measured"
+        elif c.target.statistic == "roofline_fraction":
+            value = _percent(c.interval)
+        else:
+            value = c.interval.text(count="block")
+        lines.append((c.target.name, value, c.verdict))
+    _columns(lines, echo, indent="  ")
+    echo(f"{MET}: the 95% interval's low end reaches the target; {MISSED}: its high end is below")
+    echo(f"it; {NOT_RESOLVED}: the interval holds the target, or there is none")
+
+
+def _percent(interval: Interval) -> str:
+    return interval.text("{:.1f}", "%", scale=100, count="block")
+
+
+def _columns(lines: Sequence[Sequence[str]], echo: Callable[[str], None], indent: str = "") -> None:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        echo(indent + "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from cnnpar.registry import BACKENDS, CLASSIFY_OUTPUTS, MODES
 
 RESULT_FILES = CLASSIFY_OUTPUTS  # a run directory, besides run.json
 # Bytes per mosaic cell held by the classifying command: the index (int64), true label,
-# prediction, confidence (float32), and the mask's per-cell temporaries (correct, alpha).
-PARENT_BYTES_PER_CELL = 8 + 1 + 1 + 4 + 1 + 4
+# prediction, confidence (float32), and the mask's per-cell temporaries (correct, alpha, done).
+PARENT_BYTES_PER_CELL = 8 + 1 + 1 + 4 + 1 + 4 + 1
 # ... and by each worker process: its own copy of the index, its chunk's predictions.
 WORKER_BYTES_PER_CELL = 8 + 1 + 4
 # ... on top of an interpreter with torch, the net and the test digits loaded (~350 MB measured).
@@ -38,6 +39,8 @@ class ClassifyConfig:
     batch_size: int = 256
     seed: int = 0
     repeats: int = 1
+    # seconds of timed classification, in whole batches from cell 0; None: whole passes only
+    time_budget: float | None = None
     backend: str = "auto"
     data_source: str = "bundled"
     mirrors: tuple[str, ...] = ()  # for data_source "download"; empty: the public mirrors
@@ -89,6 +92,11 @@ def validate(config: ClassifyConfig) -> None:
         value = getattr(config, name)
         if value < 1:
             raise ClassifyError(f"{name.replace('_', '-')} must be >= 1 (got {value})")
+    budget = config.time_budget
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise ClassifyError(
+            f"--time-budget must be a positive finite number of seconds (got {budget})"
+        )
     mode = MODES[config.mode]
     if not mode.parallel and config.workers != 1:
         parallel = "|".join(m.name for m in MODES.values() if m.parallel)

@@ -25,15 +25,20 @@ from cnnpar.registry import MODES
 
 @dataclass
 class Classification:
+    """A run's result. It classified the mosaic's cells [0, n): all of them, or with a time
+    budget whole batches from cell 0 (`classified`); `label`, `pred` and `confidence` hold
+    those n cells, and repeat i classified `repeat_cells[i]` of them."""
+
     config: ClassifyConfig
     mosaic: Mosaic
     images: np.ndarray  # (10000, 28, 28) uint8 test digits, for the mask
-    label: np.ndarray  # (cells,) uint8 true test label per cell
-    pred: np.ndarray  # (cells,) uint8
-    confidence: np.ndarray  # (cells,) float32 softmax max
+    label: np.ndarray  # (n,) uint8 true test label per classified cell
+    pred: np.ndarray  # (n,) uint8
+    confidence: np.ndarray  # (n,) float32 softmax max
     startup_s: float
     measurement: Measurement
     cpu_s: list[float]  # CPU seconds per repeat, summed over classifying processes
+    repeat_cells: list[int]  # cells classified per repeat (the mosaic's, without a budget)
     threads: dict[str, int | None]  # effective counts inside one classifying process
     processes: int
     malloc: str
@@ -44,8 +49,23 @@ class Classification:
     machine_cpus: int | None = None  # ranks mode: the job's CPUs on rank 0's node
 
     @property
+    def classified(self) -> int:
+        """Cells the run classified, [0, n) of the mosaic."""
+        return len(self.pred)
+
+    @property
     def accuracy(self) -> float:
+        """The share of the classified cells labelled right."""
         return float(np.mean(self.pred == self.label))
+
+    @property
+    def rate(self) -> float:
+        """cells/s: the mosaic over the median repeat's seconds; with a time budget, the cells
+        classified over the timed seconds."""
+        m = self.measurement
+        if self.config.time_budget is None:
+            return self.mosaic.cells / m.median
+        return sum(self.repeat_cells) / sum(m.samples)
 
     @property
     def parallelism(self) -> Parallelism:
@@ -63,10 +83,16 @@ class Classification:
         )
 
     def result_rows(self) -> list[dict[str, Any]]:
-        """One row per timed repeat: the contract columns, then the context."""
+        """One row per timed repeat: the contract columns, then the context. `cells` is the
+        mosaic's, `cells_classified` the repeat's (fewer when a time budget cut it short), and
+        `cells_per_s` their rate; `end_to_end_cells_per_s` is what a fresh run classifying the
+        whole mosaic once at that rate would see."""
         c, m = self.config, self.measurement
         rows = []
-        for repeat, (classify_s, cpu_s) in enumerate(zip(m.samples, self.cpu_s, strict=True), 1):
+        cells = self.mosaic.cells
+        timed = zip(m.samples, self.cpu_s, self.repeat_cells, strict=True)
+        for repeat, (classify_s, cpu_s, done) in enumerate(timed, 1):
+            whole_s = classify_s * (cells / done)  # the repeat's seconds for a whole pass
             rows.append(
                 {
                     "mode": c.mode,
@@ -74,14 +100,15 @@ class Classification:
                     "batch_size": c.batch_size,
                     "rows": c.rows,
                     "cols": c.cols,
-                    "cells": self.mosaic.cells,
+                    "cells": cells,
+                    "cells_classified": done,
                     "distinct_digits": self.mosaic.distinct_digits,
                     "startup_s": self.startup_s,
                     "classify_s": classify_s,
                     "total_s": self.startup_s + classify_s,
-                    "cells_per_s": self.mosaic.cells / classify_s,
+                    "cells_per_s": done / classify_s,
                     # What one fresh run classifying once would see: start-up included.
-                    "end_to_end_cells_per_s": self.mosaic.cells / (self.startup_s + classify_s),
+                    "end_to_end_cells_per_s": cells / (self.startup_s + whole_s),
                     "accuracy": self.accuracy,
                     # CPU time is what co-tenants on a shared machine cannot inflate much.
                     "classify_cpu_s": cpu_s,
@@ -106,6 +133,9 @@ class Classification:
             self.parallelism,
             results={
                 "cells": self.mosaic.cells,
+                # the cells predictions.npz, the mask and the accuracy cover: [0, n)
+                "cells_classified": self.classified,
+                "repeat_cells": list(self.repeat_cells),
                 "distinct_digits": self.mosaic.distinct_digits,
                 "with_replacement": self.mosaic.with_replacement,
                 "accuracy": self.accuracy,
@@ -163,9 +193,10 @@ def write_outputs(result: Classification, out: str | os.PathLike[str]) -> RunRec
 
 
 def _write_files(result: Classification, out: Path) -> RunRecord:
+    # The classified cells [0, n), in mosaic order: index says which digit each one shows.
     io.write_npz(
         out / "predictions.npz",
-        index=result.mosaic.index,
+        index=result.mosaic.index[: result.classified],
         label=result.label,
         pred=result.pred,
         confidence=result.confidence,
@@ -199,11 +230,20 @@ def summary_lines(result: Classification) -> Iterator[str]:
         if mosaic.with_replacement
         else f"{mosaic.distinct_digits:,} distinct test digits"
     )
-    yield f"total items classified: {mosaic.cells:,} ({c.rows}x{c.cols} mosaic, {source})"
+    if c.time_budget is None:
+        yield f"total items classified: {mosaic.cells:,} ({c.rows}x{c.cols} mosaic, {source})"
+    else:
+        yield (
+            f"total items classified: {result.classified:,} of {mosaic.cells:,} "
+            f"({c.rows}x{c.cols} mosaic, {source}); {sum(result.repeat_cells):,} in "
+            f"{sum(m.samples):.3f} s over {len(m.samples)} timed repeat(s), time budget "
+            f"{c.time_budget:g} s"
+        )
     spread = f" (median of {len(m.samples)}, IQR {m.iqr:.3f} s)" if len(m.samples) > 1 else ""
     yield (
         f"total runtime: {result.startup_s + m.median:.3f} s = start-up {result.startup_s:.3f} s "
         f"+ classify {m.median:.3f} s{spread}"
     )
-    yield f"accuracy: {100 * result.accuracy:.2f}% on test digits"
-    yield f"throughput: {mosaic.cells / m.median:,.0f} cells/s"
+    some = " (the classified cells)" if result.classified < mosaic.cells else ""
+    yield f"accuracy: {100 * result.accuracy:.2f}% on test digits{some}"
+    yield f"throughput: {result.rate:,.0f} cells/s"

@@ -1,27 +1,34 @@
 """One runner per classify mode, all of one shape: `Runner(config, mosaic, images)` starts and
-warms the engine (timed as start-up), `classify(progress)` labels every cell once (timed), and
-`close()` releases it. `registry.MODES` names which runner a mode uses.
+warms the engine (timed as start-up), `classify(progress, deadline)` labels the cells once
+(timed), and `close()` releases it. `registry.MODES` names which runner a mode uses.
 
 Every runner cuts the cells into the same batches (cell 0, B, 2B, ...), so for a given batch size
-and backend the modes run identical kernels on identical inputs.
+and backend the modes run identical kernels on identical inputs. Without a deadline a call
+labels every cell; with one (a `time.perf_counter()` reading, the run's time budget) it starts
+no batch after it, and labels the cells [0, n) of whole batches: at least one batch per worker
+or rank, all of them if the mosaic ends first. Its arrays then hold those n cells.
 
 - `InProcessRunner` (sequential, threads): this process's torch threads.
 - `ProcessRunner` (processes): N spawned workers with one torch thread each. A worker pins its
   thread count before any torch op, then loads the weights and the test digits once and rebuilds
   the mosaic from its rows, cols and seed: only the small config crosses the start-up pipe.
-  Work is N×4 contiguous chunks of whole batches, handed out one at a time over each worker's
-  own pipe, and each chunk comes back as two compact arrays (pred uint8, confidence float32).
+  Work is N×4 contiguous chunks of whole batches (with a deadline: one batch each, so the run
+  stops within a batch of it), handed out in order, one at a time over each worker's own pipe,
+  and each chunk comes back as two compact arrays (pred uint8, confidence float32).
   A pipe per worker is what makes a dead worker visible at once, whenever it dies: its pipe
   reads as end-of-file, even in the middle of a message (a shared result queue, as in
   concurrent.futures, can hang forever on a message its writer died halfway through).
 - `CudaRunner` (cuda): batches gathered on the GPU, with digits and index uploaded once.
 - `RanksRunner` (ranks): runs inside each torch.distributed rank (cnnpar.ranks starts them):
   rank r classifies the r-th of N contiguous ranges of whole batches (possibly empty), and the
-  predictions and confidences are gathered on rank 0 (`gather_object`).
+  predictions and confidences are gathered on rank 0 (`gather_object`). With a deadline, rank r
+  classifies batches r, r+N, r+2N, ... in steps, and after each step the ranks agree whether to
+  stop (one all-reduce), so together they always hold batches [0, steps × N).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import multiprocessing as mp
 import os
@@ -51,8 +58,12 @@ from cnnpar.nets.torch_step import to_input
 CHUNKS_PER_WORKER = 4  # a few chunks each so a slow worker does not hold up the end
 WORKER_READY_TIMEOUT_S = 600.0
 WORKER_STOP_TIMEOUT_S = 10.0  # for idle workers to exit after being told to; then they are killed
+# cuda mode under a deadline: batches queued on the GPU ahead of the one the clock is read
+# after, so the queue stays fed while the run stops within a few batches of the deadline.
+CUDA_BATCHES_IN_FLIGHT = 2
 
-Output = tuple[np.ndarray, np.ndarray, float]  # pred, confidence, CPU seconds
+# pred, confidence of cells [0, n) and the CPU seconds they took
+Output = tuple[np.ndarray, np.ndarray, float]
 
 
 class Runner(Protocol):
@@ -61,7 +72,7 @@ class Runner(Protocol):
 
     def __init__(self, config: ClassifyConfig, mosaic: Mosaic, images: np.ndarray) -> None: ...
 
-    def classify(self, progress: bool) -> Output: ...
+    def classify(self, progress: bool, deadline: float | None = None) -> Output: ...
 
     def close(self) -> None: ...
 
@@ -74,13 +85,17 @@ def classify_range(
     start: int,
     stop: int,
     on_batch: Callable[[int], None] | None = None,
+    deadline: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """pred (stop-start,) uint8 and confidence (stop-start,) float32 for cells [start, stop).
+    """pred (n,) uint8 and confidence (n,) float32 for cells [start, start + n): n = stop-start,
+    or with a `deadline` (a `time.perf_counter()` reading) the cells of the batches done when
+    it passed, the first batch always.
 
     `start` must be a multiple of `batch_size`, so every caller sees the same batches.
     """
     pred = np.empty(stop - start, dtype=np.uint8)
     confidence = np.empty(stop - start, dtype=np.float32)
+    done = stop - start
     with torch.inference_mode():
         for first, pixels in mosaic.batches(images, batch_size, start, stop):
             logits = net(to_input(torch.from_numpy(pixels)))  # (b, 10)
@@ -90,7 +105,10 @@ def classify_range(
             confidence[lo:hi] = torch.softmax(logits, dim=1).amax(dim=1).numpy()
             if on_batch is not None:
                 on_batch(len(pixels))
-    return pred, confidence
+            if deadline is not None and time.perf_counter() >= deadline:
+                done = hi
+                break
+    return pred[:done], confidence[:done]
 
 
 @dataclass
@@ -124,11 +142,18 @@ class InProcessRunner:
         self.threads = effective_threads()
         self.processes = 1
 
-    def classify(self, progress: bool) -> Output:
+    def classify(self, progress: bool, deadline: float | None = None) -> Output:
         cpu0 = time.process_time()  # every thread of this process
         with _Progress(progress, self.mosaic.cells) as on_batch:
             pred, confidence = classify_range(
-                self.net, self.images, self.mosaic, self.batch_size, 0, self.mosaic.cells, on_batch
+                self.net,
+                self.images,
+                self.mosaic,
+                self.batch_size,
+                0,
+                self.mosaic.cells,
+                on_batch,
+                deadline,
             )
         return pred, confidence, time.process_time() - cpu0
 
@@ -264,6 +289,7 @@ class ProcessRunner:
         self.bounds = chunk_bounds(
             mosaic.cells, config.batch_size, config.workers * CHUNKS_PER_WORKER
         )
+        self.batch_size = config.batch_size
         # spawn, not fork: a forked child of a process that already ran torch ops can deadlock
         # in OpenMP, and spawn gives every worker a clean interpreter on every platform.
         ctx = mp.get_context("spawn")
@@ -303,16 +329,32 @@ class ProcessRunner:
                 ready[conn] = _receive(conn, "starting up")
         return [ready[conn] for _, conn in self.workers]
 
-    def classify(self, progress: bool) -> Output:
+    def classify(self, progress: bool, deadline: float | None = None) -> Output:
         pred = np.empty(self.mosaic.cells, dtype=np.uint8)
         confidence = np.empty(self.mosaic.cells, dtype=np.float32)
         cpu_s = 0.0  # summed over the workers' chunks
-        todo = self.bounds[::-1]  # popped from the end: chunk 0 first
+        cells, size = self.mosaic.cells, self.batch_size
+        # Under a deadline a chunk is one batch, so the call stops within a batch of it.
+        chunks = iter(
+            self.bounds
+            if deadline is None
+            else ((first, min(first + size, cells)) for first in range(0, cells, size))
+        )
+        todo = next(chunks, None)  # the next chunk to hand out, in order from cell 0
+        handed = 0  # cells [0, handed) are handed out: what the call classifies
         busy: list[Connection] = []
+
+        def hand_out(conn: Connection) -> None:
+            nonlocal todo, handed
+            assert todo is not None
+            _send(conn, todo)
+            handed = todo[1]
+            todo = next(chunks, None)
+
         try:
-            for _, conn in self.workers:
-                if todo:
-                    _send(conn, todo.pop())
+            for _, conn in self.workers:  # one chunk each, deadline or not
+                if todo is not None:
+                    hand_out(conn)
                     busy.append(conn)
             with _Progress(progress, self.mosaic.cells) as on_batch:
                 while busy:
@@ -323,14 +365,16 @@ class ProcessRunner:
                         confidence[start : start + len(chunk_conf)] = chunk_conf
                         if on_batch is not None:
                             on_batch(len(chunk_pred))
-                        if todo:
-                            _send(conn, todo.pop())
-                        else:
+                        if todo is not None and (
+                            deadline is None or time.perf_counter() < deadline
+                        ):
+                            hand_out(conn)
+                        else:  # once past the deadline, every worker finishes what it holds
                             busy.remove(conn)
         except BaseException:
             self._kill()
             raise
-        return pred, confidence, cpu_s
+        return pred[:handed], confidence[:handed], cpu_s
 
     def close(self) -> None:
         """Tell idle workers to exit and wait for them; kill any that do not."""
@@ -397,10 +441,12 @@ class CudaRunner:
         self.threads = effective_threads()
         self.processes = 1
 
-    def classify(self, progress: bool) -> Output:
+    def classify(self, progress: bool, deadline: float | None = None) -> Output:
         cpu0 = time.process_time()
         pred = torch.empty(self.cells, dtype=torch.uint8, device="cuda")
         confidence = torch.empty(self.cells, dtype=torch.float32, device="cuda")
+        done = self.cells
+        queued: collections.deque[Any] = collections.deque()  # events of batches on the GPU
         with torch.inference_mode(), _Progress(progress, self.cells) as on_batch:
             for first in range(0, self.cells, self.batch_size):
                 last = min(first + self.batch_size, self.cells)
@@ -409,7 +455,18 @@ class CudaRunner:
                 confidence[first:last] = torch.softmax(logits, dim=1).amax(dim=1)
                 if on_batch is not None:
                     on_batch(last - first)
-        pred_np, confidence_np = pred.cpu().numpy(), confidence.cpu().numpy()  # waits for the GPU
+                if deadline is None:
+                    continue
+                # The clock is read after a batch is done, not when it was queued.
+                queued.append(torch.cuda.Event())
+                queued[-1].record()
+                if len(queued) > CUDA_BATCHES_IN_FLIGHT:
+                    queued.popleft().synchronize()
+                if time.perf_counter() >= deadline:
+                    done = last
+                    break
+        # Copying back waits for the GPU.
+        pred_np, confidence_np = pred[:done].cpu().numpy(), confidence[:done].cpu().numpy()
         return pred_np, confidence_np, time.process_time() - cpu0
 
     def close(self) -> None:
@@ -418,9 +475,10 @@ class CudaRunner:
 
 class RanksRunner:
     """ranks mode, inside one rank of an initialised process group: this rank's shard of whole
-    batches, gathered on rank 0. `classify` returns the whole mosaic's arrays on rank 0 and this
-    rank's shard elsewhere; `compute_s` and `comm_s` hold each call's classifying and gathering
-    seconds (the gather includes waiting for the slowest rank)."""
+    batches, gathered on rank 0. `classify` returns the classified cells' arrays on rank 0 and
+    this rank's own elsewhere; `compute_s` and `comm_s` hold each call's classifying and
+    communicating seconds (the gather, which includes waiting for the slowest rank, and under a
+    deadline the agreements to go on), `repeat_cells` the cells this rank classified."""
 
     def __init__(self, config: ClassifyConfig, mosaic: Mosaic, images: np.ndarray) -> None:
         import torch.distributed as dist
@@ -435,29 +493,92 @@ class RanksRunner:
         self.processes = self.world_size
         self.compute_s: list[float] = []
         self.comm_s: list[float] = []
+        self.repeat_cells: list[int] = []
 
-    def classify(self, progress: bool) -> Output:
+    def agree(self, stop: bool) -> bool:
+        """Whether any rank wants to stop: every rank must classify the same steps and make
+        the same timed repeats, or a collective would wait forever. One all-reduce."""
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(stop)], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _own_batches(
+        self, deadline: float | None, on_batch: Callable[[int], None] | None
+    ) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray, float]:
+        """This rank's work in one call: the cell ranges it classified, in order, their
+        predictions and confidences end to end, and the seconds spent agreeing to go on."""
+        if deadline is None:
+            pred, confidence = classify_range(
+                self.net, self.images, self.mosaic, self.batch_size, self.start, self.stop, on_batch
+            )
+            return [(self.start, self.stop)], pred, confidence, 0.0
+        cells, size = self.mosaic.cells, self.batch_size
+        ranges: list[tuple[int, int]] = []
+        preds, confidences = [], []
+        agree_s = 0.0
+        step = 0
+        while True:
+            first = (step * self.world_size + self.rank) * size
+            if first < cells:
+                last = min(first + size, cells)
+                pred, confidence = classify_range(
+                    self.net, self.images, self.mosaic, size, first, last, on_batch
+                )
+                ranges.append((first, last))
+                preds.append(pred)
+                confidences.append(confidence)
+            step += 1
+            if step * self.world_size * size >= cells:  # the pass is done, on every rank
+                break
+            t0 = time.perf_counter()
+            stop = self.agree(t0 >= deadline)
+            agree_s += time.perf_counter() - t0
+            if stop:
+                break
+        return (
+            ranges,
+            np.concatenate(preds or [np.empty(0, np.uint8)]),
+            np.concatenate(confidences or [np.empty(0, np.float32)]),
+            agree_s,
+        )
+
+    def _share(self, deadline: float | None) -> int:
+        """The cells this rank classifies in a whole pass (its progress bar's total)."""
+        if deadline is None:
+            return self.stop - self.start
+        cells, size = self.mosaic.cells, self.batch_size
+        firsts = range(self.rank * size, cells, self.world_size * size)
+        return sum(min(size, cells - first) for first in firsts)
+
+    def classify(self, progress: bool, deadline: float | None = None) -> Output:
         import torch.distributed as dist
 
         t0 = time.perf_counter()
         cpu0 = time.process_time()
-        with _Progress(progress and self.rank == 0, self.stop - self.start) as on_batch:
-            pred, confidence = classify_range(
-                self.net, self.images, self.mosaic, self.batch_size, self.start, self.stop, on_batch
-            )
+        with _Progress(progress and self.rank == 0, self._share(deadline)) as on_batch:
+            ranges, pred, confidence, agree_s = self._own_batches(deadline, on_batch)
         cpu_s = time.process_time() - cpu0
         t1 = time.perf_counter()
+        self.repeat_cells.append(len(pred))
         parts: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
-        dist.gather_object((self.start, pred, confidence, cpu_s), parts, dst=0)
-        self.compute_s.append(t1 - t0)
-        self.comm_s.append(time.perf_counter() - t1)
+        dist.gather_object((ranges, pred, confidence, cpu_s), parts, dst=0)
+        self.compute_s.append(t1 - t0 - agree_s)
+        self.comm_s.append(time.perf_counter() - t1 + agree_s)
         if parts is None:
             return pred, confidence, cpu_s
-        whole_pred = np.empty(self.mosaic.cells, dtype=np.uint8)
-        whole_confidence = np.empty(self.mosaic.cells, dtype=np.float32)
-        for start, part_pred, part_confidence, _ in parts:
-            whole_pred[start : start + len(part_pred)] = part_pred
-            whole_confidence[start : start + len(part_confidence)] = part_confidence
+        # Every rank's ranges together are cells [0, n): whole batches from cell 0.
+        n = sum(len(part[1]) for part in parts)
+        whole_pred = np.empty(n, dtype=np.uint8)
+        whole_confidence = np.empty(n, dtype=np.float32)
+        for part_ranges, part_pred, part_confidence, _ in parts:
+            offset = 0
+            for first, last in part_ranges:
+                size = last - first
+                whole_pred[first:last] = part_pred[offset : offset + size]
+                whole_confidence[first:last] = part_confidence[offset : offset + size]
+                offset += size
         return whole_pred, whole_confidence, sum(part[3] for part in parts)
 
     def close(self) -> None:

@@ -134,6 +134,8 @@ class Environment:
     memory_limits: list[str] = field(default_factory=list)
     numba_settings: dict[str, Any] | None = None
     tmpdir: str | None = None
+    # the measured code's version per kind of run (cnnpar.measure.code)
+    code_versions: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,6 +147,7 @@ def environment() -> Environment:
     which threading layer and cache it used)."""
     from cnnpar import limits
     from cnnpar.measure import numba_settings
+    from cnnpar.measure.code import code_versions
 
     memory = limits.memory_limits()
     try:
@@ -161,6 +164,7 @@ def environment() -> Environment:
         memory_limits=[label for _, label in memory[1:]],
         numba_settings=numba,
         tmpdir=tempfile.gettempdir(),
+        code_versions=code_versions(),
         ram_gib=_ram_gib(),
         os=f"{platform.system()} {platform.release()}",
         python=platform.python_version(),

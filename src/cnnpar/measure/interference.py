@@ -5,7 +5,9 @@
 1. it takes an exclusive lock (flock) shared by every timed cnnpar run on this machine, so two
    studies, an orphaned job or a hand-run command never time at once, and records the wait;
 2. it probes the float32 matmul rate at the run's own thread count (or on its GPU) just before
-   and just after, which is the run's roofline and a witness of the machine's speed;
+   and just after, which is the run's roofline and a witness of the machine's speed; a job
+   that times several thread counts (interleaved) gets one pair of probes per count, and a
+   count above the CPUs the process may use is probed at those CPUs (what can take effect);
 3. over the region, it reads the CPU time that *other* processes took on the CPUs this process
    may run on (/proc/stat minus this process tree) and the hypervisor's steal time.
 
@@ -23,7 +25,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,9 @@ class Interference:
     probe_after_gflops: float | None
     probe_change: float | None
     roofline_gflops: float | None  # the higher probe: this run's own upper bound
-    roofline_device: str  # "cpu (2 threads)" or the GPU's name
+    # "cpu (2 threads)", the GPU's name, or for a run confined to fewer CPUs than it asked for
+    # "cpu (1 thread); 2 asked, 1 CPU available" (the probe ran at what could take effect)
+    roofline_device: str
     lock_wait_s: float
     max_others_share: float  # the limits this run was judged by
     max_probe_change: float
@@ -162,22 +166,36 @@ def own_cpu_seconds() -> float:
 
 
 def cpu_probe(threads: int) -> float:
-    """Best sgemm GFLOP/s at `threads` threads; this process's thread count is restored after."""
+    """Best sgemm GFLOP/s at `threads` threads; torch's, the BLAS and OpenMP pools' widths and
+    the BLAS variables are restored after (an interleaved job probes between its windows)."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     from cnnpar.measure.roofline import sgemm_peak
-    from cnnpar.measure.threads import set_threads
+    from cnnpar.measure.threads import BLAS_ENV_VARS, set_threads
 
     before = torch.get_num_threads()
+    env = {var: os.environ.get(var) for var in BLAS_ENV_VARS}
     try:
-        set_threads(threads)
-        a, b = torch.randn(PROBE_N, PROBE_N), torch.randn(PROBE_N, PROBE_N)
-        start = time.perf_counter()
-        while time.perf_counter() - start < PROBE_WARMUP_S:
-            torch.mm(a, b)
-        return float(sgemm_peak(threads, n=PROBE_N, repeats=PROBE_REPEATS)["sgemm_gflops"])
+        with threadpool_limits(threads):  # on exit, every pool back to its own width
+            set_threads(threads)
+            a, b = torch.randn(PROBE_N, PROBE_N), torch.randn(PROBE_N, PROBE_N)
+            start = time.perf_counter()
+            while time.perf_counter() - start < PROBE_WARMUP_S:
+                torch.mm(a, b)
+            return float(sgemm_peak(threads, n=PROBE_N, repeats=PROBE_REPEATS)["sgemm_gflops"])
     finally:
-        set_threads(before)
+        torch.set_num_threads(before)
+        for var, value in env.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+def cpu_device(threads: int) -> str:
+    """The roofline device of a CPU probe at `threads` threads."""
+    return f"cpu ({threads} thread{'s' * (threads > 1)})"
 
 
 def gpu_probe() -> tuple[float | None, str]:
@@ -212,39 +230,77 @@ def gpu_probe() -> tuple[float | None, str]:
 class TimedRegion:
     """`with TimedRegion(threads=2) as region: <timed work>`; then `region.result`.
 
-    `threads` is the run's own parallelism (what the probe runs at); `device` "cuda" probes the
-    GPU instead. `lock` None skips the lock (tests of this class only).
+    `threads` is the run's own parallelism (what the probe runs at), or the thread counts of a
+    job that times several in one region (`train.run_interleaved`): each count is probed at its
+    own width, `switch(width)` narrowing the pools first as the job does between its windows,
+    and gets its own record in `region.results` (the CPU accounting is the region's, shared).
+    A count above the CPUs this process may use (taskset, a cpuset) is probed at those CPUs,
+    and its device says so. `region.result` is the widest count's. `device` "cuda" probes the
+    GPU instead. `probe(threads)` replaces the default probe (tests); `lock` None skips the
+    lock (tests of this class only).
     """
 
     def __init__(
         self,
-        threads: int,
+        threads: int | Sequence[int],
         device: str = "cpu",
         limits: Limits | None = None,
         lock: str | os.PathLike[str] | None = DEFAULT_LOCK,
         warn: Callable[[str], None] | None = None,
-        probe: Callable[[], tuple[float | None, str]] | None = None,
+        probe: Callable[[int], tuple[float | None, str]] | None = None,
+        switch: Callable[[int], None] | None = None,
     ) -> None:
-        self.threads, self.device = threads, device
+        self.counts = (threads,) if isinstance(threads, int) else tuple(threads)
+        if not self.counts or min(self.counts) < 1:
+            raise ValueError(f"threads must be >= 1 (got {threads})")
+        self.threads, self.device = max(self.counts), device
         self.limits = limits or Limits()
         self.lock = lock
         self.warn = warn or _stderr
         self.probe = probe or self._default_probe
+        self.switch = switch
+        self.results: dict[int, Interference] = {}
         self.result: Interference | None = None
         self._stack = contextlib.ExitStack()
 
-    def _default_probe(self) -> tuple[float | None, str]:
+    def _default_probe(self, threads: int) -> tuple[float | None, str]:
         if self.device == "cuda":
             return gpu_probe()
-        return cpu_probe(self.threads), f"cpu ({self.threads} thread{'s' * (self.threads > 1)})"
+        return cpu_probe(threads), cpu_device(threads)
+
+    def _probe_width(self, count: int) -> int:
+        """The width `count` is probed at: at most the CPUs this process may use, since more
+        threads than CPUs take turns and measure no more than the CPUs do."""
+        return min(count, len(self._cpus)) if self.device != "cuda" else count
+
+    def _probe_all(self) -> dict[int, tuple[float | None, str]]:
+        """One probe per width the counts take effect at, each at that width; the pools are left
+        at the widest count's width."""
+        probes: dict[int, tuple[float | None, str]] = {}
+        for count in self.counts:
+            width = self._probe_width(count)
+            if width not in probes:
+                if self.switch is not None:
+                    self.switch(width)
+                probes[width] = self.probe(width)
+        if self.switch is not None:
+            self.switch(self.threads)
+        return probes
+
+    def _device(self, count: int, name: str) -> str:
+        width = self._probe_width(count)
+        if width == count:
+            return name
+        cpus = len(self._cpus)
+        return f"{name}; {count} asked, {cpus} CPU{'s' * (cpus > 1)} available"
 
     def __enter__(self) -> TimedRegion:
         self._lock_wait = 0.0
         if self.lock is not None:
             self._lock_wait = self._stack.enter_context(timing_lock(self.lock, self.warn))
         try:
-            self._before, self._device_name = self.probe()
             self._cpus = available_cpus()
+            self._before = self._probe_all()
             self._ticks0 = proc_stat_ticks(self._cpus)
             self._own0 = own_cpu_seconds()
             self._t0 = time.perf_counter()
@@ -259,22 +315,28 @@ class TimedRegion:
                 seconds = time.perf_counter() - self._t0
                 ticks1 = proc_stat_ticks(self._cpus)
                 own = own_cpu_seconds() - self._own0
-                after, _ = self.probe()
-                self.result = assess(
-                    seconds=seconds,
-                    cpus=len(self._cpus),
-                    ticks=(self._ticks0, ticks1),
-                    own_cpu_s=own,
-                    probes=(self._before, after),
-                    device=self._device_name,
-                    lock_wait_s=self._lock_wait,
-                    limits=self.limits,
-                )
-                if self.result.flagged:
-                    self.warn(
-                        "cnnpar: warning: this run's timings are disturbed: "
-                        + "; ".join(self.result.reasons)
+                after = self._probe_all()
+                for count in self.counts:
+                    width = self._probe_width(count)
+                    before, name = self._before[width]
+                    self.results[count] = assess(
+                        seconds=seconds,
+                        cpus=len(self._cpus),
+                        ticks=(self._ticks0, ticks1),
+                        own_cpu_s=own,
+                        probes=(before, after[width][0]),
+                        device=self._device(count, name),
+                        lock_wait_s=self._lock_wait,
+                        limits=self.limits,
                     )
+                self.result = self.results[self.threads]
+                for count, result in self.results.items():
+                    if result.flagged:
+                        at = f" at {count} threads" if len(self.counts) > 1 else ""
+                        self.warn(
+                            f"cnnpar: warning: this run's timings{at} are disturbed: "
+                            + "; ".join(result.reasons)
+                        )
         finally:
             self._stack.close()
 

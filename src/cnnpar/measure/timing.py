@@ -4,20 +4,30 @@
   `time.perf_counter`, calling a synchronise hook (e.g. `torch.cuda.synchronize`) before each
   clock read, and keeps every raw sample. `measure_interleaved` does the same for cases that
   are to be compared, alternating them round by round, for paired ratios
-  (`intervals.paired_ratio_interval`).
+  (`intervals.paired_ratio_interval`). `measure_budget` times calls until a budget of timed
+  seconds is spent, each call told when it runs out.
+- `alternating` is the one alternating-order rule (ABBA) every paired comparison runs in.
 - `quartiles` is the one median/IQR summary every table and bench uses.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
 K = TypeVar("K")
+T = TypeVar("T")
+
+
+def alternating(items: Sequence[T], round_index: int) -> list[T]:
+    """`items` in the order round `round_index` runs them: as given in even rounds, reversed in
+    odd ones (ABBA), so drift in the machine's speed (a busy neighbour on a shared host) falls
+    on every item alike rather than on whichever runs last."""
+    return list(items) if round_index % 2 == 0 else list(items)[::-1]
 
 
 def quartiles(values: Iterable[float]) -> tuple[float, float, float]:
@@ -97,6 +107,41 @@ def measure(
     return Measurement(samples=samples, warmup=warmup)
 
 
+def measure_budget(
+    fn: Callable[[float], Any],
+    budget_s: float,
+    max_repeats: int,
+    sync: Callable[[], None] | None = None,
+    agree: Callable[[bool], bool] | None = None,
+) -> Measurement:
+    """Time calls `fn(deadline)` until `budget_s` seconds of timed calls, or `max_repeats`
+    calls; no warm-up. The first call always runs.
+
+    `deadline` is the `time.perf_counter()` reading at which the budget runs out: `fn` starts
+    no new work after it, so the last call may be cut short (it returns what it did). Whether
+    to make another call is decided by `agree(spent >= budget_s)` where several processes
+    (torch.distributed ranks) must make the same calls: it returns True when any wants to stop.
+    `sync` runs before each clock read, as in `measure`.
+    Raises ValueError for a `budget_s` that is not a positive finite number or `max_repeats` < 1.
+    """
+    if not (budget_s > 0 and budget_s < float("inf")):
+        raise ValueError(f"budget_s must be a positive finite number (got {budget_s})")
+    if max_repeats < 1:
+        raise ValueError(f"max_repeats must be >= 1 (got {max_repeats})")
+    sync = sync or (lambda: None)
+    agree = agree or (lambda stop: stop)
+    samples: list[float] = []
+    spent = 0.0
+    while len(samples) < max_repeats and not (samples and agree(spent >= budget_s)):
+        sync()
+        start = time.perf_counter()
+        fn(start + budget_s - spent)
+        sync()
+        samples.append(time.perf_counter() - start)
+        spent += samples[-1]
+    return Measurement(samples=samples, warmup=0)
+
+
 def measure_interleaved(
     cases: Mapping[K, Callable[[], Any]],
     repeats: int = 5,
@@ -106,11 +151,9 @@ def measure_interleaved(
 ) -> dict[K, Measurement]:
     """Time several cases round by round, for comparing them with each other.
 
-    Each round runs every case once, in an order that reverses from round to round (ABBA), so
-    drift in the machine's speed (a busy neighbour on a shared host) falls on every case alike
-    rather than on whichever ran last. Sample i of every case comes from round i: pair them
-    (`intervals.paired_ratio_interval`) to compare. `setup(key)` runs before each call of that
-    case, untimed.
+    Each round runs every case once, in the order `alternating` gives it (ABBA). Sample i of
+    every case comes from round i: pair them (`intervals.paired_ratio_interval`) to compare.
+    `setup(key)` runs before each call of that case, untimed.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1 (got {repeats})")
@@ -120,7 +163,7 @@ def measure_interleaved(
     keys = list(cases)
     samples: dict[K, list[float]] = {key: [] for key in keys}
     for round_index in range(warmup + repeats):
-        for key in keys if round_index % 2 == 0 else keys[::-1]:
+        for key in alternating(keys, round_index):
             if setup is not None:
                 setup(key)
             sync()

@@ -74,12 +74,18 @@ class TorchTrainer:
         self._losses = torch.cat([self._losses, torch.zeros_like(self._losses)])
         self._correct = torch.cat([self._correct, torch.zeros_like(self._correct)])
 
-    def train_step(self, start: int, stop: int) -> None:
+    def _claim_step(self, start: int, stop: int) -> int:
+        """The index of the step on rows [start, stop), with room for its statistics. Raises
+        ValueError for rows outside the epoch."""
         if not 0 <= start < stop <= len(self._labels):
             raise ValueError(f"step [{start}, {stop}) is outside the {len(self._labels)} images")
         i = self._step_index
         if i == len(self._losses):
             self._grow()
+        return i
+
+    def train_step(self, start: int, stop: int) -> None:
+        i = self._claim_step(start, stop)
         x = to_input(self._images[start:stop])
         y = self._labels[start:stop]
         logits = self.model(x)

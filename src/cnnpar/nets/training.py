@@ -79,6 +79,9 @@ class TinyCNNTrainer:
     def build(cfg: TrainConfig, host_threads: int) -> Built:
         init = spec.init_params(cfg.filters, cfg.seed)
         engine = _engine_class(cfg.engine).from_params(init, lr=cfg.lr, threads=host_threads)
+        expect = getattr(engine, "expect_batch_sizes", None)
+        if expect is not None:  # an engine that compiles per batch shape does so in warm-up
+            expect({b - a for a, b in spec.batch_bounds(cfg.train_size, cfg.batch_size)})
         return Built(
             engine,
             spec.flops_per_image(cfg.filters, training=True),

@@ -20,7 +20,8 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from cnnpar.errors import CnnparError
-from cnnpar.registry import ENGINES, MODES
+from cnnpar.params import SECTIONS
+from cnnpar.registry import ENGINES, MODES, engines_for
 
 Kind = Literal["train engine", "mosaicnet engine", "classify mode"]
 
@@ -97,6 +98,12 @@ def config_error_message(error: jsonschema.ValidationError) -> str:
         return (
             f"config key '{key}': {value!r} is too large; it must be {op} {error.validator_value}"
         )
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        # A value of the right shape that fails inside its branch ('auto' or a list of counts):
+        # name what is wrong inside it (a count too small, a duplicate), not the branches.
+        inside = [e for e in error.context if e.validator not in ("const", "type", "enum")]
+        if inside:
+            return config_error_message(jsonschema.exceptions.best_match(inside))
     if error.validator in ("pattern", "oneOf", "anyOf"):
         hint = _description(error) or f"it must match {error.validator_value!r}"
         return f"config key '{key}': {value!r} is invalid; {hint}"
@@ -111,8 +118,49 @@ def config_error_message(error: jsonschema.ValidationError) -> str:
     return f"config key '{key}': {error.message}"
 
 
+# The schema's `$defs` that hold names declared in cnnpar.registry. The YAML keeps a placeholder
+# for each and load_schema fills in the registry's names, so no list of them is kept by hand.
+REGISTRY_ENUMS: dict[str, list[str]] = {
+    "tinycnn_engine": engines_for("tinycnn"),
+    "mosaicnet_engine": engines_for("mosaicnet"),
+    "classify_mode": list(MODES),
+}
+
+
 def load_schema(schema_path: str | os.PathLike[str]) -> dict[str, Any]:
-    return yaml.safe_load(Path(schema_path).read_text())
+    """The config schema with the registry's engine and mode names filled into its `$defs` and
+    the run parameters of cnnpar.params into their keys' placeholders (`{}`).
+
+    Raises ConfigError when a placeholder is missing or written out by hand.
+    """
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    for section, declared in SECTIONS.items():
+        properties = schema
+        for part in section.split("."):
+            properties = properties["properties"][part]
+        properties = properties["properties"]
+        for param in declared:
+            if param.key is None:
+                continue
+            # As for the enums: a missing key would let configs drop the parameter, a written
+            # one would be a second declaration, free to drift from cnnpar.params.
+            if properties.get(param.key) != {}:
+                raise ConfigError(
+                    f"{schema_path}: {section}.{param.key} must be a placeholder {{}}; its "
+                    "type, bounds, default and description come from cnnpar.params"
+                )
+            properties[param.key] = param.schema()
+    defs = schema.get("$defs", {})
+    for name, values in REGISTRY_ENUMS.items():
+        # A missing placeholder would leave a `$ref` dangling; a hand-written enum would be a
+        # second list of the names, free to drift from the registry.
+        if not isinstance(defs.get(name), dict) or "enum" in defs[name]:
+            raise ConfigError(
+                f"{schema_path}: $defs.{name} must be a placeholder without `enum`; "
+                "its names come from cnnpar.registry"
+            )
+        defs[name] = {**defs[name], "enum": list(values)}
+    return schema
 
 
 def _non_finite(value: Any, key: str = "") -> str | None:

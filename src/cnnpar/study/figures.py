@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter
 
 from cnnpar.io import atomic_path
 from cnnpar.registry import table_figures
-from cnnpar.study.kinds import KINDS, plain_number
+from cnnpar.study.kinds import KINDS, StudyKind, plain_number
 from cnnpar.study.tables import TABLE_SCHEMAS, read_table
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 # Figures place and group configurations by the parallelism they asked for: two configurations
 # whose jobs ran with fewer CPUs than asked (`parallelism`) stay two points, not one.
 PAR = "parallelism_requested"
+# The kinds whose own figures these are; figures over every kind loop over KINDS.
+TRAIN, CLASSIFY = KINDS["train"], KINDS["classify"]
 
 plt.rcParams.update(
     {
@@ -170,10 +172,15 @@ def _speedup_panels(
     return fig
 
 
+def _tinycnn_training(summary: pd.DataFrame) -> pd.DataFrame:
+    train = TRAIN.rows(summary)
+    return train[train["model"] == "tinycnn"]
+
+
 def train_speedup(summary: pd.DataFrame) -> Figure:
-    train = summary[(summary["study"] == "train") & (summary["model"] == "tinycnn")]
+    train = _tinycnn_training(summary)
     fig = _speedup_panels(
-        train, "engine", ["filters", "batch_size"], "threads", "multi-thread training"
+        train, TRAIN.subject, list(TRAIN.legend_keys), "threads", "multi-thread training"
     )
     fig.suptitle("TinyCNN training: speedup over 1 thread", y=1.02)
     return fig
@@ -181,9 +188,10 @@ def train_speedup(summary: pd.DataFrame) -> Figure:
 
 def classify_speedup(summary: pd.DataFrame) -> Figure:
     # Sequential is the baseline itself (speedup 1 at 1 worker by definition): no line.
-    classify = summary[(summary["study"] == "classify") & (summary["mode"] != "sequential")]
+    classify = CLASSIFY.rows(summary)
+    classify = classify[classify[CLASSIFY.subject] != CLASSIFY.baseline_subject]
     fig = _speedup_panels(
-        classify, "mode", ["grid", "batch_size"], "workers", "parallel classification"
+        classify, CLASSIFY.subject, list(CLASSIFY.legend_keys), "workers", "parallel classification"
     )
     fig.suptitle("Mosaic classification: speedup over sequential", y=1.02)
     return fig
@@ -194,7 +202,7 @@ def classify_speedup(summary: pd.DataFrame) -> Figure:
 
 def train_throughput(summary: pd.DataFrame) -> Figure:
     """Grouped bars: engines along x, one bar per thread count, 95% interval error bars."""
-    train = summary[(summary["study"] == "train") & (summary["model"] == "tinycnn")]
+    train = _tinycnn_training(summary)
     keys = ["filters", "batch_size", *_varying(train, [])]
     families = list(train.groupby(keys, sort=True)) if not train.empty else []
     ncols = min(2, max(1, len(families)))
@@ -313,7 +321,7 @@ def _classify_lines(data: pd.DataFrame) -> Iterator[tuple[int, pd.DataFrame, str
 
 def classify_cost_per_cell(summary: pd.DataFrame) -> Figure:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    data = summary[summary["study"] == "classify"]
+    data = CLASSIFY.rows(summary)
     if data.empty:
         _no_data(ax, "classification")
         return fig
@@ -338,7 +346,7 @@ def classify_cost_per_cell(summary: pd.DataFrame) -> Figure:
 def classify_end_to_end(summary: pd.DataFrame) -> Figure:
     """Steady-state against end-to-end cells/s (start-up included) over the mosaic size."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    data = summary[summary["study"] == "classify"]
+    data = CLASSIFY.rows(summary)
     if data.empty:
         _no_data(ax, "classification")
         return fig
@@ -394,14 +402,11 @@ def _roofline_panel(
 
 def roofline(summary: pd.DataFrame) -> Figure:
     """Achieved GFLOP/s over each job's own matmul probe (its CPU threads, or its GPU), against
-    threads: training per engine, classification per mode."""
+    the parallelism: one panel per kind (training per engine, classification per mode)."""
     data = summary[summary["roofline_fraction"].notna()].copy()
-    fig, (ax_t, ax_c) = plt.subplots(1, 2, figsize=(11, 4.5))
-    titles = {"train": "Training (FLOPs of forward + backward)",
-              "classify": "Classification (forward FLOPs)"}  # fmt: skip
-    extra = {"train": ["filters", "batch_size"], "classify": ["grid", "batch_size"]}
-    for ax, kind in zip((ax_t, ax_c), KINDS.values(), strict=True):
-        part = data[data["study"] == kind.name].copy()
+    fig, axes = plt.subplots(1, len(KINDS), figsize=(5.5 * len(KINDS), 4.5), squeeze=False)
+    for ax, kind in zip(axes.flat, KINDS.values(), strict=True):
+        part = kind.rows(data).copy()
         if part.empty:
             _no_data(ax, f"{kind.name} roofline")
             continue
@@ -409,8 +414,8 @@ def roofline(summary: pd.DataFrame) -> Figure:
         usual = part["model"].mode().iloc[0]
         named = part["model"] + " (" + part[kind.subject] + ")"
         part[kind.subject] = np.where(part["model"] == usual, part[kind.subject], named)
-        _roofline_panel(ax, part, kind.subject, extra[kind.name], f"{kind.unit}s")
-        ax.set_title(titles[kind.name])
+        _roofline_panel(ax, part, kind.subject, list(kind.legend_keys), f"{kind.unit}s")
+        ax.set_title(kind.roofline_title)
     fig.suptitle("Achieved GFLOP/s as a fraction of the jobs' own matmul probes", y=1.02)
     fig.tight_layout()
     return fig
@@ -437,10 +442,10 @@ def _equal_cores(rows: pd.DataFrame, who: str) -> tuple[pd.DataFrame, int] | Non
     return rows[rows["parallelism_requested"] == cores], cores
 
 
-def _layout_bars(ax: Axes, rows: pd.DataFrame, who: str, ylabel: str) -> None:
+def _layout_bars(ax: Axes, rows: pd.DataFrame, kind: StudyKind, ylabel: str) -> None:
     """One bar per layout (rate, 95% interval); the hatched foot of a ranked layout's bar is
     its communication share of the step (all-reduce) or repeat (gather)."""
-    kind = next(k for k in KINDS.values() if k.subject == who)
+    who = kind.subject
     rows = rows.sort_values("rate").reset_index(drop=True)
     labels = [
         kind.layout_text(r[who], int(r["parallelism_requested"]), int(r["ranks"]))
@@ -471,36 +476,30 @@ def layouts(summary: pd.DataFrame) -> Figure:
     of those cores, ranks x threads (torch-ddp, mode ranks) beside one process of threads or
     processes, and each ranked layout's communication share."""
     fig, (ax_t, ax_c) = plt.subplots(1, 2, figsize=(11, 4.4))
-    train = summary[(summary["study"] == "train") & (summary["model"] == "tinycnn")]
+    train = _tinycnn_training(summary)
     if not train.empty:  # the first width and batch size: the layouts, not the network, vary
         first = train.sort_values(["filters", "batch_size"]).iloc[0]
         train = train[
             (train["filters"] == first["filters"]) & (train["batch_size"] == first["batch_size"])
         ]
-    picked = _equal_cores(train, "engine") if not train.empty else None
+    picked = _equal_cores(train, TRAIN.subject) if not train.empty else None
     if picked is None:
         _no_data(ax_t, "two training layouts at equal cores")
     else:
         rows, cores = picked
-        _layout_bars(ax_t, rows, "engine", "training throughput (images/s)")
-        ax_t.set_title(
-            f"TinyCNN training, {cores} cores (F={plain_number(first['filters'])}, "
-            f"B={plain_number(first['batch_size'])})"
-        )
-    cls = summary[summary["study"] == "classify"]
+        _layout_bars(ax_t, rows, TRAIN, "training throughput (images/s)")
+        ax_t.set_title(f"TinyCNN training, {cores} cores ({TRAIN.family_text(first)})")
+    cls = CLASSIFY.rows(summary)
     if not cls.empty:
         first = cls.sort_values(["cells", "batch_size"], ascending=[False, True]).iloc[0]
         cls = cls[(cls["cells"] == first["cells"]) & (cls["batch_size"] == first["batch_size"])]
-    picked = _equal_cores(cls, "mode") if not cls.empty else None
+    picked = _equal_cores(cls, CLASSIFY.subject) if not cls.empty else None
     if picked is None:
         _no_data(ax_c, "two classify layouts at equal cores")
     else:
         rows, cores = picked
-        _layout_bars(ax_c, rows, "mode", "classification (cells/s)")
-        ax_c.set_title(
-            f"Classification, {cores} cores ({first['grid']}, "
-            f"B={plain_number(first['batch_size'])})"
-        )
+        _layout_bars(ax_c, rows, CLASSIFY, "classification (cells/s)")
+        ax_c.set_title(f"Classification, {cores} cores ({CLASSIFY.family_text(first)})")
     fig.suptitle("Layouts at equal cores (hatched: communication share)", y=1.02)
     fig.tight_layout()
     return fig
@@ -516,7 +515,7 @@ def _machine_bars(machines: pd.DataFrame, value: str, scale: float, ylabel: str)
     fig, axes = plt.subplots(1, len(KINDS), figsize=(12, 4.8), squeeze=False)
     sides = sorted(data["side"].unique()) if not data.empty else []
     for ax, kind in zip(axes.flat, KINDS.values(), strict=True):
-        part = data[data["study"] == kind.name]
+        part = kind.rows(data)
         if part.empty:
             _no_data(ax, f"{kind.name} rows")
             continue
@@ -564,13 +563,14 @@ def machines_scaling(machines: pd.DataFrame) -> Figure:
     fig, axes = plt.subplots(1, len(KINDS), figsize=(12, 4.5), squeeze=False, sharey=True)
     sides = sorted(data["side"].unique()) if not data.empty else []
     for ax, kind in zip(axes.flat, KINDS.values(), strict=True):
-        part = data[data["study"] == kind.name]
+        part = kind.rows(data)
         if kind.baseline_subject is not None:
             part = part[part[kind.subject] != kind.baseline_subject]
         if part.empty:
             _no_data(ax, f"{kind.name} scaling")
             continue
-        varying = [k for k in kind.peers if k != "cells" and part[k].nunique(dropna=True) > 1]
+        keys = ["model", *kind.legend_keys]
+        varying = [k for k in keys if part[k].nunique(dropna=True) > 1]
         lines = part.groupby(["side", kind.subject, *varying], dropna=False, sort=True)
         for i, (key, line) in enumerate(lines):
             if (line[PAR] == 1).all() and kind.baseline_subject is None:

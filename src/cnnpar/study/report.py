@@ -1,13 +1,17 @@
 """The study report: one self-contained HTML file built from the tables and the figures.
 
-Figures are embedded as base64 PNGs and the page has no external resources, so the file can
-be mailed or opened offline. The findings are sentences generated from ``summary.csv``
-(numbers and intervals already in the tables; nothing is re-measured or re-aggregated here).
+The page answers first: a headline table (per workload, its fastest configuration), then the
+findings as one sortable table (each ratio with its 95% interval, verdict and interference
+flag), then figures, the method and the tables. Figures are embedded as base64 PNGs, the sort
+is a few lines of inline script, and the page has no external resources, so the file can be
+mailed or opened offline. Everything comes from the tables (``summary.csv``,
+``comparisons.csv``); nothing is re-measured or re-aggregated here.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import html
 import io
@@ -26,29 +30,19 @@ from cnnpar.io import write_text
 from cnnpar.measure.intervals import Interval
 from cnnpar.record import RunRecord
 from cnnpar.registry import FIGURES
-from cnnpar.study.kinds import KINDS, plain_number
+from cnnpar.study.kinds import (
+    KINDS,
+    Finding,
+    flag_note,
+    flagged_blocks,
+    plain_number,
+    text_or_empty,
+)
 from cnnpar.study.tables import NOT_FORMED, read_table
 
 log = logging.getLogger(__name__)
 
-# Columns of the tidy tables shown in the page (the CSVs hold all of them).
-TRAIN_COLUMNS = [
-    "model", "engine", "parallelism_requested", "parallelism", "filters", "batch_size", "seed",
-    "run", "block", "epoch", "images", "seconds", "cum_seconds", "warmup_s", "images_per_s",
-    "train_loss", "train_acc", "test_loss", "test_acc", "flagged",
-]  # fmt: skip
-CLASSIFY_COLUMNS = [
-    "mode", "parallelism_requested", "parallelism", "grid", "cells", "distinct_digits",
-    "batch_size", "seed", "block", "repeat", "startup_s", "classify_s", "total_s", "cells_per_s",
-    "end_to_end_cells_per_s", "accuracy", "flagged",
-]  # fmt: skip
-
-
 # --- findings -----------------------------------------------------------------------------
-
-
-_threads = KINDS["train"].parallelism_text
-_workers = KINDS["classify"].parallelism_text
 
 
 def _ratio(row: pd.Series, name: str) -> Interval:
@@ -56,104 +50,80 @@ def _ratio(row: pd.Series, name: str) -> Interval:
     return Interval.from_columns(row, name)
 
 
-def _flag_note(row: pd.Series) -> str:
-    n = row.get("flagged_blocks")
-    if pd.notna(n) and int(n) > 0:
-        return f" ⚠ rests on {int(n)} block(s) with interference (see the banner)."
-    return ""
-
-
 def findings(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> list[str]:
     """Plain sentences stating what the tables show, each ratio with its 95% interval; a
     ratio whose interval admits both directions is reported as not resolved."""
+    return [finding.text for finding in findings_of(summary, comparisons)]
+
+
+def findings_of(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> list[Finding]:
+    """The findings: per kind, its own (speedups first) and its subjects (engines, modes)
+    against each other; then the highest roofline fraction, configurations that ran with fewer
+    cores than asked, and ratios not formed. Over several machines, each machine's, named."""
     if summary.empty:
-        return ["No results: the summary table is empty."]
+        return [Finding("No results: the summary table is empty.")]
     comparisons = comparisons if comparisons is not None else pd.DataFrame()
     if "machine" in summary.columns and summary["machine"].nunique() > 1:
-        # One study over several machines: the findings of each, named.
         out = []
         for machine, part in summary.groupby("machine", sort=True):
             name = part["machine_name"].iloc[0]
             same = comparisons[comparisons["machine"] == machine] if len(comparisons) else None
-            out += [f"On {name}: {s}" for s in findings(part, same)]
+            out += [
+                dataclasses.replace(
+                    f,
+                    text=f"On {name}: {f.text}",
+                    comparison=f.comparison and f"On {name}, {f.comparison}",
+                )
+                for f in findings_of(part, same)
+            ]
         across = comparisons[comparisons["machine"].isna()] if len(comparisons) else None
         return out + _not_formed_findings(summary.iloc[0:0], across)
+    out = []
+    for kind in KINDS.values():
+        out += kind.findings(kind.rows(summary))
+        out += _comparison_findings(kind.rows(comparisons))
     return [
-        *_train_findings(summary[summary["study"] == "train"]),
-        *_comparison_findings(comparisons),
-        *_classify_findings(summary[summary["study"] == "classify"]),
+        *out,
         *_roofline_findings(summary[summary["roofline_fraction"].notna()]),
         *_capped_findings(summary),
         *_not_formed_findings(summary, comparisons),
     ]
 
 
-def _not_formed_findings(summary: pd.DataFrame, comparisons: pd.DataFrame | None) -> list[str]:
+def _not_formed_findings(summary: pd.DataFrame, comparisons: pd.DataFrame | None) -> list[Finding]:
     """Ratios whose two sides never ran on one machine: named, with why, never computed."""
     out = []
     if "speedup_verdict" in summary.columns:
         for _, row in summary[summary["speedup_verdict"] == NOT_FORMED].iterrows():
             kind = KINDS[row["study"]]
             out.append(
-                f"{kind.name} {kind.describe(row)} on {row['machine_name']}: no speedup over "
-                f"{row['baseline']} formed: {row['speedup_not_formed']}."
+                Finding(
+                    f"{kind.name} {kind.describe(row)} on {row['machine_name']}: no speedup "
+                    f"over {row['baseline']} formed: {row['speedup_not_formed']}.",
+                    comparison=f"{kind.comparison_text(row, 'parallelism_requested')} over "
+                    f"{row['baseline']}",
+                    verdict=NOT_FORMED,
+                    blocks=int(row["blocks"]),
+                    detail=str(row["speedup_not_formed"]),
+                )
             )
     if comparisons is not None and "verdict" in comparisons.columns:
         for _, row in comparisons[comparisons["verdict"] == NOT_FORMED].iterrows():
+            kind = KINDS[row["study"]]
             out.append(
-                f"{row['subject']} against {row['reference']} ({row['study']} at "
-                f"{row['family']}): not formed: {row['not_formed']}."
+                Finding(
+                    f"{row['subject']} against {row['reference']} ({row['study']} at "
+                    f"{row['family']}): not formed: {row['not_formed']}.",
+                    comparison=f"{kind.noun} {row['family']}: {row['subject']} over "
+                    f"{row['reference']}",
+                    verdict=NOT_FORMED,
+                    detail=str(row["not_formed"]),
+                )
             )
     return out
 
 
-def _speedup_sentence(row: pd.Series, who: str, over: str) -> str:
-    speedup = _ratio(row, "speedup")
-    ratio = speedup.text()
-    efficiency = _ratio(row, "efficiency").text("{:.0f}", "%", scale=100.0)
-    base = f"{over} at {row['baseline_rate']:,.0f} {row['rate_unit']}"
-    direction = speedup.direction("faster than", "slower than")
-    if direction == "not resolved":
-        return (
-            f"{who}: not resolved on this machine against {base}: {ratio}, an interval that "
-            f"admits both a gain and a loss (efficiency {efficiency}).{_flag_note(row)}"
-        )
-    return (
-        f"{who}: {ratio} {direction} {base} (efficiency {efficiency}, "
-        f"{int(row['blocks'])} paired blocks).{_flag_note(row)}"
-    )
-
-
-def _train_findings(train: pd.DataFrame) -> list[str]:
-    out = []
-    tiny = train[train["model"] == "tinycnn"]
-    for (filters, batch), fam in tiny.groupby(["filters", "batch_size"], sort=True):
-        where = f"F={plain_number(filters)}, B={plain_number(batch)}"
-        for _, row in fam[(fam["parallelism_requested"] > 1) & fam["speedup"].notna()].iterrows():
-            who = f"{row['engine']} {_threads(row['parallelism'])} ({where})"
-            out.append(_speedup_sentence(row, who, f"{row['engine']} 1 thread"))
-        warm = fam[fam["warmup_s"].notna()].groupby("engine")["warmup_s"].median()
-        if len(warm):
-            out.append(
-                f"Warm-up before the clock at {where} (compilation, first steps; median over "
-                "blocks): " + ", ".join(f"{e} {w:.2f} s" for e, w in warm.items()) + "."
-            )
-        accs = fam.groupby("engine")["accuracy"].median().dropna()
-        if len(accs):
-            out.append(
-                f"Final test accuracy of the full-length runs at {where}: "
-                + ", ".join(f"{e} {100 * a:.1f}%" for e, a in accs.items())
-                + "."
-            )
-    for _, row in train[train["model"] == "mosaicnet"].iterrows():
-        out.append(
-            f"MosaicNet training ({row['engine']}): {row['rate']:,.0f} images/s, "
-            f"test accuracy {100 * row['accuracy']:.2f}%."
-        )
-    return out
-
-
-def _comparison_findings(comparisons: pd.DataFrame) -> list[str]:
+def _comparison_findings(comparisons: pd.DataFrame) -> list[Finding]:
     out = []
     if "verdict" in comparisons.columns:
         comparisons = comparisons[comparisons["verdict"] != NOT_FORMED]
@@ -162,63 +132,36 @@ def _comparison_findings(comparisons: pd.DataFrame) -> list[str]:
         ratio = interval.text()
         where = f"{row['study']} at {row['family']}"
         direction = interval.direction("faster than", "slower than")
-        note = _flag_note(row)
+        rates = (
+            f"{row['subject_rate']:,.0f} against {row['reference_rate']:,.0f} {row['rate_unit']}"
+        )
         if direction == "not resolved":
-            out.append(
+            text = (
                 f"{row['subject']} against {row['reference']} ({where}): not resolved on this "
-                f"machine, {ratio}.{note}"
+                f"machine, {ratio}.{flag_note(row)}"
             )
         else:
-            out.append(
+            text = (
                 f"{row['subject']} is {ratio} {direction} {row['reference']} ({where}; "
-                f"{row['subject_rate']:,.0f} against {row['reference_rate']:,.0f} "
-                f"{row['rate_unit']}).{note}"
-            )
-    return out
-
-
-def _classify_findings(classify: pd.DataFrame) -> list[str]:
-    if classify.empty:
-        return []
-    out = []
-    largest = classify[classify["cells"] == classify["cells"].max()]
-    parallel = largest[(largest["mode"] != "sequential") & largest["speedup"].notna()]
-    for _, row in parallel.sort_values(["mode", "parallelism"]).iterrows():
-        who = f"{row['mode']} {_workers(row['parallelism'])} on {row['grid']}"
-        who += f" (B={plain_number(row['batch_size'])})"
-        out.append(_speedup_sentence(row, who, "sequential"))
-    # What users pay: end to end, and the mosaic size from which start-up is paid back.
-    for _, row in classify[classify["mode"] == "processes"].sort_values("cells").iterrows():
-        if pd.isna(row["end_to_end_speedup"]):
-            continue
-        e2e = _ratio(row, "end_to_end_speedup").text()
-        payback = row["payback_cells"]
-        if pd.isna(payback):
-            pays = ""
-        elif payback == float("inf"):
-            pays = "; its start-up is never paid back at this speed"
-        else:
-            pays = (
-                f"; start-up is paid back from about {payback:,.0f} cells (median over blocks, "
-                f"range {row['payback_cells_min']:,.0f}–{row['payback_cells_max']:,.0f})"
+                f"{rates}).{flag_note(row)}"
             )
         out.append(
-            f"End to end (start-up {row['startup_s']:.2f} s included), processes "
-            f"{_workers(row['parallelism'])} on {row['grid']}: {e2e} against sequential"
-            f"{pays}.{_flag_note(row)}"
+            Finding(
+                text,
+                comparison=f"{KINDS[row['study']].noun} {row['family']}: {row['subject']} over "
+                f"{row['reference']}",
+                ratio=interval,
+                verdict=interval.direction("faster", "slower"),
+                blocks=int(row["blocks"]),
+                flagged_blocks=flagged_blocks(row),
+                detail=rates,
+                precision=text_or_empty(row.get("precision")),
+            )
         )
-    best = largest.loc[largest["rate"].idxmax()]
-    out.append(
-        f"Fastest steady-state classification of the largest mosaic ({best['grid']}, "
-        f"{int(best['cells']):,} cells): {best['mode']} {_workers(best['parallelism'])}, "
-        f"B={plain_number(best['batch_size'])}, at {best['rate']:,.0f} cells/s "
-        f"[{best['rate_low']:,.0f}, {best['rate_high']:,.0f}]; accuracy "
-        f"{100 * best['accuracy']:.2f}%."
-    )
     return out
 
 
-def _roofline_findings(roof: pd.DataFrame) -> list[str]:
+def _roofline_findings(roof: pd.DataFrame) -> list[Finding]:
     if roof.empty:
         return []
     best = roof.loc[roof["roofline_fraction"].idxmax()]
@@ -227,21 +170,177 @@ def _roofline_findings(roof: pd.DataFrame) -> list[str]:
     par = kind.parallelism_text(best["parallelism"])
     share = _ratio(best, "roofline_fraction").text("{:.0f}", "%", scale=100.0)
     return [
-        f"Highest fraction of the roofline: {best['study']} {best['model']} {who} with {par}, "
-        f"{best['gflops']:.1f} GFLOP/s = {share} of its own matmul probe "
-        f"({best['roofline_gflops']:.1f} GFLOP/s, {best['roofline_device']}).{_flag_note(best)}"
+        Finding(
+            f"Highest fraction of the roofline: {best['study']} {best['model']} {who} with "
+            f"{par}, {best['gflops']:.1f} GFLOP/s = {share} of its own matmul probe "
+            f"({best['roofline_gflops']:.1f} GFLOP/s, {best['roofline_device']})."
+            f"{flag_note(best)}"
+        )
     ]
 
 
-def _capped_findings(summary: pd.DataFrame) -> list[str]:
+def _capped_findings(summary: pd.DataFrame) -> list[Finding]:
     capped = summary[summary["parallelism"] < summary["parallelism_requested"]]
     return [
-        f"Note: {row['study']} {row[KINDS[row['study']].subject]} "
-        f"asked for {plain_number(row['parallelism_requested'])} threads/workers but ran with "
-        f"{plain_number(row['parallelism'])} (Snakemake caps a job's threads at --cores); its "
-        "efficiency uses the effective count."
+        Finding(
+            f"Note: {row['study']} {row[KINDS[row['study']].subject]} "
+            f"asked for {plain_number(row['parallelism_requested'])} threads/workers but ran "
+            f"with {plain_number(row['parallelism'])} (Snakemake caps a job's threads at "
+            "--cores); its efficiency uses the effective count."
+        )
         for _, row in capped.iterrows()
     ]
+
+
+# --- the headline -------------------------------------------------------------------------
+
+HEADLINE_COLUMNS = [
+    "study", "machine", "machine_name", "workload", "configuration", "parallelism_requested",
+    "parallelism", "blocks", "rate_unit", "rate", "rate_low", "rate_high", "baseline",
+    "speedup", "speedup_low", "speedup_high", "speedup_verdict", "efficiency",
+    "efficiency_low", "efficiency_high", "roofline_fraction", "roofline_fraction_low",
+    "roofline_fraction_high", "flagged_blocks",
+]  # fmt: skip
+
+
+def headline(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per workload and machine: a kind's configurations that compute the same thing
+    (`StudyKind.peers`: training per model, filters and batch size; classification per grid and
+    batch size) and its fastest configuration there, the one with the highest rate estimate.
+    Columns (`HEADLINE_COLUMNS`) are the summary's for that row: `rate` in `rate_unit` with its
+    95% interval; `speedup` over `baseline` (its own family's base), `efficiency` (speedup per
+    core, a fraction) and `roofline_fraction` (of its own matmul probe), each with its interval;
+    `speedup_verdict` (baseline, higher, lower, not resolved, not formed); `flagged_blocks`,
+    pairing units with interference; `workload` and `configuration` in words."""
+    rows = []
+    for kind in KINDS.values():
+        part = kind.rows(summary)
+        part = part[part["rate"].notna()]
+        if part.empty:
+            continue
+        fastest = part.groupby(["machine", *kind.peers], dropna=False)["rate"].idxmax()
+        # in the kind's own order: mosaics by size, not by the grid's name
+        order = ["machine", *(k for k in kind.order if k in kind.peers)]
+        for _, best in part.loc[fastest].sort_values(order, na_position="first").iterrows():
+            row = best.reindex(HEADLINE_COLUMNS)
+            row["workload"] = kind.workload_text(best)
+            row["configuration"] = kind.layout_text(
+                best[kind.subject], best["parallelism_requested"], best.get("ranks")
+            )
+            rows.append(row)
+    return pd.DataFrame(rows, columns=HEADLINE_COLUMNS).reset_index(drop=True)
+
+
+def headline_html(summary: pd.DataFrame) -> str:
+    """The headline table: per workload its fastest configuration, rate, speedup over its base,
+    efficiency and fraction of its roofline, each with its 95% interval."""
+    top = headline(summary)
+    if top.empty:
+        return '<p class="empty">No results: the summary table is empty.</p>'
+    several = top["machine"].nunique() > 1
+    head = ["workload", *(["machine"] * several), "fastest configuration", "rate [95% CI]",
+            "speedup over its base [95% CI]", "efficiency [95% CI]", "% of its roofline [95% CI]",
+            "blocks", "⚠"]  # fmt: skip
+    body = []
+    for _, r in top.iterrows():
+        configuration = r["configuration"]
+        if r["parallelism"] < r["parallelism_requested"]:
+            configuration += f" (ran on {plain_number(r['parallelism'])})"
+        cells = [
+            (r["workload"], ""),
+            *([(r["machine_name"], "")] * several),
+            (configuration, ""),
+            (_interval(r, "rate", "{:,.0f}", ""), r["rate_unit"]),
+            _speedup_cell(r),
+            (_interval(r, "efficiency", "{:.0f}", "%", 100.0), ""),
+            (_interval(r, "roofline_fraction", "{:.0f}", "%", 100.0), ""),
+            (str(int(r["blocks"])), ""),
+        ]
+        tds = "".join(f"<td>{html.escape(text)}{_detail(more)}</td>" for text, more in cells)
+        body.append(f"<tr>{tds}{_flag_cell(flagged_blocks(r))}</tr>")
+    ths = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return (
+        f'<table class="data headline"><thead><tr>{ths}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _detail(text: str) -> str:
+    """A cell's second, quieter line."""
+    return f'<div class="detail">{html.escape(text)}</div>' if text else ""
+
+
+def _interval(row: pd.Series, name: str, fmt: str, unit: str, scale: float = 1.0) -> str:
+    if pd.isna(row[name]):
+        return ""
+    return Interval.from_columns(row, name).text(fmt, unit, scale)
+
+
+def _speedup_cell(row: pd.Series) -> tuple[str, str]:
+    """The speedup with its interval, and under it what it is over and a verdict that is not
+    a direction."""
+    verdict = row["speedup_verdict"]
+    if verdict == "baseline":
+        return "1×", "it is the base"
+    if verdict == NOT_FORMED:
+        return "not formed", str(row.get("speedup_not_formed") or "")
+    if pd.isna(row["speedup"]):
+        return "", "no base in its family"
+    note = "; not resolved" if verdict == "not resolved" else ""
+    return _interval(row, "speedup", "{:.2f}", "×"), f"over {row['baseline']}{note}"
+
+
+def _flag_cell(n: int) -> str:
+    """The interference cell: '⚠ n' linking to the banner, sortable by n."""
+    if n <= 0:
+        return '<td data-sort="0"></td>'
+    return (
+        f'<td data-sort="{n}" class="flag"><a href="#interference" title="rests on {n} '
+        f'block(s) with interference">⚠ {n}</a></td>'
+    )
+
+
+# --- the findings table ---------------------------------------------------------------------
+
+FINDINGS_HEAD = [
+    "comparison", "ratio", "95% interval", "verdict", "blocks", "target", "interference",
+]  # fmt: skip
+
+
+def findings_html(found: Sequence[Finding]) -> str:
+    """The findings with a comparison as a sortable table (`FINDINGS_HEAD`: what over what and
+    where, the ratio, its 95% interval, the verdict, the paired blocks, the blocks with
+    interference), each row's full sentence as its tooltip; the rest as notes below."""
+    rows = []
+    for f in found:
+        if not f.comparison:
+            continue
+        ratio = f.ratio
+        has_ratio = ratio is not None and not pd.isna(ratio.estimate)
+        estimate = f"{ratio.estimate:.2f}×" if has_ratio else ""
+        bounds = f"[{ratio.low:.2f}, {ratio.high:.2f}]" if has_ratio and ratio.resolved else ""
+        detail = _detail(f.detail)
+        verdict = f.verdict.replace(" ", "-")
+        rows.append(
+            f'<tr class="verdict-{verdict}" title="{html.escape(f.text)}">'
+            f"<td>{html.escape(f.comparison)}{detail}</td>"
+            f'<td data-sort="{ratio.estimate if has_ratio else ""}">{estimate}</td>'
+            f'<td data-sort="{ratio.low if bounds else ""}">{bounds}</td>'
+            f"<td>{html.escape(f.verdict)}</td>"
+            f"<td>{f.blocks}</td><td>{html.escape(f.precision)}</td>"
+            f"{_flag_cell(f.flagged_blocks)}</tr>"
+        )
+    notes = "".join(f"<li>{html.escape(f.text)}</li>" for f in found if not f.comparison)
+    out = ""
+    if rows:
+        ths = "".join(f"<th>{h}</th>" for h in FINDINGS_HEAD)
+        out += (
+            f'<div class="scroll"><table class="data findings sortable"><thead><tr>{ths}</tr>'
+            f"</thead><tbody>\n{chr(10).join(rows)}\n</tbody></table></div>"
+        )
+    if notes:
+        out += f'<ul class="notes">{notes}</ul>'
+    return out
 
 
 # --- machines side by side ------------------------------------------------------------------
@@ -395,10 +494,13 @@ METHOD = [
     ("10. Parallel time and interference",
      "timed jobs hold a machine-wide lock so they never overlap; each records other processes' "
      "CPU share, steal time and matmul probes before and after, and is flagged above the "
-     "configured limits. Blocks run in order and a block's comparison family runs back to "
-     "back, so the jobs compared ran seconds apart; an engine that switches threads in one "
-     "process (numba, torch) trains every thread count of a block in one job, the counts taking "
-     "turns in 0.1-second windows, so its speedup compares windows a fraction of a second apart."),
+     "configured limits. Each comparison family of a block is one Snakemake job that runs "
+     "its configurations back to back in the config's order, reversed in even blocks "
+     "(cnnpar.study.plan), so the runs a ratio compares ran seconds apart and neither side "
+     "always goes first: the order holds by construction, not by scheduling. An engine that "
+     "switches threads in one process (numba, torch) trains every thread count of a block in "
+     "one command, the counts taking turns in 0.1-second windows, so its speedup compares "
+     "windows a fraction of a second apart."),
     ("11. Upper bounds",
      "each job's roofline is its own float32 matmul probe at its own thread count (GPU jobs: "
      "on their GPU); the speedup figures draw ideal linear scaling."),
@@ -499,6 +601,16 @@ def _fmt_summary(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def tidy_html(tables: Mapping[str, pd.DataFrame]) -> str:
+    """Each kind's tidy table, folded, its main columns shown."""
+    return "\n".join(
+        f"  <details><summary>tables/{kind.name}.csv: {len(frame)} rows ({kind.row_text})"
+        f'</summary>\n    <div class="scroll">{table_html(frame, kind.shown)}</div></details>'
+        for kind in KINDS.values()
+        for frame in [tables.get(kind.name, pd.DataFrame())]
+    )
+
+
 def table_html(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
     if frame.empty:
         return '<p class="empty">(no rows)</p>'
@@ -525,6 +637,29 @@ def _env_value(value: Any) -> str:
     return str(value)
 
 
+def study_note(jobs: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """The code versions the records came from (per kind; cnnpar.measure.code), the paired
+    blocks the study ran, and how many headline intervals met the stopping rule's target."""
+    if jobs.empty:
+        return ""
+    versions = "; ".join(
+        f"{study} {', '.join(sorted(set(g['code_version'].astype(str))))}"
+        for study, g in jobs.groupby("study", sort=True)
+    )
+    out = f"Measured code versions: {versions}. Paired blocks: {jobs['block'].nunique()}."
+    if "precision" in summary.columns:
+        verdicts = summary["precision"].fillna("")
+        verdicts = verdicts[verdicts != ""]
+        if len(verdicts):
+            counts = verdicts.value_counts()
+            out += (
+                " Speedups against the target: "
+                + ", ".join(f"{n} {verdict}" for verdict, n in counts.items())
+                + "."
+            )
+    return out
+
+
 def render(
     title: str,
     tables: dict[str, pd.DataFrame],
@@ -543,26 +678,22 @@ def render(
         f"available to the jobs), {env.get('ram_gib', '?')} GiB; "
         f"cnnpar {env.get('cnnpar', '?')} at git {env.get('git_revision', '?')}."
     )
-    items = "\n".join(
-        f"<li>{html.escape(s)}</li>" for s in findings(summary, tables.get("comparisons"))
-    )
+    meta += " " + study_note(tables.get("jobs", pd.DataFrame()), summary)
     machines = tables.get("machines", pd.DataFrame())
     machine_items = "\n".join(f"<li>{html.escape(s)}</li>" for s in machine_findings(machines))
     return template.substitute(
         title=html.escape(title),
         meta=html.escape(meta),
         banner=banner_html(tables.get("jobs", pd.DataFrame())) + not_as_named_html(tables),
-        findings=items,
+        headline=headline_html(summary),
+        findings=findings_html(findings_of(summary, tables.get("comparisons"))),
         method=method_html(),
         figures=figures_html(figures),
         machine_findings=machine_items,
         machine_figures=figures_html(figures, "machines"),
         machines_table=table_html(_fmt_machines(machines)) if not machines.empty else "",
         summary_table=table_html(_fmt_summary(summary)) if not summary.empty else "",
-        train_rows=len(tables["train"]),
-        classify_rows=len(tables["classify"]),
-        train_table=table_html(tables["train"], TRAIN_COLUMNS),
-        classify_table=table_html(tables["classify"], CLASSIFY_COLUMNS),
+        tidy_tables=tidy_html(tables),
         config=html.escape(config_yaml),
         environment=env_html(env),
     )
@@ -591,8 +722,8 @@ def not_as_named_html(tables: Mapping[str, pd.DataFrame]) -> str:
     `RunRecord.not_as_named` gave (numba's CUDA simulator, JIT off, CPUs narrowed), which the
     train and classify tables carry in their `not_as_named` column."""
     runs: dict[str, str] = {}
-    for name in ("train", "classify"):
-        frame = tables.get(name, pd.DataFrame())
+    for kind in KINDS.values():
+        frame = tables.get(kind.name, pd.DataFrame())
         if "not_as_named" not in frame.columns:
             continue
         reasons = frame["not_as_named"]

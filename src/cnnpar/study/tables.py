@@ -3,12 +3,14 @@
 Each job wrote a typed run record (`run.json`, `cnnpar.record`) naming every parameter, its
 paired block, the parallelism that took effect, the guard around its timed region (probes,
 other processes' CPU share) and the environment; the tables take everything from the records,
-never from where a file lives. Five tables come out:
+never from where a file lives. The tables that come out:
 
-- ``train.csv``: one row per training job × epoch (throughput, full-length and MosaicNet runs);
-- ``classify.csv``: one row per classify job × timed repeat;
-- ``jobs.csv``: one row per timed job (configuration × block × seed): its rate, its own
-  roofline, and whether interference was detected (``flagged``);
+- one tidy table per study kind (`cnnpar.study.kinds`), named after it: ``train.csv``, one row
+  per training job × epoch (throughput, full-length and MosaicNet runs); ``classify.csv``, one
+  row per classify job × timed repeat;
+- ``jobs.csv``: one row per timed job (configuration × block × seed): its rate (the kind's rate
+  statistic over its tidy rows), its own roofline, and whether interference was detected
+  (``flagged``);
 - ``summary.csv``: one row per configuration: rate, speedup over its baseline, efficiency,
   fraction of its own roofline, and for classification end-to-end rate and start-up payback,
   each ratio formed inside a block and summarised over blocks with a 95% interval
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -36,7 +37,8 @@ import pandas as pd
 
 from cnnpar.errors import CnnparError
 from cnnpar.io import atomic_path
-from cnnpar.measure.intervals import Interval, log_interval, paired_ratio_interval
+from cnnpar.measure.intervals import LEVEL, Interval, log_interval, paired_ratio_interval
+from cnnpar.measure.stopping import Precision, precision_verdict
 from cnnpar.record import RunRecord
 from cnnpar.study.kinds import KINDS, StudyKind, plain_number, rank_count
 
@@ -49,7 +51,7 @@ class TableError(CnnparError):
 
 # A pairing unit: the jobs of one block on one seed on one machine ran side by side. A ratio is
 # formed only inside a unit, so it never divides the rates of two different machines.
-PAIR = ["machine", "block", "seed"]
+PAIR = ["machine", "code_version", "block", "seed"]
 NOT_FORMED = "not formed"  # the verdict of a ratio whose two sides never ran on one machine
 
 SUMMARY_COLUMNS = [
@@ -104,27 +106,20 @@ SUMMARY_COLUMNS = [
     "roofline_fraction_high",
     "flagged_blocks",  # pairing units where this job or its baseline was flagged
     "flagged_jobs",  # those jobs, by label
+    "code_version",  # the measured code's version(s) of its jobs (cnnpar.measure.code)
+    "precision",  # headline speedups: met the stopping rule's target, or ran out of blocks
 ]
 
 COMPARISON_COLUMNS = [
     "study", "machine", "machine_name", "family", "subject", "reference", "quantity", "ratio",
     "ratio_low", "ratio_high", "verdict", "not_formed", "blocks", "subject_rate",
-    "reference_rate", "rate_unit", "flagged_blocks", "flagged_jobs",
+    "reference_rate", "rate_unit", "flagged_blocks", "flagged_jobs", "precision",
 ]  # fmt: skip
 
-# Columns every table must hold when read back, and which of them must be numbers.
+# Columns every table must hold when read back, and which of them must be numbers; each kind's
+# tidy table first.
 TABLE_SCHEMAS: dict[str, tuple[list[str], list[str]]] = {
-    "train": (
-        ["model", "engine", "parallelism_requested", "parallelism", "epoch", "seconds",
-         "images_per_s", "test_acc"],
-        ["parallelism_requested", "parallelism", "epoch", "seconds", "images_per_s", "test_acc"],
-    ),
-    "classify": (
-        ["mode", "parallelism_requested", "parallelism", "cells", "classify_s", "cells_per_s",
-         "accuracy"],
-        ["parallelism_requested", "parallelism", "cells", "classify_s", "cells_per_s",
-         "accuracy"],
-    ),
+    **{kind.name: (list(kind.schema[0]), list(kind.schema[1])) for kind in KINDS.values()},
     "jobs": (
         ["study", "label", "block", "rate", "flagged"],
         ["rate"],
@@ -233,10 +228,11 @@ def _job_columns(record: RunRecord, job_dir: Path) -> dict[str, Any]:
     return columns
 
 
-def _job_frames(records: Sequence[tuple[RunRecord, Path]], kind: StudyKind) -> list[pd.DataFrame]:
-    """Each job's own table (`kind.output`) with the record's columns added; the table's own
-    columns are what ran, so they win over the record's, but for the parallelism, which only
-    the record states both ways."""
+def tidy_frame(records: Sequence[tuple[RunRecord, Path]], kind: StudyKind) -> pd.DataFrame:
+    """The tidy table of one kind: each of its jobs' own table (`kind.output`) with the
+    record's columns added, as `kind.tidy` shapes it. The table's own columns are what ran, so
+    they win over the record's, but for the parallelism, which only the record states both
+    ways."""
     frames = []
     for record, job_dir in records:
         if record.command != kind.name:
@@ -246,8 +242,8 @@ def _job_frames(records: Sequence[tuple[RunRecord, Path]], kind: StudyKind) -> l
         for key, value in _job_columns(record, job_dir).items():
             if key not in frame.columns or key in ("parallelism_requested", "parallelism"):
                 frame[key] = value
-        frames.append(frame)
-    return frames
+        frames.append(kind.tidy(frame))
+    return _concat(frames)
 
 
 def _read_output(path: Path) -> pd.DataFrame:
@@ -259,24 +255,6 @@ def _read_output(path: Path) -> pd.DataFrame:
     if frame.empty:
         raise TableError(f"{path} has no rows; re-run its job")
     return frame
-
-
-def train_frame(records: Sequence[tuple[RunRecord, Path]]) -> pd.DataFrame:
-    """One row per training job × epoch: metrics.csv and the record's columns. Time to accuracy
-    reads `cum_seconds` (training only) and `cum_seconds_with_warmup` (what a user waits)."""
-    frames = []
-    for frame in _job_frames(records, KINDS["train"]):
-        frame = frame.sort_values("epoch").reset_index(drop=True)
-        frame["cum_seconds"] = frame["seconds"].cumsum()
-        frame["cum_seconds_with_warmup"] = frame["cum_seconds"] + frame.get("warmup_s", 0.0)
-        frame["run"] = "paired" if pd.notna(frame["block"].iloc[0]) else "full"
-        frames.append(frame)
-    return _concat(frames)
-
-
-def classify_frame(records: Sequence[tuple[RunRecord, Path]]) -> pd.DataFrame:
-    """One row per classify job × repeat: result.csv and the record's columns."""
-    return _concat(_job_frames(records, KINDS["classify"]))
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -299,50 +277,23 @@ def _label(row: Mapping[str, Any]) -> str:
     return f"{kind.name} {kind.describe(row)} seed {seed} block {block}"
 
 
-def jobs_frame(train: pd.DataFrame, classify: pd.DataFrame) -> pd.DataFrame:
-    """One row per paired timed job from the per-epoch and per-repeat tables."""
+def jobs_frame(*tidy: pd.DataFrame) -> pd.DataFrame:
+    """One row per paired timed job (one in a block) of the kinds' tidy tables, each job's
+    rate its kind's rate statistic over its rows."""
     rows = []
-    if not train.empty:
-        paired = train[train["block"].notna()]
-        for _, group in paired.groupby("job_dir", sort=False):
-            first = group.iloc[0]
-            images, seconds = group["images"].sum(), group["seconds"].sum()
-            rows.append(
-                {
-                    **_common(first, "train"),
-                    "engine": first["engine"],
-                    "filters": first.get("filters"),
-                    "rate_unit": "images/s",
-                    "rate": images / seconds,
-                    "warmup_s": first.get("warmup_s"),
-                    "accuracy": float(group.sort_values("epoch")["test_acc"].iloc[-1]),
-                }
-            )
-    if not classify.empty:
-        paired = classify[classify["block"].notna()]
-        for _, group in paired.groupby("job_dir", sort=False):
-            first = group.iloc[0]
-            median_s = float(group["classify_s"].median())
-            rows.append(
-                {
-                    **_common(first, "classify"),
-                    "mode": first["mode"],
-                    "grid": first["grid"],
-                    "cells": int(first["cells"]),
-                    "rate_unit": "cells/s",
-                    "rate": first["cells"] / median_s,
-                    "end_to_end_rate": first["cells"] / (first["startup_s"] + median_s),
-                    "startup_s": float(first["startup_s"]),
-                    "accuracy": float(first["accuracy"]),
-                }
-            )
+    for kind in KINDS.values():
+        for frame in tidy:
+            own = kind.rows(frame)
+            if own.empty:
+                continue
+            for _, group in own[own["block"].notna()].groupby("job_dir", sort=False):
+                rows.append({**_common(group.iloc[0], kind.name), **kind.job_columns(group)})
     if not rows:
         return pd.DataFrame()
     jobs = pd.DataFrame(rows)
     jobs["label"] = [_label(row) for row in jobs.to_dict("records")]
     jobs["gflops"] = jobs["rate"] * jobs["flops_per_item"] / 1e9
     jobs["roofline_fraction"] = jobs["gflops"] / jobs["roofline_gflops"]
-    _flag_out_of_order(jobs)
     return jobs
 
 
@@ -360,6 +311,7 @@ def _common(first: pd.Series, study: str) -> dict[str, Any]:
         "machine": first["machine"],
         "machine_name": first["machine_name"],
         "git_revision": first.get("env.git_revision"),
+        "code_version": first.get("code_version") or "unknown",
         "cnnpar_version": first.get("env.cnnpar"),
         "cpus_available": first.get("env.cpus_available"),
         "flops_per_item": float(first["flops_per_image"]),
@@ -374,25 +326,6 @@ def _common(first: pd.Series, study: str) -> dict[str, Any]:
     return out
 
 
-def _flag_out_of_order(jobs: pd.DataFrame) -> None:
-    """A job that finished after a later block's first job (re-run alone, say) was not measured
-    beside its block: flag it, since its ratios pair two different moments."""
-    if jobs["finished_utc"].isna().all():
-        return
-    finished = pd.to_datetime(jobs["finished_utc"], utc=True, errors="coerce")
-    for block in sorted(jobs["block"].unique()):
-        later = finished[jobs["block"] > block]
-        if later.dropna().empty:
-            continue
-        late = (jobs["block"] == block) & (finished > later.min())
-        for index in jobs.index[late]:
-            jobs.loc[index, "flagged"] = True
-            reason = "ran after a later block had started: not measured beside its block"
-            jobs.loc[index, "flag_reasons"] = "; ".join(
-                r for r in (jobs.loc[index, "flag_reasons"], reason) if r
-            )
-
-
 # --- the summary: ratios inside a block, summarised over blocks ------------------------------
 
 
@@ -400,10 +333,24 @@ def _units(group: pd.DataFrame) -> pd.DataFrame:
     return group.set_index(PAIR).sort_index()
 
 
-def _paired(a: pd.DataFrame, b: pd.DataFrame, column: str) -> tuple[Interval, pd.Index]:
+def _paired(
+    a: pd.DataFrame, b: pd.DataFrame, column: str, level: float = LEVEL
+) -> tuple[Interval, pd.Index]:
     """The paired ratio a/b of `column` over the pairing units both have."""
     common = a.index.intersection(b.index)
-    return paired_ratio_interval(a.loc[common, column], b.loc[common, column]), common
+    return paired_ratio_interval(a.loc[common, column], b.loc[common, column], level), common
+
+
+def _why_unpaired(a: pd.DataFrame, b: pd.DataFrame) -> str:
+    """Why two sides share no pairing unit: another code version, or no common block."""
+    versions = set(a.index.get_level_values("code_version"))
+    other = set(b.index.get_level_values("code_version"))
+    if versions and other and not versions & other:
+        return (
+            f"the two sides measured different code versions ({', '.join(sorted(versions))} "
+            f"against {', '.join(sorted(other))}): re-run both with one version"
+        )
+    return "no block and seed where both ran on this machine"
 
 
 def _flags(units: Iterable[pd.DataFrame], common: pd.Index) -> tuple[int, str]:
@@ -416,16 +363,20 @@ def _flags(units: Iterable[pd.DataFrame], common: pd.Index) -> tuple[int, str]:
     return len(flagged_units), "; ".join(sorted(set(labels)))
 
 
-def summarize(jobs: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration (seeds and blocks pooled as pairing units)."""
+def summarize(jobs: pd.DataFrame, *tidy: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """One row per configuration (seeds and blocks pooled as pairing units); the kinds' tidy
+    tables give what the jobs table lacks (the accuracy of full-length training runs). Rows
+    come by kind (in the order of their names), then machine and `kind.order`."""
     if jobs.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    rows = []
-    for kind in KINDS.values():
-        part = jobs[jobs["study"] == kind.name]
+    parts = []
+    for kind in sorted(KINDS.values(), key=lambda k: k.name):
+        part = kind.rows(jobs)
         if part.empty:
             continue
+        own = _concat([kind.rows(frame) for frame in tidy if not kind.rows(frame).empty])
         config = list(kind.config)
+        rows = []
         for _, family in part.groupby(list(kind.family), dropna=False, sort=True):
             is_base = [kind.is_baseline(r) for r in family.to_dict("records")]
             for _, fam in family.groupby("machine", sort=True):
@@ -434,7 +385,7 @@ def summarize(jobs: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
                     _units(base) if not base.empty and base[config].nunique().max() == 1 else None
                 )
                 for _, group in fam.groupby(config, dropna=False, sort=True):
-                    row = _summary_row(kind, group, base_units, train)
+                    row = _summary_row(kind, group, base_units, own, level)
                     if base.empty and any(is_base):
                         elsewhere = family[is_base]["machine_name"].unique()
                         row["speedup_verdict"] = NOT_FORMED
@@ -444,17 +395,17 @@ def summarize(jobs: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
                             f"{' and '.join(sorted(elsewhere))}, another machine"
                         )
                     rows.append(row)
-    summary = pd.DataFrame(rows)
-    summary = summary.sort_values(
-        ["study", "machine", "model", "engine", "mode", "filters", "cells", "batch_size",
-         "parallelism_requested", "ranks"],
-        na_position="first",
-    )  # fmt: skip
-    return summary.reindex(columns=SUMMARY_COLUMNS).reset_index(drop=True)
+        frame = pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
+        parts.append(frame.sort_values(["machine", *kind.order], na_position="first"))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=SUMMARY_COLUMNS)
 
 
 def _summary_row(
-    kind: StudyKind, group: pd.DataFrame, base: pd.DataFrame | None, train: pd.DataFrame
+    kind: StudyKind,
+    group: pd.DataFrame,
+    base: pd.DataFrame | None,
+    own: pd.DataFrame,
+    level: float = LEVEL,
 ) -> dict[str, Any]:
     first = group.iloc[0]
     units = _units(group)
@@ -471,96 +422,54 @@ def _summary_row(
     out["parallelism"] = int(group["parallelism"].median())
     out["cpus_available"] = group["cpus_available"].min()
     out["blocks"] = len(units)
-    out.update(log_interval(units["rate"]).columns("rate"))
+    out["code_version"] = " ".join(sorted(set(group["code_version"].astype(str))))
+    out.update(log_interval(units["rate"], level).columns("rate"))
     out["seconds_per_item"] = 1.0 / out["rate"]
     out["gflops"] = out["rate"] * first["flops_per_item"] / 1e9
     out["roofline_gflops"] = log_interval(units["roofline_gflops"]).estimate
-    out.update(log_interval(units["roofline_fraction"]).columns("roofline_fraction"))
+    out.update(log_interval(units["roofline_fraction"], level).columns("roofline_fraction"))
     out["accuracy"] = float(units["accuracy"].median())
-    if _has(units, "warmup_s"):  # training: warm-up, and the accuracy of a full-length run
-        out["warmup_s"] = float(units["warmup_s"].median())
-        full = _full_accuracy(train, first)
-        out["accuracy"] = full if full is not None else math.nan
-    end_to_end = _has(units, "end_to_end_rate")  # classification: start-up included
-    if end_to_end:
-        out["startup_s"] = float(units["startup_s"].median())
-        out.update(log_interval(units["end_to_end_rate"]).columns("end_to_end_rate"))
     flagged, labels = _flags([units], units.index)
+    common = None
     if base is not None:
         out["baseline"] = kind.baseline_name(first)
         out["baseline_rate"] = log_interval(base["rate"]).estimate
-        speedup, common = _paired(units, base, "rate")
+        speedup, common = _paired(units, base, "rate", level)
         out.update(speedup.columns("speedup"))
         out["speedup_verdict"] = "baseline" if kind.is_baseline(first) else speedup.direction()
         if not len(common):
             out["speedup_verdict"] = NOT_FORMED
-            out["speedup_not_formed"] = "no block and seed where both ran on this machine"
+            out["speedup_not_formed"] = _why_unpaired(units, base)
         out.update(speedup.scaled(1.0 / out["parallelism"]).columns("efficiency"))
-        if end_to_end:
-            e2e, _ = _paired(units, base, "end_to_end_rate")
-            out.update(e2e.columns("end_to_end_speedup"))
-            payback = _payback(units.loc[common], base.loc[common])
-            if payback.size:
-                out["payback_cells"] = float(np.median(payback))
-                out["payback_cells_min"] = float(payback.min())
-                out["payback_cells_max"] = float(payback.max())
         flagged, labels = _flags([units, base], common)
+    out.update(kind.summary_columns(units, base, common, own, first))
     out["flagged_blocks"] = flagged
     out["flagged_jobs"] = labels
     return out
 
 
-def _has(frame: pd.DataFrame, column: str) -> bool:
-    return column in frame.columns and bool(frame[column].notna().any())
-
-
-def _full_accuracy(train: pd.DataFrame, first: pd.Series) -> float | None:
-    """Final test accuracy of the configuration's full-length runs (median over seeds)."""
-    if train.empty or "run" not in train.columns:
-        return None
-    full = train[
-        (train["run"] == "full")
-        & (train["model"] == first["model"])
-        & (train["engine"] == first["engine"])
-        & (train["filters"] == first["filters"])
-        & (train["batch_size"] == first["batch_size"])
-    ]
-    if full.empty:
-        return None
-    finals = full.sort_values("epoch").groupby("job_dir").tail(1)
-    return float(finals["test_acc"].median())
-
-
-def _payback(subject: pd.DataFrame, base: pd.DataFrame) -> np.ndarray:
-    """Per unit, the mosaic size N where start-up + N / rate equals the baseline's: 0 when the
-    subject starts no slower, inf when it never catches up."""
-    extra = (subject["startup_s"] - base["startup_s"]).to_numpy()
-    saved = (1.0 / base["rate"] - 1.0 / subject["rate"]).to_numpy()  # seconds saved per cell
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cells = np.where(extra <= 0, 0.0, np.where(saved > 0, extra / saved, np.inf))
-    return cells
-
-
 # --- engine against engine, mode against mode ----------------------------------------------
 
 
-def compare(jobs: pd.DataFrame) -> pd.DataFrame:
+def compare(jobs: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
     """Each engine (mode) at its largest parallelism against every other, paired by block on one
     machine. Two that never ran on one machine get a row saying the ratio was not formed."""
     rows = []
     for kind in KINDS.values():
-        part = jobs[(jobs["study"] == kind.name)]
+        part = kind.rows(jobs)
         if part.empty:
             continue
         for _, family in part.groupby(list(kind.peers), dropna=False, sort=True):
             where = kind.family_text(family.iloc[0])
             for _, fam in family.groupby("machine", sort=True):
-                rows += _compare_family(kind, fam, where)
+                rows += _compare_family(kind, fam, where, level)
             rows += _not_formed(kind, family, where)
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
-def _compare_family(kind: StudyKind, fam: pd.DataFrame, where: str) -> list[dict[str, Any]]:
+def _compare_family(
+    kind: StudyKind, fam: pd.DataFrame, where: str, level: float = LEVEL
+) -> list[dict[str, Any]]:
     """Every pair of subjects of one family on one machine."""
     rows = []
     tops = {
@@ -571,7 +480,7 @@ def _compare_family(kind: StudyKind, fam: pd.DataFrame, where: str) -> list[dict
     for i, subject in enumerate(names):
         for reference in names[i + 1 :]:
             a, b = tops[subject], tops[reference]
-            ratio, common = _paired(a, b, "rate")
+            ratio, common = _paired(a, b, "rate", level)
             flagged, labels = _flags([a, b], common)
             rows.append(
                 {
@@ -584,7 +493,7 @@ def _compare_family(kind: StudyKind, fam: pd.DataFrame, where: str) -> list[dict
                     "quantity": "rate",
                     **ratio.columns("ratio"),
                     "verdict": ratio.direction() if len(common) else NOT_FORMED,
-                    "not_formed": "" if len(common) else "no block and seed where both ran",
+                    "not_formed": "" if len(common) else _why_unpaired(a, b),
                     "blocks": ratio.n,
                     "subject_rate": log_interval(a.loc[common, "rate"]).estimate,
                     "reference_rate": log_interval(b.loc[common, "rate"]).estimate,
@@ -643,35 +552,62 @@ def write_frame(target: str | os.PathLike[str], frame: pd.DataFrame) -> None:
         frame.to_csv(tmp, index=False)
 
 
+def build_frames(
+    records: Sequence[str | os.PathLike[str]], level: float = LEVEL
+) -> dict[str, pd.DataFrame]:
+    """Every table of this run's records (each kind's tidy table, jobs, summary, comparisons),
+    with intervals at confidence `level`, written nowhere."""
+    runs = read_records(records)
+    tidy = {kind.name: tidy_frame(runs, kind) for kind in KINDS.values()}
+    jobs = jobs_frame(*tidy.values())
+    return {
+        **tidy,
+        "jobs": jobs,
+        "summary": summarize(jobs, *tidy.values(), level=level),
+        "comparisons": compare(jobs, level)
+        if not jobs.empty
+        else pd.DataFrame(columns=COMPARISON_COLUMNS),
+    }
+
+
+def _precision_columns(tables: dict[str, pd.DataFrame], precision: Precision | None) -> None:
+    """Each headline (a speedup formed against another configuration, a comparison) gets
+    `precision`: whether its interval met the stopping rule's target or the study ran out of
+    blocks (or had a fixed number)."""
+    for name, column in (("summary", "speedup"), ("comparisons", "ratio")):
+        frame = tables[name]
+        frame["precision"] = [
+            precision_verdict(precision, Interval.from_columns(row, column))
+            if precision is not None
+            and pd.notna(row.get(f"{column}_low"))
+            and row.get(f"{column}_low") != row.get(f"{column}_high")
+            else ""
+            for row in frame.to_dict("records")
+        ]
+
+
 def build_tables(
     records: Sequence[str | os.PathLike[str]],
     out: Mapping[str, str | os.PathLike[str]],
     config: tuple[str | os.PathLike[str], str] | None = None,
     compare_with: Sequence[str | os.PathLike[str]] = (),
     compare_names: Sequence[str] | None = None,
+    precision: Precision | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Read every job's run record and outputs and write the tables named in `out`
-    (train, classify, jobs, summary, comparisons, machines); returns them too.
+    (each kind's tidy table, jobs, summary, comparisons, machines); returns them too.
     `config` = (path, text) also writes the config the study ran with beside them, so the
     tables and records make a self-contained result set (`cnnpar compare`, `cnnpar pack`).
     `compare_with` lists other result sets (directories or `cnnpar pack` archives) whose
     summaries the machines table puts beside this run's, named `compare_names` (default: the
-    paths); one that cannot be read raises `cnnpar.study.compare.CompareError`."""
+    paths); one that cannot be read raises `cnnpar.study.compare.CompareError`. With the
+    study's stopping rule `precision`, intervals are at its per-look level (valid although the
+    data decided when to stop) and each headline says whether it met the target."""
     from cnnpar.study import compare as sets
 
-    runs = read_records(records)
-    train = train_frame(runs)
-    classify = classify_frame(runs)
-    jobs = jobs_frame(train, classify)
-    tables = {
-        "train": train,
-        "classify": classify,
-        "jobs": jobs,
-        "summary": summarize(jobs, train),
-        "comparisons": compare(jobs)
-        if not jobs.empty
-        else pd.DataFrame(columns=COMPARISON_COLUMNS),
-    }
+    tables = build_frames(records, precision.look_level if precision else LEVEL)
+    _precision_columns(tables, precision)
+    jobs = tables["jobs"]
     with sets.opened(compare_with, compare_names) as others:
         tables["machines"] = sets.machines_frame(tables["summary"], jobs, others)
     for name, target in out.items():

@@ -14,12 +14,17 @@ the engine until `epoch_stats`, so a GPU engine never waits for the host mid-epo
     logits = engine.predict(test_u8)        # (n, 10) float32
     weights = engine.params()               # float32 numpy, torch layout
 
+An engine that compiles one graph per batch shape (torch-compile) also has
+`expect_batch_sizes(sizes)`, called before `warm_up` so that it compiles them all there.
+
 This module imports neither numba nor torch, so listing engines stays cheap.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import sys
 from typing import Protocol
 
 import numpy as np
@@ -61,7 +66,8 @@ def unavailable_reason(name: str) -> str | None:
 
     A CPU engine always can, given numba's settings where numba compiles it: a numba setting it
     cannot read, or (numba's CPU threads) a threading layer that cannot load, makes it
-    unavailable. A GPU engine asks its own runtime (numba.cuda or torch.cuda).
+    unavailable; an inductor engine needs torch.compile to support this Python and to find a
+    C++ compiler. A GPU engine asks its own runtime (numba.cuda or torch.cuda).
     """
     if name not in ENGINES:
         raise UnknownEngine(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
@@ -76,6 +82,8 @@ def unavailable_reason(name: str) -> str | None:
             return f"engine {name!r} cannot run: {err}"
         if target == "cpu" and (problem := numba_settings.threading_problem()) is not None:
             return f"engine {name!r} cannot run: {problem}"
+    if entry.inductor and (problem := _inductor_problem()) is not None:
+        return f"engine {name!r} cannot run: {problem}"
     if not entry.gpu:
         return None
     if entry.runtime == "numba":
@@ -94,6 +102,29 @@ def unavailable_reason(name: str) -> str | None:
             if not e.gpu and e.runtime == entry.runtime and e.layout == entry.layout
         )
         return f"engine {name!r} needs a CUDA GPU; none found (use --engine {cpu})"
+    return None
+
+
+@functools.cache
+def _inductor_problem() -> str | None:
+    """Why torch.compile cannot compile for the CPU here (one line), or None.
+
+    Only the cheap checks, once per process: a real probe compile takes 5-30 s, too long for
+    `cnnpar engines`. A compile that still fails says why at the engine's warm-up.
+    """
+    import torch
+
+    if not torch._dynamo.is_inductor_supported():
+        return (
+            f"torch.compile does not support Python {sys.version_info.major}."
+            f"{sys.version_info.minor} with torch {torch.__version__} (use --engine torch)"
+        )
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception:  # InvalidCxxCompiler, or whatever a broken compiler raises
+        return "torch.compile finds no working C++ compiler (install g++ or set CXX)"
     return None
 
 
