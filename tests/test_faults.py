@@ -374,6 +374,7 @@ def test_a_job_log_with_room_keeps_the_error_and_the_exit_code(tmp_path: Path) -
     assert (ok.returncode, ok.stderr, log.read_text()) == (0, "", "")
 
 
+@pytest.mark.slow  # a Snakemake dry run
 def test_every_timed_job_runs_through_the_log_wrapper(tmp_path: Path) -> None:
     plan = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(tmp_path), "-n", "-p",

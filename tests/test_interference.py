@@ -10,6 +10,7 @@ import types
 
 import pytest
 
+from cnnpar.measure.bandwidth import Bandwidth
 from cnnpar.measure.interference import (
     Limits,
     TimedRegion,
@@ -88,8 +89,17 @@ def test_own_child_processes_count_as_this_run():
     assert own_cpu_seconds() - before >= 2 * 0.5
 
 
+NO_BANDWIDTH = Bandwidth(None, None, None, None)
+
+
 def _region(**kwargs) -> TimedRegion:
-    return TimedRegion(threads=1, lock=None, probe=lambda threads: (100.0, "fake"), **kwargs)
+    return TimedRegion(
+        threads=1,
+        lock=None,
+        probe=lambda threads: (100.0, "fake"),
+        bandwidth=lambda threads: NO_BANDWIDTH,
+        **kwargs,
+    )
 
 
 class _Readings:
@@ -177,7 +187,9 @@ def test_the_lock_serialises_timed_regions_and_records_the_wait(tmp_path):
 
 def test_the_region_releases_the_lock_on_error(tmp_path):
     lock = tmp_path / "timing.lock"
-    region = TimedRegion(threads=1, lock=lock, probe=lambda threads: (1.0, "fake"))
+    region = TimedRegion(
+        threads=1, lock=lock, probe=lambda threads: (1.0, "fake"), bandwidth=lambda t: NO_BANDWIDTH
+    )
     with pytest.raises(RuntimeError), region:
         raise RuntimeError("boom")
     assert region.result is None

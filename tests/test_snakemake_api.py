@@ -9,6 +9,8 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
+
 from cnnpar.study import snakemake_api
 
 SNAKEFILE = """
@@ -50,6 +52,7 @@ def test_the_installed_snakemake_is_the_major_version_the_wrappers_read():
     assert int(version("snakemake").split(".")[0]) == snakemake_api.SNAKEMAKE_MAJOR
 
 
+@pytest.mark.slow  # a real Snakemake run
 def test_every_wrapped_internal_works_in_a_real_run(tmp_path: Path):
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
     stale = tmp_path / ".snakemake/shadow/stale-job"

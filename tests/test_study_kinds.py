@@ -132,7 +132,9 @@ RATES = {("numpy", 1): 500.0, ("numba", 1): 1000.0, ("numba", 2): 1800.0}
 
 
 def _tidy() -> pd.DataFrame:
-    """Two timed batches per job, two blocks; the block-2 machine runs at 0.8 speed."""
+    """Two timed batches per job, two blocks; the block-2 machine runs at 0.8 speed. 10 FLOPs
+    per byte; a batch's 4 MB leave one thread's 2 MB of L2 (memory, 0.5 GB/s, binds under the
+    10 GFLOP/s compute roof) and fit two threads' (L2, 80 GB/s: compute binds)."""
     rows = []
     for (engine, threads), rate in RATES.items():
         for block in (1, 2):
@@ -145,6 +147,9 @@ def _tidy() -> pd.DataFrame:
                     "machine": "m", "machine_name": "test machine", "flops_per_image": 1e6,
                     "images": 1000, "seconds": 1000 / speed, "accuracy": 0.9, "batch": batch,
                     "roofline_gflops": 10.0 * threads, "roofline_device": "cpu",
+                    "bytes_per_image": 1e5, "working_set_bytes": 4e6,
+                    "bandwidth_cache_gbs": 40.0 * threads, "bandwidth_memory_gbs": 0.5,
+                    "bandwidth_cache_bytes": 2e6 * threads,
                     "flagged": False, "flag_reasons": "",
                 })  # fmt: skip
     return pd.DataFrame(rows)
@@ -158,6 +163,8 @@ def test_a_third_kind_goes_through_tables_report_and_figures(monkeypatch):
     summary = tables.summarize(jobs)
     numba2 = summary[(summary["engine"] == "numba") & (summary["parallelism_requested"] == 2)]
     assert numba2["speedup"].iloc[0] == pytest.approx(1.8)
+    assert list(summary["binding_roof"]) == ["bandwidth", "compute", "bandwidth"]
+    assert summary["attainable_gflops"].tolist() == pytest.approx([5.0, 20.0, 5.0])
     assert numba2["baseline"].iloc[0] == "numba 1 thread"
     comparisons = tables.compare(jobs)
     assert set(comparisons["family"]) == {"B=16"} and len(comparisons) == 1  # numba 2 vs numpy
@@ -165,6 +172,14 @@ def test_a_third_kind_goes_through_tables_report_and_figures(monkeypatch):
     found = report.findings_of(summary, comparisons)
     rows = [f for f in found if f.comparison]
     assert [f.comparison for f in rows] == ["inference B=16: numba 2 threads over numpy 1 thread"]
+    roofs = [f.text for f in found if f.text.startswith("Roofline of")]
+    assert roofs == [
+        "Roofline of inference B=16 (10.00 FLOP/byte): for numba 1 thread the memory bandwidth "
+        "roof (0.5 GB/s) binds at 5 GFLOP/s, of which it reached 18% [4, 74]; for numba 2 "
+        "threads the compute roof binds at 20 GFLOP/s, of which it reached 8.0% [2.0, 33.2]; "
+        "for numpy 1 thread the memory bandwidth roof (0.5 GB/s) binds at 5 GFLOP/s, of which "
+        "it reached 8.9% [2.2, 36.9]."
+    ]
     top = report.headline(summary)
     assert list(top["workload"]) == ["inference B=16"]
     assert top["configuration"].iloc[0] == "numba 2 threads"

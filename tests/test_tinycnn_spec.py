@@ -44,6 +44,23 @@ def test_flops_per_image():
     assert spec.flops_per_image(32) == 4 * spec.flops_per_image(8)
 
 
+def test_bytes_per_image_counts_the_compulsory_traffic():
+    # F = 1: x 784, pooled 169, logits 10 floats per image; P = 9 + 1 + 1,690 + 10 = 1,710.
+    assert spec.layer_floats(1) == (784, 169, 10)
+    # inference: x read, pooled written and read, logits written; weights read once per batch
+    assert spec.bytes_per_image(1, batch_size=1, training=False) == 4 * (784 + 2 * 169 + 10 + 1710)
+    assert spec.bytes_per_image(1, batch_size=10, training=False) == 4 * (784 + 338 + 10 + 171)
+    # training, F = 8, B = 32: x read twice (1,568); pooled written, read twice, its gradient
+    # written and read (5 × 1,352 = 6,760); logits and their gradient written and read (40);
+    # weights and gradients read and written once per step (4 × 13,610 / 32 = 1,701.25)
+    assert spec.n_parameters(8) == 13_610
+    assert spec.bytes_per_image(8, batch_size=32) == 4 * (1_568 + 6_760 + 40 + 1_701.25)
+    assert spec.bytes_per_image(8, batch_size=32) == 40_277.0
+    # one step touches x, pooled and logits of the batch, their gradients, weights + gradients
+    assert spec.working_set_bytes(8, 32) == 4 * (32 * (784 + 1_352 + 10 + 1_352 + 10) + 2 * 13_610)
+    assert spec.working_set_bytes(8, 32, training=False) == 4 * (32 * 2_146 + 13_610)
+
+
 def test_epoch_order():
     np.testing.assert_array_equal(spec.epoch_order(5, 0, 1, shuffle=False), np.arange(5))
     np.testing.assert_array_equal(spec.epoch_order(5, 3, 1, shuffle=False), np.arange(5))

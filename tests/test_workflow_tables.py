@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,6 +24,7 @@ from cnnpar.classify.config import ClassifyConfig
 from cnnpar.measure.interference import Interference
 from cnnpar.nets import mosaicnet
 from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
+from cnnpar.nets.tinycnn import spec
 from cnnpar.nets.tinycnn.spec import flops_per_image
 from cnnpar.record import Parallelism, RecordError, RunRecord
 from cnnpar.study import figures, report, tables
@@ -37,6 +39,10 @@ TRAIN_RATES = {("numpy", 1): 1000.0, ("numba", 1): 4000.0, ("numba", 2): 7600.0,
 # cells/s per (mode, workers) on every grid.
 CLASSIFY_RATES = {("sequential", 1): 5000.0, ("threads", 2): 8000.0, ("processes", 2): 9000.0}
 SGEMM = {1: 100.0, 2: 190.0}
+# Triad GB/s per threads (cache, memory) and the L2 share per thread: memory is slow enough that
+# the bandwidth roof binds the jobs whose working set leaves the L2 (classification, MosaicNet).
+BANDWIDTH = {1: (80.0, 1.0), 2: (150.0, 1.5)}
+L2_PER_THREAD = 2 << 20
 # The machine's speed in each block: every job of a block sees it, so ratios inside a block are
 # exact while rates spread over blocks.
 DRIFT = {1: 1.0, 2: 0.7, 3: 1.2}
@@ -52,6 +58,8 @@ def guard(threads: int, flagged: bool = False) -> Interference:
         roofline_gflops=SGEMM[threads], roofline_device=f"cpu ({threads} threads)",
         lock_wait_s=0.0, max_others_share=0.1, max_probe_change=0.15, flagged=flagged,
         reasons=["other processes took 50% of its 2 CPU(s) (limit 10%)"] if flagged else [],
+        bandwidth_cache_gbs=BANDWIDTH[threads][0], bandwidth_memory_gbs=BANDWIDTH[threads][1],
+        bandwidth_cache_bytes=L2_PER_THREAD * threads, bandwidth_memory_bytes=256 << 20,
     )  # fmt: skip
 
 
@@ -81,11 +89,14 @@ def train_job(
     """A training run directory written through the code `cnnpar train` writes with."""
     cfg = cfg.resolved()
     _write_csv(job / "metrics.csv", metrics)
-    flops = (
-        flops_per_image(cfg.filters, training=True)
-        if cfg.model == "tinycnn"
-        else mosaicnet.flops_per_image(training=True)
-    )
+    if cfg.model == "tinycnn":
+        flops = flops_per_image(cfg.filters, training=True)
+        traffic = (spec.bytes_per_image(cfg.filters, cfg.batch_size),
+                   spec.working_set_bytes(cfg.filters, cfg.batch_size))  # fmt: skip
+    else:
+        flops = mosaicnet.flops_per_image(training=True)
+        traffic = (mosaicnet.bytes_per_image(cfg.batch_size, training=True),
+                   mosaicnet.working_set_bytes(cfg.batch_size, training=True))  # fmt: skip
     record = train.run_record(
         cfg,
         Parallelism(
@@ -95,6 +106,8 @@ def train_job(
         ),
         results={
             "flops_per_image": flops,
+            "bytes_per_image": traffic[0],
+            "working_set_bytes": traffic[1],
             "final_test_acc": metrics[-1]["test_acc"],
             "warmup_s": 0.25,
         },
@@ -168,7 +181,11 @@ def fake_results(
                         requested=workers, effective=ran(workers), processes=processes,
                         threads={"torch_threads": workers // processes},
                     )  # fmt: skip
-                    results = {"cells": cells, "accuracy": 0.99, "flops_per_image": FLOPS_PER_IMAGE}
+                    results = {
+                        "cells": cells, "accuracy": 0.99, "flops_per_image": FLOPS_PER_IMAGE,
+                        "bytes_per_image": mosaicnet.bytes_per_image(64, training=False),
+                        "working_set_bytes": mosaicnet.working_set_bytes(64, training=False),
+                    }  # fmt: skip
                     record = classify_outputs.run_record(
                         config, parallelism, results, guard(ran(workers), flag == (name, block))
                     )
@@ -295,6 +312,120 @@ def test_findings_state_intervals_and_base_cases(built):
     assert "numba 2 threads is 7.60× [7.60, 7.60] faster than numpy 1 thread" in text
     assert "start-up is paid back from about" in text
     assert "⚠" not in text
+
+
+def test_each_configuration_gets_its_roofs_and_the_lower_one_binds(built):
+    """Arithmetic intensity is counted FLOPs over the model's compulsory bytes; the bandwidth
+    that applies is the L2 triad where a step's working set fits the probed L2, else memory;
+    the lower roof binds, and the fraction of it reached has its interval over blocks."""
+    _, t = built
+    summary = t["summary"]
+    train = summary[(summary["study"] == "train") & (summary["engine"] == "numba")]
+    two = train[train["parallelism"] == 2].iloc[0]
+    intensity = flops_per_image(8, training=True) / 40_277.0  # spec.bytes_per_image(8, 32)
+    assert two["bytes_per_item"] == pytest.approx(40_277.0)
+    assert two["arithmetic_intensity"] == pytest.approx(intensity)
+    # 557,904 bytes per step fit the 2 threads' 4 MiB of L2: the L2 roof, 150 GB/s, applies
+    assert two["working_set_bytes"] == 557_904
+    assert (two["bandwidth_applies"], two["bandwidth_gbs"]) == ("cache", pytest.approx(150.0))
+    assert two["bandwidth_roof_gflops"] == pytest.approx(intensity * 150.0)
+    assert two["binding_roof"] == "compute"
+    assert two["attainable_gflops"] == pytest.approx(SGEMM[2])
+    assert two["attainable_fraction"] == pytest.approx(two["roofline_fraction"])
+    low, high = two["attainable_fraction_low"], two["attainable_fraction_high"]
+    assert low < two["attainable_fraction"] < high
+    assert two["gflops_low"] < two["gflops"] < two["gflops_high"]
+
+    # Classification at B=64 touches 5.4 MB a batch, more than any L2 here: memory binds.
+    classify = summary[(summary["study"] == "classify") & (summary["grid"] == "20x30")]
+    intensity = FLOPS_PER_IMAGE / mosaicnet.bytes_per_image(64, training=False)
+    seq = classify[classify["mode"] == "sequential"].iloc[0]
+    assert (seq["bandwidth_applies"], seq["bandwidth_gbs"]) == ("memory", pytest.approx(1.0))
+    assert seq["binding_roof"] == "bandwidth"
+    assert seq["attainable_gflops"] == pytest.approx(intensity * BANDWIDTH[1][1])
+    assert seq["attainable_fraction"] == pytest.approx(seq["gflops"] / seq["attainable_gflops"])
+    proc = classify[classify["mode"] == "processes"].iloc[0]  # two processes, a batch each
+    assert proc["working_set_bytes"] == 2 * mosaicnet.working_set_bytes(64, training=False)
+
+    jobs = t["jobs"]
+    job = jobs[(jobs["engine"] == "numba") & (jobs["parallelism"] == 2)].iloc[0]
+    assert job["attainable_fraction"] == pytest.approx(job["gflops"] / SGEMM[2])
+    assert job["binding_roof"] == "compute"
+
+    text = "\n".join(report.findings(summary, t["comparisons"]))
+    assert (
+        "Roofline of training F=8, B=32 (6.85 FLOP/byte): for numba 1 thread the compute roof "
+        "binds at 100 GFLOP/s, of which it reached 1.0% [" in text
+    )
+    assert (
+        "for sequential 1 worker the memory bandwidth roof (1 GB/s) binds at 70.7 GFLOP/s, of "
+        "which it reached 50% [" in text
+    )
+
+
+def test_attainable_rate_and_binding_roof_on_synthetic_rows():
+    """min(compute roof, intensity × the bandwidth that applies), row by row."""
+    base = {"flops_per_item": 1e6, "bytes_per_item": 1e5, "working_set_bytes": 1e6,
+            "bandwidth_cache_bytes": 2e6, "bandwidth_cache_gbs": 50.0,
+            "bandwidth_memory_gbs": 5.0, "roofline_gflops": 100.0}  # fmt: skip
+    rows = [
+        base,  # fits the L2: 10 FLOP/B × 50 GB/s = 500 GFLOP/s over the 100 of compute
+        {**base, "working_set_bytes": 4e6},  # leaves it: 10 × 5 = 50 under 100
+        {**base, "roofline_gflops": 500.0},  # a tie: compute
+        {**base, "bandwidth_cache_gbs": None, "bandwidth_cache_bytes": None},  # no L2 probe
+        {**base, "bytes_per_item": None},  # a record without the byte count
+        {**base, "bandwidth_memory_gbs": None, "working_set_bytes": 4e6},  # nor the probe
+    ]
+    roofs = tables.roof_columns(pd.DataFrame(rows))
+    assert list(roofs["bandwidth_applies"]) == ["cache", "memory", "cache", "memory", "cache", ""]
+    assert list(roofs["arithmetic_intensity"].iloc[:4]) == [10.0] * 4
+    assert roofs["bandwidth_roof_gflops"].iloc[:4].tolist() == [500.0, 50.0, 500.0, 50.0]
+    assert roofs["attainable_gflops"].iloc[:4].tolist() == [100.0, 50.0, 500.0, 50.0]
+    assert list(roofs["binding_roof"]) == ["compute", "bandwidth", "compute", "bandwidth", "", ""]
+    assert roofs["attainable_gflops"].iloc[4:].isna().all()
+
+
+def test_records_without_bandwidth_or_bytes_still_make_tables(tmp_path: Path):
+    """Records written before the bandwidth probes and byte counts read as before: the compute
+    roof and its fraction stay, every bandwidth column is missing (NaN), and the figures draw."""
+    records = fake_results(tmp_path / "results")
+    for path in records:
+        data = json.loads(path.read_text())
+        for key in [k for k in data["interference"] if k.startswith("bandwidth_")]:
+            del data["interference"][key]
+        for key in ("bytes_per_image", "working_set_bytes"):
+            del data["results"][key]
+        path.write_text(json.dumps(data))
+    out = {name: tmp_path / f"tables/{name}.csv" for name in tables.TABLE_SCHEMAS}
+    t = tables.build_tables(records=records, out=out)
+    summary = tables.read_table(out["summary"])
+    assert summary["roofline_fraction"].notna().all()
+    for column in ("arithmetic_intensity", "bandwidth_memory_gbs", "bandwidth_roof_gflops",
+                   "attainable_gflops", "attainable_fraction", "binding_roof"):  # fmt: skip
+        assert summary[column].isna().all(), column
+    assert not any("Roofline of" in s for s in report.findings(t["summary"], t["comparisons"]))
+    written = figures.draw_all(out, tmp_path / "figures")
+    assert {p.stem for p in written} == {f.id for f in registry.table_figures()}
+
+
+def test_the_roofline_figure_draws_each_probes_roofs_and_labelled_points(built):
+    tmp_path, _ = built
+    summary = tables.read_table(tmp_path / "results/tables/summary.csv")
+    fig = figures.roofline(summary)
+    train_ax = fig.axes[0]
+    assert (train_ax.get_xscale(), train_ax.get_yscale()) == ("log", "log")
+    roofs = [line for line in train_ax.get_lines() if len(line.get_xdata()) > 2]
+    # two probes (1 and 2 threads), each a memory (solid) and an L2 (dashed) slope
+    assert len(roofs) == 4
+    assert sorted({max(line.get_ydata()) for line in roofs}) == pytest.approx([100.0, 190.0])
+    labels = {text.get_text() for text in train_ax.texts}
+    assert {"numba 1 thread", "numba 2 threads", "numpy 1 thread", "torch 2 threads"} <= labels
+    legend = [text.get_text() for text in train_ax.get_legend().get_texts()]
+    assert legend == [
+        "cpu (1 threads): 100 GFLOP/s, 1 GB/s memory, 80 GB/s L2",
+        "cpu (2 threads): 190 GFLOP/s, 1.5 GB/s memory, 150 GB/s L2",
+    ]
+    plt.close(fig)
 
 
 def test_noisy_blocks_give_not_resolved_and_flags_mark_findings(tmp_path: Path):

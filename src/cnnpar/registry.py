@@ -349,10 +349,17 @@ FIGURES: dict[str, Figure] = {
         ),
         Figure(
             "roofline",
-            "Fraction of the sgemm roofline",
-            "Achieved GFLOP/s (counted network FLOPs × throughput) as a fraction of each job's "
-            "own float32 matmul probe, taken just before and after its timed region at its own "
-            "thread count (GPU jobs: on their GPU), with 95% intervals over blocks.",
+            "Roofline: achieved against attainable GFLOP/s",
+            "Roofline (Williams, Waterman and Patterson, CACM 2009) per kind, log-log: achieved "
+            "GFLOP/s (counted network FLOPs × throughput, 95% intervals over blocks) against "
+            "arithmetic intensity (those FLOPs over the compulsory bytes a step or batch moves "
+            "per image, the model's traffic model), one labelled point per engine or mode and "
+            "parallelism. The lines are the roofs of each distinct probe (machine and thread "
+            "count, or GPU), taken just before and after each timed region at its own threads: "
+            "flat, the float32 matmul rate; solid slope, the main-memory bandwidth; dashed "
+            "slope, the L2 bandwidth (STREAM triad), medians over the configurations probed "
+            "there. A configuration's attainable rate is the lower of its compute roof and the "
+            "bandwidth roof that applies: L2 when a step's working set fits the probed L2.",
             tables=("summary",),
         ),
         Figure(

@@ -606,6 +606,8 @@ def _results(
         "numba_threading_layer": numba_threading_layer() if cfg.engine == "numba" else None,
         "parameters": built.parameters,
         "flops_per_image": built.flops_per_image,
+        "bytes_per_image": built.bytes_per_image,  # compulsory traffic (the roofline's bytes)
+        "working_set_bytes": built.working_set_bytes,  # of one step: decides which roof applies
         "warmup_s": warmup_s,
         "train_seconds": sum(r["seconds"] for r in rows),
         "train_images": sum(r["images"] for r in rows),

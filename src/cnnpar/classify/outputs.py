@@ -18,7 +18,7 @@ from cnnpar.measure.interference import Interference
 from cnnpar.measure.machine import this_machine
 from cnnpar.measure.timing import Measurement
 from cnnpar.mosaic import Mosaic, render_mask, write_png
-from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE
+from cnnpar.nets.mosaicnet import FLOPS_PER_IMAGE, bytes_per_image, working_set_bytes
 from cnnpar.record import Parallelism, RunRecord
 from cnnpar.registry import MODES
 
@@ -142,6 +142,9 @@ class Classification:
                 "startup_s": self.startup_s,
                 "classify": self.measurement.summary(),
                 "flops_per_image": FLOPS_PER_IMAGE,
+                # the traffic an inference batch must move, for the roofline's intensity
+                "bytes_per_image": bytes_per_image(self.config.batch_size, training=False),
+                "working_set_bytes": working_set_bytes(self.config.batch_size, training=False),
                 "malloc": self.malloc,
                 "mask_shape": list(mask_shape),
                 "weights_note": self.weights_note,

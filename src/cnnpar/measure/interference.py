@@ -5,9 +5,11 @@
 1. it takes an exclusive lock (flock) shared by every timed cnnpar run on this machine, so two
    studies, an orphaned job or a hand-run command never time at once, and records the wait;
 2. it probes the float32 matmul rate at the run's own thread count (or on its GPU) just before
-   and just after, which is the run's roofline and a witness of the machine's speed; a job
-   that times several thread counts (interleaved) gets one pair of probes per count, and a
-   count above the CPUs the process may use is probed at those CPUs (what can take effect);
+   and just after, which is the run's compute roof and a witness of the machine's speed, and
+   beside it the triad bandwidth those threads reach in their L2 and in main memory (its
+   bandwidth roofs, `cnnpar.measure.bandwidth`); a job that times several thread counts
+   (interleaved) gets one pair of probes per count, and a count above the CPUs the process may
+   use is probed at those CPUs (what can take effect);
 3. over the region, it reads the CPU time that *other* processes took on the CPUs this process
    may run on (/proc/stat minus this process tree) and the hypervisor's steal time.
 
@@ -29,6 +31,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cnnpar.measure.bandwidth import Bandwidth, cpu_bandwidth, gpu_bandwidth
 
 DEFAULT_LOCK = Path(tempfile.gettempdir()) / "cnnpar-timing.lock"
 PROBE_N = 768  # sgemm side: ~0.9 GFLOP per product, a few tens of ms per probe on one core
@@ -67,6 +71,13 @@ class Interference:
     max_probe_change: float
     flagged: bool
     reasons: list[str] = field(default_factory=list)
+    # The bandwidth roofs (cnnpar.measure.bandwidth), GB/s of STREAM's triad at the probe's width,
+    # the higher of the probes before and after; None in records from before they were probed
+    # and where none ran (no cache probe on a GPU).
+    bandwidth_cache_gbs: float | None = None  # arrays resident in the threads' L2
+    bandwidth_memory_gbs: float | None = None  # arrays in main memory
+    bandwidth_cache_bytes: int | None = None  # the L2 capacity of the probe's threads together
+    bandwidth_memory_bytes: int | None = None  # the main-memory probe's working set
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -236,8 +247,8 @@ class TimedRegion:
     and gets its own record in `region.results` (the CPU accounting is the region's, shared).
     A count above the CPUs this process may use (taskset, a cpuset) is probed at those CPUs,
     and its device says so. `region.result` is the widest count's. `device` "cuda" probes the
-    GPU instead. `probe(threads)` replaces the default probe (tests); `lock` None skips the
-    lock (tests of this class only).
+    GPU instead. `probe(threads)` replaces the default matmul probe and `bandwidth(threads)`
+    the default bandwidth probe (tests); `lock` None skips the lock (tests of this class only).
     """
 
     def __init__(
@@ -249,6 +260,7 @@ class TimedRegion:
         warn: Callable[[str], None] | None = None,
         probe: Callable[[int], tuple[float | None, str]] | None = None,
         switch: Callable[[int], None] | None = None,
+        bandwidth: Callable[[int], Bandwidth] | None = None,
     ) -> None:
         self.counts = (threads,) if isinstance(threads, int) else tuple(threads)
         if not self.counts or min(self.counts) < 1:
@@ -259,6 +271,7 @@ class TimedRegion:
         self.warn = warn or _stderr
         self.probe = probe or self._default_probe
         self.switch = switch
+        self.bandwidth = bandwidth or self._default_bandwidth
         self.results: dict[int, Interference] = {}
         self.result: Interference | None = None
         self._stack = contextlib.ExitStack()
@@ -268,21 +281,24 @@ class TimedRegion:
             return gpu_probe()
         return cpu_probe(threads), cpu_device(threads)
 
+    def _default_bandwidth(self, threads: int) -> Bandwidth:
+        return gpu_bandwidth() if self.device == "cuda" else cpu_bandwidth(threads)
+
     def _probe_width(self, count: int) -> int:
         """The width `count` is probed at: at most the CPUs this process may use, since more
         threads than CPUs take turns and measure no more than the CPUs do."""
         return min(count, len(self._cpus)) if self.device != "cuda" else count
 
-    def _probe_all(self) -> dict[int, tuple[float | None, str]]:
-        """One probe per width the counts take effect at, each at that width; the pools are left
-        at the widest count's width."""
-        probes: dict[int, tuple[float | None, str]] = {}
+    def _probe_all(self) -> dict[int, tuple[float | None, str, Bandwidth]]:
+        """One matmul and one bandwidth probe per width the counts take effect at, each at that
+        width; the pools are left at the widest count's width."""
+        probes: dict[int, tuple[float | None, str, Bandwidth]] = {}
         for count in self.counts:
             width = self._probe_width(count)
             if width not in probes:
                 if self.switch is not None:
                     self.switch(width)
-                probes[width] = self.probe(width)
+                probes[width] = (*self.probe(width), self.bandwidth(width))
         if self.switch is not None:
             self.switch(self.threads)
         return probes
@@ -318,13 +334,14 @@ class TimedRegion:
                 after = self._probe_all()
                 for count in self.counts:
                     width = self._probe_width(count)
-                    before, name = self._before[width]
+                    before, name, bandwidth = self._before[width]
                     self.results[count] = assess(
                         seconds=seconds,
                         cpus=len(self._cpus),
                         ticks=(self._ticks0, ticks1),
                         own_cpu_s=own,
                         probes=(before, after[width][0]),
+                        bandwidths=(bandwidth, after[width][2]),
                         device=self._device(count, name),
                         lock_wait_s=self._lock_wait,
                         limits=self.limits,
@@ -352,8 +369,10 @@ def assess(
     lock_wait_s: float,
     limits: Limits,
     hz: int | None = None,
+    bandwidths: tuple[Bandwidth | None, Bandwidth | None] = (None, None),
 ) -> Interference:
-    """The interference record of a region from its raw readings."""
+    """The interference record of a region from its raw readings; each bandwidth roof is the
+    higher of its probes before and after (`bandwidths`), as the compute roof is."""
     hz = hz or os.sysconf("SC_CLK_TCK")
     capacity = max(seconds, 1e-9) * cpus
     others = steal = None
@@ -393,4 +412,19 @@ def assess(
         max_probe_change=limits.max_probe_change,
         flagged=bool(reasons),
         reasons=reasons,
+        **_bandwidth_fields(bandwidths),
     )
+
+
+def _bandwidth_fields(bandwidths: tuple[Bandwidth | None, Bandwidth | None]) -> dict[str, Any]:
+    """The Interference fields of a pair of bandwidth probes: the higher rate of each."""
+    probes = [b for b in bandwidths if b is not None]
+
+    def best(name: str) -> Any:
+        values = [getattr(b, name) for b in probes if getattr(b, name) is not None]
+        return max(values) if values else None
+
+    return {
+        f"bandwidth_{name}": best(name)
+        for name in ("cache_gbs", "memory_gbs", "cache_bytes", "memory_bytes")
+    }

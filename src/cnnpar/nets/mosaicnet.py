@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cnnpar.errors import CnnparError
+from cnnpar.nets import traffic
 
 N_PARAMETERS = 950_474
 # Multiply-adds × 2 per image of the layers that do them (ReLU and pooling are negligible):
@@ -50,6 +51,35 @@ def flops_per_image(training: bool) -> int:
 
 
 FLOPS_PER_IMAGE = flops_per_image(training=False)
+
+# Floats per image crossing a layer boundary, for the traffic model (cnnpar.nets.traffic): x
+# (1, 28, 28); each conv block's pooled output (16, 14, 14) and (32, 7, 7), ReLU and pooling
+# fused into the conv; each FC layer's output (512), (256) and the logits (10).
+LAYER_FLOATS = (28 * 28, 16 * 14 * 14, 32 * 7 * 7, 512, 256, 10)
+
+
+def bytes_per_image(batch_size: int, training: bool) -> float:
+    """Compulsory bytes per image of an inference batch or a training step (Adam) of
+    `batch_size` images, float32 (`traffic.bytes_per_image` over LAYER_FLOATS): with P =
+    950,474 parameters,
+
+    inference  4 · (11,738 + P / B)      the image read, the five inner outputs written and
+                                         read, the logits written; the weights read once
+    training   4 · (28,968 + 8P / B)     forward, loss and backward (each layer reads its input
+                                         and its output gradient and writes its input's
+                                         gradient, but conv1); weights, gradients and Adam's
+                                         two moments read and written once per step
+
+    e.g. inference at B = 256: 4 · (11,738 + 950,474 / 256) = 61,803.15625 bytes.
+    """
+    return traffic.bytes_per_image(LAYER_FLOATS, N_PARAMETERS, batch_size, training, adam=training)
+
+
+def working_set_bytes(batch_size: int, training: bool) -> int:
+    """Bytes one batch or step touches (`traffic.working_set_bytes`, Adam when training)."""
+    return traffic.working_set_bytes(
+        LAYER_FLOATS, N_PARAMETERS, batch_size, training, adam=training
+    )
 
 
 class WeightsError(CnnparError):

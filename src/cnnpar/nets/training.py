@@ -28,12 +28,16 @@ EVAL_CHUNK = 1000  # test images per predict call: bounds the numpy engine's im2
 
 @dataclass
 class Built:
-    """A model ready to train: its engine, training FLOPs per image, parameter count, and what
-    `write` needs besides the trained engine (TinyCNN's initial weights)."""
+    """A model ready to train: its engine, training FLOPs per image, parameter count, the
+    compulsory bytes per image of a step and the step's working set (bytes; the model's
+    `bytes_per_image` and `working_set_bytes` at the run's batch size), and what `write` needs
+    besides the trained engine (TinyCNN's initial weights)."""
 
     engine: Engine
     flops_per_image: int
     parameters: int
+    bytes_per_image: float
+    working_set_bytes: int
     init: dict[str, Any] = field(default_factory=dict)
 
 
@@ -51,6 +55,11 @@ class Trainer(Protocol):
 def _data_bytes(cfg: TrainConfig) -> int:
     pixels = spec.IMAGE * spec.IMAGE
     return (2 * cfg.train_size + cfg.test_size) * pixels  # digits, the epoch's shuffled copy
+
+
+def _batch(cfg: TrainConfig) -> int:
+    """The images of a full step: the batch size, or the training set when it is smaller."""
+    return min(cfg.batch_size, cfg.train_size)
 
 
 def _engine_class(name: str) -> type:
@@ -86,6 +95,8 @@ class TinyCNNTrainer:
             engine,
             spec.flops_per_image(cfg.filters, training=True),
             spec.n_parameters(cfg.filters),
+            spec.bytes_per_image(cfg.filters, _batch(cfg), training=True),
+            spec.working_set_bytes(cfg.filters, _batch(cfg), training=True),
             init,
         )
 
@@ -124,7 +135,13 @@ class MosaicNetTrainer:
 
         # Every engine that trains MosaicNet (registry.Engine.models) wraps any torch module.
         engine = _engine_class(cfg.engine).from_module(model, adam, threads=host_threads)
-        return Built(engine, mosaicnet.flops_per_image(training=True), mosaicnet.N_PARAMETERS)
+        return Built(
+            engine,
+            mosaicnet.flops_per_image(training=True),
+            mosaicnet.N_PARAMETERS,
+            mosaicnet.bytes_per_image(_batch(cfg), training=True),
+            mosaicnet.working_set_bytes(_batch(cfg), training=True),
+        )
 
     @staticmethod
     def write(tmp: Path, built: Built) -> None:

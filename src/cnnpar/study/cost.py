@@ -26,10 +26,11 @@ from cnnpar import registry
 from cnnpar.study import plan
 
 # Seconds every timed run pays before and after its timed region: starting Python, importing
-# torch and numba, loading MNIST, building and warming up the model, two roofline probes.
-RUN_START_S = 4.0
+# torch and numba, loading MNIST, building and warming up the model, two pairs of roof probes
+# (matmul and triad; the triad's first compile and page faults add about 1.5 s).
+RUN_START_S = 5.5
 # Each further thread count of an interleaved run: its own probes and warm-up.
-PER_COUNT_S = 0.7
+PER_COUNT_S = 1.1
 # Each worker process or rank a run starts: its own interpreter, torch and model.
 PER_PROCESS_S = 1.5
 # A modest inference rate per core for the cells of a classification (MosaicNet at float32).

@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter
 
 from cnnpar.io import atomic_path
 from cnnpar.registry import table_figures
-from cnnpar.study.kinds import KINDS, StudyKind, plain_number
+from cnnpar.study.kinds import KINDS, StudyKind, figure_text, plain_number
 from cnnpar.study.tables import TABLE_SCHEMAS, read_table
 
 log = logging.getLogger(__name__)
@@ -371,41 +371,85 @@ def classify_end_to_end(summary: pd.DataFrame) -> Figure:
 
 # --- roofline -----------------------------------------------------------------------------
 
+# One entry per distinct probe (machine and roofline device): its roofs, medians over the
+# configurations probed at it.
+ROOF_COLUMNS = ["roofline_gflops", "bandwidth_memory_gbs", "bandwidth_cache_gbs"]
 
-def _roofline_panel(
-    ax: Axes, data: pd.DataFrame, color_key: str, extra_keys: list[str], xlabel: str
-) -> None:
-    varying = _varying(data, extra_keys)
-    for i, (_, line) in enumerate(data.groupby([color_key, *varying], dropna=False, sort=True)):
-        line = line.sort_values(PAR)
-        first = line.iloc[0]
-        ax.errorbar(
-            line[PAR],
-            100 * line["roofline_fraction"],
-            yerr=_interval_err(line, "roofline_fraction", 100.0),
-            capsize=3,
-            marker=MARKERS[i % len(MARKERS)],
-            color=COLORS.get(first[color_key], f"C{i % 10}"),
-            label=_label(first, [color_key, *varying]),
-        )
-    ticks = sorted({1, *(int(v) for v in data[PAR].unique())})
-    if max(ticks) >= 8:
-        ax.set_xscale("log", base=2)
-    ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("% of the job's own matmul probe")
-    ax.set_ylim(0, max(100.0, float(100 * data["roofline_fraction_high"].max()) * 1.15))
-    ax.axhline(100, color="k", ls="--", lw=1, label="matmul roofline (own probe)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize=7)
+
+def _roofs(data: pd.DataFrame) -> pd.DataFrame:
+    """The distinct probes of `data`'s rows: machine, device and their median roofs."""
+    keys = ["machine_name", "roofline_device"]
+    frame = data.copy()
+    for column in ROOF_COLUMNS:
+        frame[column] = pd.to_numeric(frame.get(column), errors="coerce")
+    roofs = frame.groupby(keys, dropna=False, sort=True)[ROOF_COLUMNS].median().reset_index()
+    return roofs[roofs["roofline_gflops"].notna()]
+
+
+def _roofline_panel(ax: Axes, data: pd.DataFrame, kind: StudyKind) -> None:
+    """Points: achieved GFLOP/s at each configuration's arithmetic intensity, labelled; lines:
+    each probe's compute roof with its memory (solid) and L2 (dashed) bandwidth slopes."""
+    roofs = _roofs(data)
+    intensity = data["arithmetic_intensity"].to_numpy(dtype=float)
+    ridges = np.r_[
+        roofs["roofline_gflops"] / roofs["bandwidth_memory_gbs"],
+        roofs["roofline_gflops"] / roofs["bandwidth_cache_gbs"],
+    ]
+    ridges = ridges[np.isfinite(ridges) & (ridges > 0)]
+    span = np.r_[intensity, ridges]
+    x = np.geomspace(span.min() / 3, span.max() * 3, 256)
+    several = len(roofs) > 1
+    for i, roof in enumerate(roofs.to_dict("records")):
+        color = str(0.15 + 0.55 * i / max(1, len(roofs) - 1)) if several else "0.25"
+        peak = roof["roofline_gflops"]
+        name = roof["roofline_device"]
+        if data["machine_name"].nunique() > 1:
+            name = f"{roof['machine_name']} {name}"
+        label = f"{name}: {figure_text(peak)} GFLOP/s"
+        memory, cache = roof["bandwidth_memory_gbs"], roof["bandwidth_cache_gbs"]
+        if np.isfinite(memory):
+            label += f", {figure_text(memory)} GB/s memory"
+        if np.isfinite(cache):
+            label += f", {figure_text(cache)} GB/s L2"
+        memory_line = np.minimum(peak, x * memory) if np.isfinite(memory) else np.full_like(x, peak)
+        ax.plot(x, memory_line, color=color, lw=1.5, label=label)
+        if np.isfinite(cache):
+            ax.plot(x, np.minimum(peak, x * cache), color=color, lw=1.2, ls="--")
+    rows = data.sort_values([kind.subject, PAR])
+    # Name the workload beside each point where workloads of different intensity share it.
+    families = rows["arithmetic_intensity"].nunique() > 1
+    for i, (_, group) in enumerate(rows.groupby(PAR, sort=True)):
+        for _, row in group.iterrows():
+            color = COLORS.get(row[kind.subject], f"C{i % 10}")
+            one = group.loc[[row.name]]
+            err = _interval_err(one, "gflops") if "gflops_low" in one else None
+            ax.errorbar(
+                [row["arithmetic_intensity"]], [row["gflops"]], yerr=err, capsize=3,
+                marker=MARKERS[i % len(MARKERS)], color=color, ls="none",
+            )  # fmt: skip
+            text = kind.layout_text(row[kind.subject], row[PAR], row.get("ranks"))
+            if families:  # several workloads share the panel: say which
+                text += " " + " ".join(kind.setting(row))
+            ax.annotate(
+                text, (row["arithmetic_intensity"], row["gflops"]), fontsize=7, color=color,
+                xytext=(5, -3), textcoords="offset points", ha="left", va="top",
+            )  # fmt: skip
+    _plain_log(ax, "x")
+    _plain_log(ax, "y")
+    ax.set_xlabel("arithmetic intensity (FLOPs per compulsory byte, log scale)")
+    ax.set_ylabel("GFLOP/s (log scale)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7, title="roofs")
 
 
 def roofline(summary: pd.DataFrame) -> Figure:
-    """Achieved GFLOP/s over each job's own matmul probe (its CPU threads, or its GPU), against
-    the parallelism: one panel per kind (training per engine, classification per mode)."""
-    data = summary[summary["roofline_fraction"].notna()].copy()
-    fig, axes = plt.subplots(1, len(KINDS), figsize=(5.5 * len(KINDS), 4.5), squeeze=False)
+    """The roofline of each kind (Williams, Waterman and Patterson, CACM 2009): achieved
+    GFLOP/s against arithmetic intensity, log-log, one labelled point per engine or mode and
+    parallelism with its 95% interval, under the roofs of every distinct probe (its matmul
+    compute roof, and its memory and L2 triad bandwidth slopes)."""
+    data = summary[summary["arithmetic_intensity"].notna() & summary["gflops"].notna()].copy()
+    fig, axes = plt.subplots(1, len(KINDS), figsize=(6.0 * len(KINDS), 5.5), squeeze=False)
     for ax, kind in zip(axes.flat, KINDS.values(), strict=True):
+        ax.set_title(kind.roofline_title)
         part = kind.rows(data).copy()
         if part.empty:
             _no_data(ax, f"{kind.name} roofline")
@@ -414,9 +458,12 @@ def roofline(summary: pd.DataFrame) -> Figure:
         usual = part["model"].mode().iloc[0]
         named = part["model"] + " (" + part[kind.subject] + ")"
         part[kind.subject] = np.where(part["model"] == usual, part[kind.subject], named)
-        _roofline_panel(ax, part, kind.subject, list(kind.legend_keys), f"{kind.unit}s")
-        ax.set_title(kind.roofline_title)
-    fig.suptitle("Achieved GFLOP/s as a fraction of the jobs' own matmul probes", y=1.02)
+        _roofline_panel(ax, part, kind)
+    fig.suptitle(
+        "Roofline: achieved GFLOP/s under each probe's compute and bandwidth roofs "
+        "(solid: memory, dashed: L2)",
+        y=1.02,
+    )
     fig.tight_layout()
     return fig
 

@@ -91,6 +91,20 @@ def flag_note(row: Mapping[str, Any]) -> str:
     return f" ⚠ rests on {n} block(s) with interference (see the banner)." if n > 0 else ""
 
 
+def figure_text(value: float) -> str:
+    """A rate for prose, three significant figures below 100: 1.5, 16.6, 234, 1,027."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def roof_text(row: Mapping[str, Any]) -> str:
+    """The roof that binds a summary row: 'compute roof', 'L2 bandwidth roof (234 GB/s)' or
+    'memory bandwidth roof (16.6 GB/s)'."""
+    if row["binding_roof"] == "compute":
+        return "compute roof"
+    level = "L2" if row["bandwidth_applies"] == "cache" else "memory"
+    return f"{level} bandwidth roof ({figure_text(row['bandwidth_gbs'])} GB/s)"
+
+
 # --- the kinds ------------------------------------------------------------------------------
 
 
@@ -249,6 +263,32 @@ class StudyKind:
         what = self.layout_text(row[self.subject], row[parallelism], row.get("ranks"))
         return f"{self.workload_text(row)}: {what}"
 
+    def roof_findings(self, summary: Any) -> list[Finding]:
+        """Per workload, which roof binds each configuration (compute, or the L2 or memory
+        bandwidth roof: `tables.roof_columns`) and the fraction of that attainable rate it
+        reached, with its 95% interval over blocks; ⚠ marks one resting on interference."""
+        if summary.empty or not has(summary, "attainable_fraction"):
+            return []
+        rows = summary[summary["attainable_fraction"].notna()]
+        out = []
+        for _, fam in rows.groupby(list(self.peers), dropna=False, sort=True):
+            parts = []
+            for _, row in fam.sort_values([self.subject, "parallelism_requested"]).iterrows():
+                what = self.layout_text(row[self.subject], row["parallelism"], row.get("ranks"))
+                share = Interval.from_columns(row, "attainable_fraction")
+                digits = "{:.1f}" if share.estimate < 0.1 else "{:.0f}"  # 0.4%, not 0%
+                parts.append(
+                    f"for {what} the {roof_text(row)} binds at "
+                    f"{figure_text(row['attainable_gflops'])} GFLOP/s, of which it reached "
+                    f"{share.text(digits, '%', scale=100.0)}"
+                    + (" ⚠" if flagged_blocks(row) else "")
+                )
+            first = fam.iloc[0]
+            intensity = f"{first['arithmetic_intensity']:.2f} FLOP/byte"
+            text = f"Roofline of {self.workload_text(first)} ({intensity}): {'; '.join(parts)}."
+            out.append(Finding(text))
+        return out
+
 
 @dataclass(frozen=True)
 class TrainKind(StudyKind):
@@ -359,29 +399,38 @@ class TrainKind(StudyKind):
 
 @dataclass(frozen=True)
 class ClassifyKind(StudyKind):
-    """Classification of a mosaic: a job classifies it `repeats` times after one start-up;
-    its rate is the cells over the median repeat's seconds."""
+    """Classification of a mosaic: a job classifies it in timed repeats after one start-up, each
+    repeat a pass from cell 0 that a time budget may end early; its rate is the median repeat's
+    cells classified per second. A full run (no block) classifies the whole mosaic once, for the
+    mask and the accuracy."""
 
     def setting(self, row: Mapping[str, Any]) -> list[str]:
         return [str(row["grid"]), f"B={plain_number(row['batch_size'])}"]
 
-    def rate(self, group: Any) -> float:
-        """cells/s: the mosaic's cells over the median of the job's timed repeats."""
-        return group["cells"].iloc[0] / self._median_s(group)
+    def tidy(self, frame: Any) -> Any:
+        """`run` is paired (in a block) or full; `cells_classified` is the repeat's cells (the
+        whole mosaic in records from before time budgets)."""
+        frame["run"] = "full" if missing(frame["block"].iloc[0]) else "paired"
+        if "cells_classified" not in frame.columns:
+            frame["cells_classified"] = frame["cells"]
+        frame["cells_classified"] = frame["cells_classified"].fillna(frame["cells"])
+        return frame
 
-    @staticmethod
-    def _median_s(group: Any) -> float:
-        return float(group["classify_s"].median())
+    def rate(self, group: Any) -> float:
+        """cells/s: the median over the job's timed repeats of cells classified per second."""
+        return float((group["cells_classified"] / group["classify_s"]).median())
 
     def job_columns(self, group: Any) -> dict[str, Any]:
         first = group.iloc[0]
+        rate = self.rate(group)
         return {
             "mode": first["mode"],
             "grid": first["grid"],
             "cells": int(first["cells"]),
             "rate_unit": self.rate_unit,
-            "rate": self.rate(group),
-            "end_to_end_rate": first["cells"] / (first["startup_s"] + self._median_s(group)),
+            "rate": rate,
+            # what a user waits for the whole mosaic: start-up, then every cell at this rate
+            "end_to_end_rate": first["cells"] / (first["startup_s"] + first["cells"] / rate),
             "startup_s": float(first["startup_s"]),
             "accuracy": float(first["accuracy"]),
         }
@@ -394,6 +443,9 @@ class ClassifyKind(StudyKind):
         if not has(units, "end_to_end_rate"):
             return {}
         out: dict[str, Any] = {"startup_s": float(units["startup_s"].median())}
+        full = self._full_accuracy(own, first)
+        if full is not None:  # a budgeted run's own accuracy covers only its cells
+            out["accuracy"] = full
         out.update(log_interval(units["end_to_end_rate"]).columns("end_to_end_rate"))
         if base is None:
             return out
@@ -407,6 +459,14 @@ class ClassifyKind(StudyKind):
             out["payback_cells_min"] = float(payback.min())
             out["payback_cells_max"] = float(payback.max())
         return out
+
+    @staticmethod
+    def _full_accuracy(own: Any, first: Mapping[str, Any]) -> float | None:
+        """The accuracy of the whole-mosaic runs of this grid (median over seeds)."""
+        if own.empty or "run" not in own.columns:
+            return None
+        full = own[(own["run"] == "full") & (own["grid"] == first["grid"])]
+        return float(full["accuracy"].median()) if not full.empty else None
 
     @staticmethod
     def _payback(subject: Any, base: Any) -> np.ndarray:
@@ -492,7 +552,8 @@ CLASSIFY_SCHEMA = (
     ("parallelism_requested", "parallelism", "cells", "classify_s", "cells_per_s", "accuracy"),
 )  # fmt: skip
 CLASSIFY_SHOWN = (
-    "mode", "parallelism_requested", "parallelism", "grid", "cells", "distinct_digits",
+    "run", "mode", "parallelism_requested", "parallelism", "grid", "cells", "cells_classified",
+    "distinct_digits",
     "batch_size", "seed", "block", "repeat", "startup_s", "classify_s", "total_s", "cells_per_s",
     "end_to_end_cells_per_s", "accuracy", "flagged",
 )  # fmt: skip

@@ -57,9 +57,10 @@ def findings(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> 
 
 
 def findings_of(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> list[Finding]:
-    """The findings: per kind, its own (speedups first) and its subjects (engines, modes)
-    against each other; then the highest roofline fraction, configurations that ran with fewer
-    cores than asked, and ratios not formed. Over several machines, each machine's, named."""
+    """The findings: per kind, its own (speedups first), its subjects (engines, modes) against
+    each other and which roof binds each configuration; then the highest roofline fraction,
+    configurations that ran with fewer cores than asked, and ratios not formed. Over several
+    machines, each machine's, named."""
     if summary.empty:
         return [Finding("No results: the summary table is empty.")]
     comparisons = comparisons if comparisons is not None else pd.DataFrame()
@@ -82,6 +83,7 @@ def findings_of(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None) 
     for kind in KINDS.values():
         out += kind.findings(kind.rows(summary))
         out += _comparison_findings(kind.rows(comparisons))
+        out += kind.roof_findings(kind.rows(summary))
     return [
         *out,
         *_roofline_findings(summary[summary["roofline_fraction"].notna()]),
@@ -502,8 +504,11 @@ METHOD = [
      "one command, the counts taking turns in 0.1-second windows, so its speedup compares "
      "windows a fraction of a second apart."),
     ("11. Upper bounds",
-     "each job's roofline is its own float32 matmul probe at its own thread count (GPU jobs: "
-     "on their GPU); the speedup figures draw ideal linear scaling."),
+     "each job's roofline is its own: a float32 matmul probe (compute roof) and a STREAM "
+     "triad in its threads' L2 and in main memory (bandwidth roofs) at its own thread count "
+     "(GPU jobs: on their GPU); the attainable rate is the lower of the compute roof and the "
+     "arithmetic intensity (counted FLOPs over the model's compulsory bytes) times the "
+     "bandwidth that applies; the speedup figures draw ideal linear scaling."),
     ("12. Plots",
      "figures show intervals, label units and state the base case in their captions."),
 ]  # fmt: skip

@@ -9,12 +9,12 @@ never from where a file lives. The tables that come out:
   per training job × epoch (throughput, full-length and MosaicNet runs); ``classify.csv``, one
   row per classify job × timed repeat;
 - ``jobs.csv``: one row per timed job (configuration × block × seed): its rate (the kind's rate
-  statistic over its tidy rows), its own roofline, and whether interference was detected
-  (``flagged``);
+  statistic over its tidy rows), its own roofs (`roof_columns`), and whether interference was
+  detected (``flagged``);
 - ``summary.csv``: one row per configuration: rate, speedup over its baseline, efficiency,
-  fraction of its own roofline, and for classification end-to-end rate and start-up payback,
-  each ratio formed inside a block and summarised over blocks with a 95% interval
-  (`cnnpar.measure.intervals`);
+  fraction of its own compute roof and of its attainable rate, and for classification
+  end-to-end rate and start-up payback, each ratio formed inside a block and summarised over
+  blocks with a 95% interval (`cnnpar.measure.intervals`);
 - ``comparisons.csv``: engine against engine and mode against mode, paired the same way;
 - ``machines.csv``: the summary rows of this run and of the result sets named in the config's
   ``compare_with``, one side per set and machine (`cnnpar.study.compare.machines_frame`).
@@ -40,7 +40,7 @@ from cnnpar.io import atomic_path
 from cnnpar.measure.intervals import LEVEL, Interval, log_interval, paired_ratio_interval
 from cnnpar.measure.stopping import Precision, precision_verdict
 from cnnpar.record import RunRecord
-from cnnpar.study.kinds import KINDS, StudyKind, plain_number, rank_count
+from cnnpar.study.kinds import KINDS, StudyKind, missing, plain_number, rank_count
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,26 @@ SUMMARY_COLUMNS = [
     "accuracy",  # final test accuracy of the full-length run, or mosaic accuracy
     "seconds_per_item",
     "gflops",  # counted FLOPs per item × rate
-    "roofline_gflops",  # the jobs' own matmul probes (geometric mean)
+    "gflops_low",  # the rate's interval × FLOPs per item
+    "gflops_high",
+    "roofline_gflops",  # compute roof: the jobs' own matmul probes (geometric mean)
     "roofline_device",
-    "roofline_fraction",
+    "roofline_fraction",  # gflops / compute roof, per block, summarised
     "roofline_fraction_low",
     "roofline_fraction_high",
+    "bytes_per_item",  # compulsory bytes per image moved (the model's traffic model)
+    "arithmetic_intensity",  # FLOPs per byte: flops per item / bytes per item
+    "working_set_bytes",  # one step's (batch's) working set × the job's processes
+    "bandwidth_cache_gbs",  # the jobs' triad probes in their threads' L2 (geometric mean)
+    "bandwidth_memory_gbs",  # the same in main memory
+    "bandwidth_applies",  # cache (the working set fits the probed L2) | memory
+    "bandwidth_gbs",  # the bandwidth that applies
+    "bandwidth_roof_gflops",  # arithmetic intensity × the bandwidth that applies
+    "attainable_gflops",  # min(compute roof, bandwidth roof)
+    "binding_roof",  # compute | bandwidth: the lower roof
+    "attainable_fraction",  # gflops / attainable, per block, summarised
+    "attainable_fraction_low",
+    "attainable_fraction_high",
     "flagged_blocks",  # pairing units where this job or its baseline was flagged
     "flagged_jobs",  # those jobs, by label
     "code_version",  # the measured code's version(s) of its jobs (cnnpar.measure.code)
@@ -266,9 +281,15 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 # --- one row per timed job ----------------------------------------------------------------
 
 GUARD_COLUMNS = [
-    "roofline_gflops", "roofline_device", "others_cpu_share", "steal_share", "probe_change",
-    "lock_wait_s", "flagged", "flag_reasons",
+    "roofline_gflops", "roofline_device", "bandwidth_cache_gbs", "bandwidth_memory_gbs",
+    "bandwidth_cache_bytes", "others_cpu_share", "steal_share", "probe_change", "lock_wait_s",
+    "flagged", "flag_reasons",
 ]  # fmt: skip
+# Numeric inputs of the roofs that a record may lack (written before they were recorded): NaN.
+ROOF_INPUTS = (
+    "roofline_gflops", "bandwidth_cache_gbs", "bandwidth_memory_gbs", "bandwidth_cache_bytes",
+    "bytes_per_item", "working_set_bytes",
+)  # fmt: skip
 
 
 def _label(row: Mapping[str, Any]) -> str:
@@ -294,7 +315,47 @@ def jobs_frame(*tidy: pd.DataFrame) -> pd.DataFrame:
     jobs["label"] = [_label(row) for row in jobs.to_dict("records")]
     jobs["gflops"] = jobs["rate"] * jobs["flops_per_item"] / 1e9
     jobs["roofline_fraction"] = jobs["gflops"] / jobs["roofline_gflops"]
+    jobs = pd.concat([jobs, roof_columns(jobs)], axis=1)
+    jobs["attainable_fraction"] = jobs["gflops"] / jobs["attainable_gflops"]
     return jobs
+
+
+def roof_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """The roofline of each row (Williams, Waterman and Patterson, "Roofline", CACM 2009):
+
+    - `arithmetic_intensity` = flops_per_item / bytes_per_item (FLOP/byte);
+    - `bandwidth_applies`: "cache" when the job's working set (`working_set_bytes`: one step
+      of each of its processes) fits the L2 the cache probe ran in (`bandwidth_cache_bytes`,
+      the L2 share of the job's threads together), so after its first touch the step streams
+      from L2; else "memory", and also where no cache probe ran (GPU). Two levels only: a
+      working set that fits L3 but not L2 gets the memory roof, the lower one;
+    - `bandwidth_gbs`, and `bandwidth_roof_gflops` = intensity × bandwidth (GB/s × FLOP/B);
+    - `attainable_gflops` = min(roofline_gflops, bandwidth_roof_gflops) and `binding_roof`,
+      the lower one ("compute" on a tie); NaN and "" where either roof is missing (records
+      written before the bandwidth probes or the byte counts).
+    """
+    num = {c: _numbers(frame, c) for c in ("flops_per_item", *ROOF_INPUTS)}
+    out = pd.DataFrame(index=frame.index)
+    out["arithmetic_intensity"] = num["flops_per_item"] / num["bytes_per_item"]
+    fits = num["working_set_bytes"] <= num["bandwidth_cache_bytes"]
+    fits &= num["bandwidth_cache_gbs"].notna()
+    out["bandwidth_applies"] = np.where(fits, "cache", "memory")
+    out["bandwidth_gbs"] = np.where(fits, num["bandwidth_cache_gbs"], num["bandwidth_memory_gbs"])
+    out.loc[out["bandwidth_gbs"].isna(), "bandwidth_applies"] = ""
+    out["bandwidth_roof_gflops"] = out["arithmetic_intensity"] * out["bandwidth_gbs"]
+    compute, bandwidth = num["roofline_gflops"], out["bandwidth_roof_gflops"]
+    known = compute.notna() & bandwidth.notna()
+    out["attainable_gflops"] = np.where(known, np.fmin(compute, bandwidth), np.nan)
+    lower = np.where(compute <= bandwidth, "compute", "bandwidth")
+    out["binding_roof"] = np.where(known, lower, "")
+    return out
+
+
+def _numbers(frame: pd.DataFrame, column: str) -> pd.Series:
+    """`column` as floats, NaN where a value or the whole column is missing."""
+    if column not in frame.columns:
+        return pd.Series(np.nan, index=frame.index, dtype=float)
+    return pd.to_numeric(frame[column], errors="coerce").astype(float)
 
 
 def _common(first: pd.Series, study: str) -> dict[str, Any]:
@@ -315,6 +376,9 @@ def _common(first: pd.Series, study: str) -> dict[str, Any]:
         "cnnpar_version": first.get("env.cnnpar"),
         "cpus_available": first.get("env.cpus_available"),
         "flops_per_item": float(first["flops_per_image"]),
+        # the compulsory bytes, and the job's working set: absent from older records (NaN)
+        "bytes_per_item": first.get("bytes_per_image"),
+        "working_set_bytes": _working_set(first),
         "finished_utc": first.get("env.utc_time"),
         "job_dir": first["job_dir"],
     }
@@ -324,6 +388,16 @@ def _common(first: pd.Series, study: str) -> dict[str, Any]:
     if pd.isna(out["flag_reasons"]):
         out["flag_reasons"] = ""
     return out
+
+
+def _working_set(first: pd.Series) -> float | None:
+    """A job's working set: one step's (`working_set_bytes` of its record) in each of its
+    processes, which step side by side (classify processes, ranks); None when not recorded."""
+    step = first.get("working_set_bytes")
+    if missing(step):
+        return None
+    processes = first.get("processes")
+    return float(step) * (1 if missing(processes) else int(processes))
 
 
 # --- the summary: ratios inside a block, summarised over blocks ------------------------------
@@ -425,9 +499,11 @@ def _summary_row(
     out["code_version"] = " ".join(sorted(set(group["code_version"].astype(str))))
     out.update(log_interval(units["rate"], level).columns("rate"))
     out["seconds_per_item"] = 1.0 / out["rate"]
-    out["gflops"] = out["rate"] * first["flops_per_item"] / 1e9
+    for column in ("gflops", "gflops_low", "gflops_high"):
+        out[column] = out[column.replace("gflops", "rate")] * first["flops_per_item"] / 1e9
     out["roofline_gflops"] = log_interval(units["roofline_gflops"]).estimate
     out.update(log_interval(units["roofline_fraction"], level).columns("roofline_fraction"))
+    out.update(_summary_roofs(group, units, first, level))
     out["accuracy"] = float(units["accuracy"].median())
     flagged, labels = _flags([units], units.index)
     common = None
@@ -445,6 +521,22 @@ def _summary_row(
     out.update(kind.summary_columns(units, base, common, own, first))
     out["flagged_blocks"] = flagged
     out["flagged_jobs"] = labels
+    return out
+
+
+def _summary_roofs(
+    group: pd.DataFrame, units: pd.DataFrame, first: pd.Series, level: float
+) -> dict[str, Any]:
+    """The roofs of a configuration: its jobs' probes as geometric means, the roofs formed
+    from them by `roof_columns`, and the fraction of the attainable rate per block."""
+    row = {key: first.get(key) for key in ("flops_per_item", "bytes_per_item", "working_set_bytes")}
+    row["bandwidth_cache_bytes"] = _numbers(group, "bandwidth_cache_bytes").min()
+    for column in ("roofline_gflops", "bandwidth_cache_gbs", "bandwidth_memory_gbs"):
+        row[column] = log_interval(_numbers(units, column)).estimate
+    shown = ("bytes_per_item", "working_set_bytes", "bandwidth_cache_gbs", "bandwidth_memory_gbs")
+    out = {key: row[key] for key in shown}
+    out.update(roof_columns(pd.DataFrame([row])).iloc[0].to_dict())
+    out.update(log_interval(units["attainable_fraction"], level).columns("attainable_fraction"))
     return out
 
 

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from cnnpar.nets import traffic
+
 IMAGE = 28  # input side
 KERNEL = 3  # conv kernel side
 CONV = IMAGE - KERNEL + 1  # 26: conv output side (valid)
@@ -104,6 +106,47 @@ def flops_per_image(filters: int, training: bool = True) -> int:
     if not training:
         return forward
     return forward + conv_flops(filters) + 2 * fc_flops(filters)
+
+
+# --- bytes moved ---------------------------------------------------------------------------
+# The compulsory traffic of a step taken layer by layer (cnnpar.nets.traffic): the conv layer
+# (conv, ReLU and max-pool fused: its (B, F, 26, 26) output is pooled inside it) and the fully
+# connected layer (with softmax and loss) exchange only the pooled activations.
+
+
+def layer_floats(filters: int) -> tuple[int, int, int]:
+    """Floats per image crossing a layer boundary: x (1, 28, 28), pooled (F, 13, 13), logits
+    (10)."""
+    return (IMAGE * IMAGE, CELLS * filters, CLASSES)
+
+
+def bytes_per_image(filters: int, batch_size: int, training: bool = True) -> float:
+    """Compulsory bytes per image of a step (plain SGD) or inference batch of `batch_size`
+    images, float32; with x = 784, p = 169·F and logits 10 floats per image and P =
+    n_parameters(F) = 1,700·F + 10:
+
+    inference  4 · (x + 2p + 10 + P / B)
+               x read; p written by the conv layer and read by the FC layer; logits written;
+               the weights read once per batch
+    training   4 · (2x + 5p + 40 + 4P / B)
+               x read by the conv's forward and again by its weight gradient; p written, read by
+               the FC forward and again by its weight gradient; its gradient written by the FC
+               backward and read by the conv's; logits written and read, their gradient written
+               and read; weights read and written, gradients written and read, once per step
+
+    e.g. F = 8, B = 32, training: 4 · (1,568 + 6,760 + 40 + 4 · 13,610 / 32) = 40,277 bytes.
+    """
+    return traffic.bytes_per_image(
+        layer_floats(filters), n_parameters(filters), batch_size, training
+    )
+
+
+def working_set_bytes(filters: int, batch_size: int, training: bool = True) -> int:
+    """Bytes one step touches (`traffic.working_set_bytes`): x, p and logits of the batch (and
+    training, the gradients of p and the logits), the weights (and their gradients)."""
+    return traffic.working_set_bytes(
+        layer_floats(filters), n_parameters(filters), batch_size, training
+    )
 
 
 # --- data order ---------------------------------------------------------------------------
