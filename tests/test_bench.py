@@ -116,6 +116,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "lines": lines, "summary": summary, "checks": checks}  # fmt: skip
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_runs_follow_the_plan(bench: dict[str, Any]) -> None:
     section = {"threads": list(THREADS), "ranks": [], "filters": [8], "batch_sizes": [32],
                "seeds": [0]}  # fmt: skip
@@ -131,6 +132,7 @@ def test_runs_follow_the_plan(bench: dict[str, Any]) -> None:
                        (2, "numba", [1, 2]), (2, "numpy", [1])]  # fmt: skip
 
 
+@pytest.mark.slow  # shares a module fixture that runs the command
 def test_every_run_writes_an_ordinary_train_record(bench: dict[str, Any]) -> None:
     records = [RunRecord.read(p) for p in sorted(bench["out"].rglob("run.json"))]
     assert {r.command for r in records} == {"train"}
@@ -154,6 +156,7 @@ def test_every_run_writes_an_ordinary_train_record(bench: dict[str, Any]) -> Non
     assert (bench["out"] / "tables" / "jobs.csv").is_file()
 
 
+@pytest.mark.slow  # shares a module fixture that runs the command
 def test_printout_names_the_cpu_and_every_target(bench: dict[str, Any]) -> None:
     lines = bench["lines"]
     cpu = this_machine().cpu_model

@@ -46,6 +46,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "checks": checks}  # fmt: skip
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_runs_follow_the_plan(bench: dict[str, Any]) -> None:
     section = {"workers": list(WORKERS), "ranks": [], "batch_sizes": [256], "seeds": [0]}
     configs = plan.classify_configs(MODES, ["4x4"], section)
@@ -59,6 +60,7 @@ def test_runs_follow_the_plan(bench: dict[str, Any]) -> None:
     assert planned == first + [(2, m, w) for _, m, w in reversed(first)], "even blocks reverse"
 
 
+@pytest.mark.slow  # shares a module fixture that runs the command
 def test_every_run_writes_an_ordinary_classify_record(bench: dict[str, Any]) -> None:
     records = [RunRecord.read(p) for p in sorted(bench["out"].rglob("run.json"))]
     assert {r.command for r in records} == {"classify"}
@@ -77,6 +79,7 @@ def test_every_run_writes_an_ordinary_classify_record(bench: dict[str, Any]) -> 
     assert (bench["out"] / "random_init.pt").is_file(), "seeded random-init weights"
 
 
+@pytest.mark.slow  # shares a module fixture that runs the command
 def test_printout_names_the_cpu_and_the_target(bench: dict[str, Any]) -> None:
     lines = bench["lines"]
     cpu = this_machine().cpu_model

@@ -114,6 +114,7 @@ def test_mosaicnet_parameter_count() -> None:
     assert sum(p.numel() for p in MosaicNet().parameters()) == 950_474
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_all_cpu_modes_give_identical_predictions(
     results: dict[str, classify.Classification], cli_run: Path, weights: Path
 ) -> None:
@@ -134,12 +135,14 @@ def test_all_cpu_modes_give_identical_predictions(
     assert np.array_equal(logits.argmax(dim=1).numpy(), reference.pred)
 
 
+@pytest.mark.slow  # shares a module fixture that runs the command
 def test_effective_threads_per_mode(results: dict[str, classify.Classification]) -> None:
     expected = {"sequential": (1, 1), "threads": (1, 2), "processes": (2, 1), "ranks": (2, 1)}
     for r in results.values():
         assert (r.processes, r.threads["torch_threads"]) == expected[r.config.mode]
 
 
+@pytest.mark.slow  # shares a module fixture that runs the command
 def test_ranks_mode_shards_cover_the_mosaic(results: dict[str, classify.Classification]) -> None:
     for name, cells in (("ranks-2-b64", [320, 280]), ("ranks-2-b1024", [600, 0])):
         extra = results[name].extra
@@ -171,6 +174,7 @@ def tiny_sequential(weights: Path, tmp_path_factory: pytest.TempPathFactory):
     )
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 @pytest.mark.parametrize(
     "mode",
     [pytest.param(m, marks=[pytest.mark.gpu] if x.gpu else []) for m, x in registry.MODES.items()],
@@ -201,6 +205,7 @@ def test_every_mode_matches_sequential_and_writes_its_record(
     assert np.array_equal(np.load(out / "predictions.npz")["pred"], tiny_sequential.pred)
 
 
+@pytest.mark.slow  # shares a module fixture that runs the command
 def test_labels_are_the_true_test_labels(cli_run: Path) -> None:
     test = load_mnist("test")
     p = np.load(cli_run / "predictions.npz")
@@ -211,6 +216,7 @@ def test_labels_are_the_true_test_labels(cli_run: Path) -> None:
     assert np.all((p["confidence"] >= 0.1 - 1e-6) & (p["confidence"] <= 1.0))
 
 
+@pytest.mark.slow  # shares a module fixture that runs the command
 def test_result_csv_rows_are_consistent(cli_run: Path) -> None:
     p = np.load(cli_run / "predictions.npz")
     rows = read_rows(cli_run / "result.csv")
@@ -229,6 +235,7 @@ def test_result_csv_rows_are_consistent(cli_run: Path) -> None:
         assert float(row["classify_cpu_s"]) > 0
 
 
+@pytest.mark.slow  # shares a module fixture that runs the command
 def test_mask_png_shows_the_mosaic(cli_run: Path) -> None:
     from PIL import Image
 
@@ -260,6 +267,7 @@ runners.warm_up = slow_warm_up
 """
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 @pytest.mark.parametrize("mode", ["processes", "sequential"])
 def test_startup_is_not_counted_in_classify(
     mode: str, weights: Path, monkeypatch, tmp_path: Path
@@ -293,6 +301,7 @@ def test_startup_is_not_counted_in_classify(
         assert row["total_s"] == pytest.approx(row["startup_s"] + row["classify_s"])
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_a_worker_that_dies_mid_run_ends_the_run_with_one_line(
     weights: Path, tmp_path: Path
 ) -> None:
@@ -338,6 +347,7 @@ def units(mode: str) -> int:
     )
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 @pytest.mark.parametrize(
     "mode",
     [pytest.param(m, marks=[pytest.mark.gpu] if x.gpu else []) for m, x in registry.MODES.items()],

@@ -141,6 +141,7 @@ def test_a_configuration_spread_over_machines_in_one_set_is_not_compared(sets, t
     assert "several machines" in row["note"]
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_the_machines_table_and_report_put_result_sets_side_by_side(sets, tmp_path):
     """The tables step with compare_with: one side per set, each with its own speedups and
     roofline; the fastest side per configuration; only resolved differences are stated."""

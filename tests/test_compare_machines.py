@@ -102,6 +102,7 @@ def _compare(capsys, *argv: str) -> tuple[int, str]:
     return code, out
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_compare_sees_the_confinement_in_the_parallel_configurations_only(
     two_machines, capsys, tmp_path
 ):
@@ -165,6 +166,7 @@ def test_a_set_compared_with_itself_passes_the_gate(two_machines, capsys):
         assert "slower *" not in out and "faster *" not in out
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_the_merged_report_shows_both_machines(two_machines):
     results = two_machines["confined"]
     tdir, fdir = results / "tables", results / "figures"

@@ -116,6 +116,7 @@ def markers() -> set[str]:
 # --- the site ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_the_site_builds_strictly(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs")
     pytest.importorskip("material")

@@ -201,6 +201,7 @@ def test_a_bad_cached_file_is_moved_aside_and_fetched_again(
     assert _Handler.hits[("good", name)] == 2
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_concurrent_downloads_into_one_cache_all_succeed(server: str, tmp_path: Path) -> None:
     """Array jobs or several ranks on one node: each command downloads or waits, none sees or
     removes another's partial file, and each file is downloaded once."""
@@ -246,6 +247,7 @@ def test_a_file_url_mirror(cache: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert _cache_files(cache) == sorted(GZ_NAMES)
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_train_downloads_through_the_mirror(
     server: str, cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -104,6 +104,7 @@ def test_info_under_a_threading_layer_that_cannot_load(no_tbb, tmp_path: Path) -
     assert record["numba_settings"]["set_by"] == {"NUMBA_THREADING_LAYER": "environment"}
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_numba_training_under_it_is_refused_and_torch_runs(no_tbb, tmp_path: Path) -> None:
     env = _env(NUMBA_THREADING_LAYER="tbb")
     done, out = _train(tmp_path, "--engine=numba", env=env)
@@ -139,6 +140,7 @@ def test_classify_does_not_touch_numbas_threading_layer(
     assert record.environment["numba_settings"]["threading_layer"] is None
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 @pytest.mark.parametrize(
     ("setting", "line"),
     [
@@ -199,6 +201,7 @@ def test_a_config_file_that_simulates_cuda(tmp_path: Path) -> None:
     assert record.columns()["not_as_named"] == f"engine cuda ran {how}"
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_a_config_file_that_turns_the_jit_off(tmp_path: Path) -> None:
     config = tmp_path / ".numba_config.yaml"
     config.write_text("disable_jit: 1\n")
@@ -214,6 +217,7 @@ def test_a_config_file_that_turns_the_jit_off(tmp_path: Path) -> None:
     assert record.not_as_named() == [f"engine numba ran {how}"]
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 @pytest.mark.parametrize(
     ("variable", "key", "value"),
     [("NUMBA_DISABLE_JIT", "jit", False), ("NUMBA_ENABLE_CUDASIM", "cuda_simulator", True)],
@@ -366,6 +370,7 @@ def _affinity_after_torch(env: dict[str, str]) -> int:
     return int(done.stdout)
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_cpus_are_read_after_torch_binds_the_process(tmp_path: Path) -> None:
     start = len(os.sched_getaffinity(0))
     if start < 2:

@@ -219,6 +219,7 @@ class Classify:
 # --- worker processes never hang the parent ----------------------------------------------
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_a_worker_killed_while_starting_up(weights: Path, site: Path, tmp_path: Path) -> None:
     run = Classify(weights, tmp_path / "out", site)
     run.wait_for_workers()[0].kill()  # while it imports torch or warms up
@@ -231,6 +232,7 @@ def test_a_worker_killed_while_starting_up(weights: Path, site: Path, tmp_path: 
     assert seconds < STOP_WITHIN_S
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_a_worker_killed_mid_run(weights: Path, site: Path, tmp_path: Path) -> None:
     run = Classify(weights, tmp_path / "out", site)
     run.wait_for_classifying()
@@ -241,6 +243,7 @@ def test_a_worker_killed_mid_run(weights: Path, site: Path, tmp_path: Path) -> N
     assert seconds < STOP_WITHIN_S
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_a_worker_killed_halfway_through_sending_a_result(
     weights: Path, site: Path, tmp_path: Path
 ) -> None:
@@ -252,6 +255,7 @@ def test_a_worker_killed_halfway_through_sending_a_result(
     assert _one_line(err) == DIED_MID_RUN
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 @pytest.mark.parametrize(
     ("when", "signum", "code", "line"),
     [
@@ -309,6 +313,7 @@ def _fill(disk: Path, leave: int) -> None:
     (disk / "filler").write_bytes(b"\0" * max(0, free - leave))
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_classify_on_a_full_disk(weights: Path, small_disk: Path) -> None:
     out = small_disk / "run"
     done = _run("classify", f"--weights={weights}", *BIG, f"--out={out}")
@@ -319,6 +324,7 @@ def test_classify_on_a_full_disk(weights: Path, small_disk: Path) -> None:
     assert list(small_disk.iterdir()) == []
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 @pytest.mark.parametrize("model", ["tinycnn", "mosaicnet"])
 def test_train_on_a_full_disk(model: str, small_disk: Path) -> None:
     # model.pt (3.8 MB) does not fit in 2 MB; TinyCNN's weights (F=64) need a fuller disk.
@@ -538,6 +544,7 @@ def test_a_batch_larger_than_the_mosaic_warms_up_on_the_mosaic(
     assert (out / "run.json").is_file()
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 @pytest.mark.parametrize("command", ["train", "classify"])
 def test_oversubscription_is_warned_about_and_recorded(
     command: str, weights: Path, tmp_path: Path, monkeypatch, capsys
@@ -622,6 +629,7 @@ def test_a_finite_loss_far_above_ln10_stops_training(
 # --- timed work never overlaps ------------------------------------------------------------
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_two_timed_runs_started_together_take_turns(tmp_path: Path) -> None:
     """Two timed runs by hand on one lock file, both started while this test holds the lock:
     each says it waits; once the lock is free, one times while the other waits through its

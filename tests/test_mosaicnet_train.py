@@ -38,6 +38,7 @@ def test_mosaicnet_run_directory_loads(tmp_path):
     assert run.results["flops_per_image"] == 3 * FORWARD_FLOPS - CONV1_FLOPS
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_mosaicnet_is_seeded(tmp_path):
     states = []
     for name in ("a", "b"):

@@ -57,6 +57,7 @@ def test_ranks_that_all_die_at_once_are_still_reported():
     _no_ranks_left()
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_a_rank_that_hangs_ends_the_job_after_the_timeout():
     start = time.monotonic()
     with pytest.raises(ranks.RankError, match=r"^rank 1 stopped responding: .* waited 3 s"):
@@ -117,6 +118,7 @@ def _run_watching(args: list[str], timeout: float = 180) -> subprocess.Completed
     return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_cli_a_dying_rank_exits_2_with_one_line(tmp_path):
     out = tmp_path / "run"
     result = _run_watching(
@@ -130,6 +132,7 @@ def test_cli_a_dying_rank_exits_2_with_one_line(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_cli_classify_a_hanging_rank_exits_2_within_the_timeout(weights, tmp_path):
     out = tmp_path / "run"
     start = time.monotonic()
@@ -148,6 +151,7 @@ def test_cli_classify_a_hanging_rank_exits_2_within_the_timeout(weights, tmp_pat
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_cli_classify_a_dying_rank_exits_2_with_one_line(weights, tmp_path):
     out = tmp_path / "run"
     result = _run_watching(
@@ -161,6 +165,7 @@ def test_cli_classify_a_dying_rank_exits_2_with_one_line(weights, tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_cli_ctrl_c_ends_every_rank_with_130(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
@@ -193,6 +198,7 @@ def test_cli_ctrl_c_ends_every_rank_with_130(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_mosaicnet_ddp_matches_torch_with_adam(tmp_path):
     import torch
 
@@ -210,6 +216,7 @@ def test_mosaicnet_ddp_matches_torch_with_adam(tmp_path):
     assert ddp.rows[0]["train_loss"] == pytest.approx(single.rows[0]["train_loss"], rel=1e-4)
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_ddp_run_record_lists_every_rank_and_its_communication(tmp_path):
     out = tmp_path / "run"
     result = train.run(
@@ -236,6 +243,7 @@ def test_ddp_run_record_lists_every_rank_and_its_communication(tmp_path):
     assert result.rows[0]["images"] == 100
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_classify_ranks_mode_writes_what_sequential_writes(weights, tmp_path):
     from cnnpar import classify
 

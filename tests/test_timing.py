@@ -198,6 +198,7 @@ ENV_KEYS = {
 }
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_cnnpar_info_json() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "cnnpar.cli", "info", "--json", "--threads", "1"],
@@ -230,6 +231,7 @@ def test_sgemm_rate_is_two_n_cubed_over_the_best_time(monkeypatch) -> None:
     assert peak["sgemm_gflops"] == peak["sgemm_gflops_torch"]
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_cli_version_and_help() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "cnnpar.cli", "--version"],

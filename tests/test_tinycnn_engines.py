@@ -102,6 +102,7 @@ def skip_unless_runs_as_named(name: str) -> None:
         pytest.skip(reason)
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 @pytest.mark.parametrize(("name", "threads"), list(engine_cases()))
 def test_every_engine_matches_the_reference_step_by_step(train_digits, reference, name, threads):
     """Same init, same batches: the per-step losses, final weights and logits of the reference."""
@@ -197,6 +198,7 @@ def run_in_cuda_simulator(filters: int, batch: int, images: int, cycles: int) ->
     return result["numpy"], result["cuda"]
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_cuda_kernels_match_numpy_in_simulator():
     # Small, because the simulator runs each GPU thread as a Python thread: F=2, batches of 8
     # and a final partial batch of 4 (so every reduction sees a batch that is not a multiple).
@@ -211,6 +213,7 @@ def test_cuda_kernels_match_numpy_in_simulator():
     np.testing.assert_allclose(got["logits"], ref["logits"], rtol=RTOL, atol=1e-4)
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_cuda_kernels_take_more_steps_than_images_in_simulator():
     """A bench cycles through one loaded epoch for longer than it has images: 6 steps of one
     image over 2 images must grow the per-step statistics on the device, not write past them."""
@@ -409,11 +412,13 @@ def test_ddp_shards_cover_the_batch_contiguously():
         assert max(sizes) - min(sizes) <= 1
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_ddp_three_uneven_ranks_match_numpy(train_digits, reference, three_cpus):
     assert BATCH % 3 != 0  # shards of 6, 5 and 5 rows
     assert_matches(run_ddp(3, *train_digits), reference)
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_ddp_empty_shard_and_partial_batch_match_numpy(train_digits):
     """257 digits in batches of 16: the last batch has one row, so rank 1's shard is empty and
     it still joins the all-reduce."""

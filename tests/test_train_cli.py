@@ -90,6 +90,7 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
     assert "epoch 2:" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_same_seed_same_weights_and_engines_agree(tmp_path):
     runs = {
         name: train(tmp_path, "--engine", engine, "--epochs", "1", name=name)
@@ -102,6 +103,7 @@ def test_same_seed_same_weights_and_engines_agree(tmp_path):
         np.testing.assert_allclose(nb[key], a[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_shuffle_changes_the_batches(tmp_path):
     _, shuffled = train(tmp_path, "--engine", "numpy", "--epochs", "1", name="s")
     _, ordered = train(
@@ -180,6 +182,7 @@ def test_engines_command_lists_availability(capsys):
 # --- several thread counts in one process, interleaved -----------------------------------
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 @pytest.mark.parametrize("engine", ["numba", "torch"])
 def test_interleaved_thread_counts_write_one_run_each(tmp_path, capsys, monkeypatch, engine):
     # Training's clock ticks 1 ms per read (about one read per step): each side trains the

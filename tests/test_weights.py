@@ -74,6 +74,7 @@ def test_the_original_projects_weights_load_by_position(
         assert torch.equal(net(x), reference(x))
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_classify_with_the_original_projects_weights(
     original: tuple[OriginalCNN, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

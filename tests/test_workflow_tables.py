@@ -385,6 +385,7 @@ def test_attainable_rate_and_binding_roof_on_synthetic_rows():
     assert roofs["attainable_gflops"].iloc[4:].isna().all()
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_records_without_bandwidth_or_bytes_still_make_tables(tmp_path: Path):
     """Records written before the bandwidth probes and byte counts read as before: the compute
     roof and its fraction stay, every bandwidth column is missing (NaN), and the figures draw."""
@@ -535,6 +536,7 @@ def test_blocks_may_run_in_any_order_and_no_ratio_pairs_two_code_versions(tmp_pa
     assert one["speedup_verdict"].tolist() == ["baseline"]
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_figures_and_report_are_written_and_self_contained(built):
     tmp_path, _ = built
     tdir, fdir = tmp_path / "results/tables", tmp_path / "results/figures"
@@ -573,6 +575,7 @@ def test_figures_and_report_are_written_and_self_contained(built):
     assert 'id="interference"' not in page  # nothing flagged
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_a_study_of_one_engine_and_one_mode_has_no_comparisons_and_still_reports(
     tmp_path: Path,
 ):
@@ -666,6 +669,7 @@ def test_a_repeated_option_is_one_cell(tmp_path: Path):
     )
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_jobs_confined_to_fewer_cpus_keep_their_configurations_apart(tmp_path: Path):
     """Run under `taskset -c 0`, the 2-thread jobs ran with 1 CPU: they stay the 2-thread
     configuration (asked 2, ran 1) in every table and figure, never merged with the 1-thread one."""
@@ -688,6 +692,7 @@ def _move_to_other_machine(path: Path) -> None:
     path.write_text(json.dumps(data))
 
 
+@pytest.mark.slow  # seconds: spawns processes or trains
 def test_no_ratio_is_formed_across_two_machines(tmp_path: Path):
     """The numba 1-thread baseline and every processes job ran on another CPU: each machine
     gets its own summary rows, and no speedup or comparison divides one machine by the other."""

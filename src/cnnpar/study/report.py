@@ -653,7 +653,7 @@ def study_note(jobs: pd.DataFrame, summary: pd.DataFrame) -> str:
     )
     out = f"Measured code versions: {versions}. Paired blocks: {jobs['block'].nunique()}."
     if "precision" in summary.columns:
-        verdicts = summary["precision"].fillna("")
+        verdicts = summary["precision"].astype(object).fillna("")
         verdicts = verdicts[verdicts != ""]
         if len(verdicts):
             counts = verdicts.value_counts()

@@ -404,6 +404,8 @@ def _working_set(first: pd.Series) -> float | None:
 
 
 def _units(group: pd.DataFrame) -> pd.DataFrame:
+    if "code_version" not in group.columns:  # job rows made before code versions were kept
+        group = group.assign(code_version="unknown")
     return group.set_index(PAIR).sort_index()
 
 
@@ -496,7 +498,7 @@ def _summary_row(
     out["parallelism"] = int(group["parallelism"].median())
     out["cpus_available"] = group["cpus_available"].min()
     out["blocks"] = len(units)
-    out["code_version"] = " ".join(sorted(set(group["code_version"].astype(str))))
+    out["code_version"] = " ".join(sorted(set(units.index.get_level_values("code_version"))))
     out.update(log_interval(units["rate"], level).columns("rate"))
     out["seconds_per_item"] = 1.0 / out["rate"]
     for column in ("gflops", "gflops_low", "gflops_high"):
@@ -536,7 +538,8 @@ def _summary_roofs(
     shown = ("bytes_per_item", "working_set_bytes", "bandwidth_cache_gbs", "bandwidth_memory_gbs")
     out = {key: row[key] for key in shown}
     out.update(roof_columns(pd.DataFrame([row])).iloc[0].to_dict())
-    out.update(log_interval(units["attainable_fraction"], level).columns("attainable_fraction"))
+    attained = _numbers(units, "attainable_fraction")  # NaN for rows made without roofs
+    out.update(log_interval(attained, level).columns("attainable_fraction"))
     return out
 
 
