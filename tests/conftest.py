@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-# Under pytest-xdist (pyproject's addopts run two workers), each worker gets its own temporary
-# directory, and with it its own default timing lock (cnnpar.measure.interference.DEFAULT_LOCK
-# lives there): the workers' timed runs do not wait for each other, so no command prints the
-# lock's "waiting" line into a one-line error a test checks. Set before cnnpar is imported.
+# pyproject's addopts run two pytest-xdist workers, each test file wholly on one (its module
+# fixtures, such as a workflow run or the SLURM cluster, are made once). Each worker gets its
+# own temporary directory, and with it its own default timing lock
+# (cnnpar.measure.interference.DEFAULT_LOCK lives there): the workers' timed runs do not wait
+# for each other, so no command prints the lock's "waiting" line into a one-line error a test
+# checks. Set before cnnpar is imported.
 if worker := os.environ.get("PYTEST_XDIST_WORKER"):
     own = Path(tempfile.gettempdir()) / f"cnnpar-tests-{worker}"
     own.mkdir(exist_ok=True)
@@ -29,11 +31,6 @@ def _has_cuda_gpu() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # One xdist group per module (its module-scoped fixtures, such as a workflow run, are made
-    # once), and one for every SLURM test: they share the machine's single-node cluster.
-    for item in items:
-        group = "slurm" if "slurm" in item.keywords else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
     if _has_cuda_gpu():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none found")
