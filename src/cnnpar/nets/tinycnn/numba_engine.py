@@ -1,125 +1,190 @@
-"""Parallel CPU engine: numba, one fused forward + backward + gradient pass per image.
+"""Parallel CPU engine: numba, SIMD across pooled cells, images in pairs.
 
-A batch is cut into one contiguous chunk of images per thread (`prange` over chunks). Each
-thread runs conv → ReLU → pool → FC → softmax → backward for one image at a time in its own
-scratch rows, adding the conv gradient into its own (tiny) gradient buffer, and keeps each
-image's pooled activations and dlogits. A second parallel loop gives each thread a slice of the
-FC columns: it forms that slice of the batch's FC weight gradient, Σ_b dlogits ⊗ pooled, and
-applies the update; thread 0 also sums the per-thread conv gradients in thread order and
-updates the conv weights and biases. There are no races and no atomics, the result does not
-depend on scheduling, and no per-thread copy of the large FC gradient has to be zeroed and
-reduced every step. Buffers are allocated once (the per-image rows again only if a larger
-batch arrives); a step allocates nothing.
+One pooled cell (i, j) reads a 4×4 input patch; its four 3×3 windows are the four conv outputs
+that the 2×2 max-pool takes. The vector (SIMD) axis is the cells: one filter at a time, 16
+neighbouring cells per 512-bit vector, so the vector is full whatever F is. For that, each image
+is split once into eight planes in which every patch value of every cell is a unit-stride load:
 
-Internal layout (why it differs from torch's): the filter axis F is innermost everywhere, so
-every inner loop is a unit-stride loop over filters that LLVM turns into SIMD.
-    wc  (9, F)        wc[k·3+l, f] = conv_w[f, 0, k, l]
-    bc  (F,)
-    wf  (10, 169·F)   wf[c, p·F+f] = fc_w[c, f·169+p]     p = pooled cell i·13+j
-    bf  (10,)
-`params()` converts back to the torch layout.
+    planes (8, 192) float32   planes[4a+s, r·13+c] = x[2r+a, 2c+s]      a ∈ {0, 1}, s ∈ 0..3
+    patch value (u, v) of cell m = i·13+j  is  planes[4·(u mod 2) + v, m + 13·(u div 2)]
+
+Each filter's 169 cells are padded to SPAN = 176 (whole vectors); padding cells are 0, carry no
+gradient, and meet zero FC weights. Weights, internally (`params()` converts back):
+
+    wc (F, 9)  bc (F,)  wf (10, F·176) filter-major as torch flattens, 0 at padding  bf (10,)
+
+Per step, parallel loop 1 gives each thread a contiguous chunk of the batch and takes it two
+images at a time: planes and conv → max-pool → ReLU (pooled values kept per image, winning
+window as int8, -1 where ReLU gates the gradient off), the FC layer of both images in one pass
+over wf, softmax, their gradients at the pooled outputs in a second pass (two images per pass
+halve the L2 traffic for wf, which does not fit L1), then the conv weight gradient, summed in
+the thread's own row. Parallel loop 2 gives each thread a slice of the FC columns: the batch's
+FC gradient Σ_b dlogits ⊗ pooled and the update; thread 0 sums the conv gradients in thread
+order. No races, no atomics; the result does not depend on scheduling; a step allocates nothing.
+
+Vector width: LLVM targets 256-bit vectors on most AVX-512 CPUs unless told otherwise;
+`cnnpar.measure.numba_settings` lets it use 512-bit ones there (the record says which).
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
-from numba import njit, prange
 
 from cnnpar.measure import numba_settings
 from cnnpar.nets.tinycnn import spec
 from cnnpar.nets.tinycnn.spec import CELLS, CLASSES, IMAGE, KERNEL, POOL, Params
 
-# Re-association lets LLVM vectorise the dot products; contraction gives FMAs. No nnan/ninf:
-# the softmax must stay exact about infinities.
+numba = numba_settings.load()  # numba's first import goes through here: it sets the CPU target
+njit, prange = numba.njit, numba.prange
+
+# Re-association lets LLVM vectorise the sums; contraction gives FMAs. No nnan/ninf: the
+# softmax must stay exact about infinities.
 FAST = {"reassoc", "contract", "nsz"}
 # Steps per compiled call: long enough that Python's per-call cost vanishes, short enough that
 # the progress bar still moves (64 steps at B=32 is about 10 ms).
 QUEUE_STEPS = 64
-FC_TILE = 512  # FC columns per tile of the batched FC gradient: a (10, 512) float32 tile is 20 KB
+SPAN = 176  # pooled cells per filter: 169, padded to whole 16-float vectors
+PLANE = 192  # floats per plane: 14 rows of 13, padded so reads one row down stay inside
+TAPS = KERNEL * KERNEL
+FC_TILE = 128  # FC columns per tile of the batched FC gradient: (10, 128) float32 is 5 KB
+# x = pixel / 255 by table: the same quotients as a division, without a division per pixel.
+BY255 = np.arange(256, dtype=np.float32) / np.float32(255.0)
 # Cache compiled code where numba can write (a read-only install and home has no cache
 # locator, and `cache=CACHE` would fail at import); off if nowhere is writable.
 CACHE = numba_settings.prepare_cache(__file__)
 
 
 @njit(fastmath=FAST, cache=CACHE)
-def _to_float(image: np.ndarray, x: np.ndarray) -> None:
-    """uint8 (28, 28) → float32 (28, 28) / 255, into x."""
+def _planes(image: np.ndarray, planes: np.ndarray) -> None:
+    """uint8 image (28, 28) → planes (8, 192) float32, row by row of the image."""
     for i in range(IMAGE):
-        for j in range(IMAGE):
-            x[i, j] = np.float32(image[i, j]) / np.float32(255.0)
+        a = i & 1
+        base = (i >> 1) * POOL
+        row = image[i]
+        p0, p1, p2, p3 = planes[4 * a], planes[4 * a + 1], planes[4 * a + 2], planes[4 * a + 3]
+        for c in range(POOL):
+            p0[base + c] = BY255[row[2 * c]]
+            p1[base + c] = BY255[row[2 * c + 1]]
+            p2[base + c] = BY255[row[2 * c + 2]]
+            p3[base + c] = BY255[row[2 * c + 3]]
 
 
 @njit(fastmath=FAST, cache=CACHE)
-def _conv_pool(x: np.ndarray, wc: np.ndarray, bc: np.ndarray, pooled: np.ndarray, arg: np.ndarray):
-    """conv 3×3 → max-pool 2×2 → ReLU for one image, all F filters at once.
-
-    pooled (169·F,) gets max(0, window max); arg (169·F,) the winning window position
-    0..3 (row-major, first maximum wins, as torch), or -1 where ReLU gates the gradient off.
-    Each pooled cell reads one 4×4 input patch; its four 3×3 windows are the four conv outputs.
-    """
-    n_f = bc.shape[0]
-    for pi in range(POOL):
-        for pj in range(POOL):
-            r = 2 * pi
-            s = 2 * pj
-            x00, x01, x02, x03 = x[r, s], x[r, s + 1], x[r, s + 2], x[r, s + 3]
-            x10, x11, x12, x13 = x[r + 1, s], x[r + 1, s + 1], x[r + 1, s + 2], x[r + 1, s + 3]
-            x20, x21, x22, x23 = x[r + 2, s], x[r + 2, s + 1], x[r + 2, s + 2], x[r + 2, s + 3]
-            x30, x31, x32, x33 = x[r + 3, s], x[r + 3, s + 1], x[r + 3, s + 2], x[r + 3, s + 3]
-            base = (pi * POOL + pj) * n_f
-            for f in range(n_f):  # SIMD over filters
-                w0, w1, w2 = wc[0, f], wc[1, f], wc[2, f]
-                w3, w4, w5 = wc[3, f], wc[4, f], wc[5, f]
-                w6, w7, w8 = wc[6, f], wc[7, f], wc[8, f]
-                b = bc[f]
-                a0 = (
-                    b + w0 * x00 + w1 * x01 + w2 * x02 + w3 * x10 + w4 * x11 + w5 * x12
-                    + w6 * x20 + w7 * x21 + w8 * x22
-                )  # fmt: skip
-                a1 = (
-                    b + w0 * x01 + w1 * x02 + w2 * x03 + w3 * x11 + w4 * x12 + w5 * x13
-                    + w6 * x21 + w7 * x22 + w8 * x23
-                )  # fmt: skip
-                a2 = (
-                    b + w0 * x10 + w1 * x11 + w2 * x12 + w3 * x20 + w4 * x21 + w5 * x22
-                    + w6 * x30 + w7 * x31 + w8 * x32
-                )  # fmt: skip
-                a3 = (
-                    b + w0 * x11 + w1 * x12 + w2 * x13 + w3 * x21 + w4 * x22 + w5 * x23
-                    + w6 * x31 + w7 * x32 + w8 * x33
-                )  # fmt: skip
-                best = a0
-                k = 0
-                if a1 > best:
-                    best = a1
-                    k = 1
-                if a2 > best:
-                    best = a2
-                    k = 2
-                if a3 > best:
-                    best = a3
-                    k = 3
-                if best > 0:
-                    pooled[base + f] = best
-                    arg[base + f] = k
-                else:
-                    pooled[base + f] = 0
-                    arg[base + f] = -1
+def _conv_pool(planes, wc, bc, pooled, arg) -> None:
+    """conv 3×3 → max-pool 2×2 → ReLU of one image: pooled (F·176,) float32 and arg (F·176,)
+    int8, the winning window 0..3 (row-major, first maximum wins, as torch) or -1 where ReLU
+    gates the gradient off."""
+    q0, q1, q2, q3 = planes[0], planes[1], planes[2], planes[3]  # patch rows 0 and 2
+    q4, q5, q6, q7 = planes[4], planes[5], planes[6], planes[7]  # patch rows 1 and 3
+    for f in range(bc.shape[0]):
+        w0, w1, w2 = wc[f, 0], wc[f, 1], wc[f, 2]
+        w3, w4, w5 = wc[f, 3], wc[f, 4], wc[f, 5]
+        w6, w7, w8 = wc[f, 6], wc[f, 7], wc[f, 8]
+        b = bc[f]
+        p = pooled[f * SPAN : (f + 1) * SPAN]
+        g = arg[f * SPAN : (f + 1) * SPAN]
+        for m in range(SPAN):  # SIMD over cells
+            n = m + POOL
+            x00, x01, x02, x03 = q0[m], q1[m], q2[m], q3[m]
+            x10, x11, x12, x13 = q4[m], q5[m], q6[m], q7[m]
+            x20, x21, x22, x23 = q0[n], q1[n], q2[n], q3[n]
+            x30, x31, x32, x33 = q4[n], q5[n], q6[n], q7[n]
+            a0 = (
+                b + w0 * x00 + w1 * x01 + w2 * x02 + w3 * x10 + w4 * x11 + w5 * x12
+                + w6 * x20 + w7 * x21 + w8 * x22
+            )  # fmt: skip
+            a1 = (
+                b + w0 * x01 + w1 * x02 + w2 * x03 + w3 * x11 + w4 * x12 + w5 * x13
+                + w6 * x21 + w7 * x22 + w8 * x23
+            )  # fmt: skip
+            a2 = (
+                b + w0 * x10 + w1 * x11 + w2 * x12 + w3 * x20 + w4 * x21 + w5 * x22
+                + w6 * x30 + w7 * x31 + w8 * x32
+            )  # fmt: skip
+            a3 = (
+                b + w0 * x11 + w1 * x12 + w2 * x13 + w3 * x21 + w4 * x22 + w5 * x23
+                + w6 * x31 + w7 * x32 + w8 * x33
+            )  # fmt: skip
+            # Argmax by selects, so the loop stays SIMD; ties go to the earlier window.
+            up = a1 > a0
+            m01 = a1 if up else a0
+            k01 = np.int8(1) if up else np.int8(0)
+            up = a3 > a2
+            m23 = a3 if up else a2
+            k23 = np.int8(3) if up else np.int8(2)
+            up = m23 > m01
+            best = m23 if up else m01
+            k = k23 if up else k01
+            on = best > 0
+            p[m] = best if on else np.float32(0.0)
+            g[m] = k if on else np.int8(-1)
+        for m in range(CELLS, SPAN):
+            p[m] = 0
+            g[m] = -1
 
 
 @njit(fastmath=FAST, cache=CACHE)
-def _fc_forward(pooled: np.ndarray, wf: np.ndarray, bf: np.ndarray, logits: np.ndarray) -> None:
-    n_in = wf.shape[1]
+def _conv_backward(planes, arg, dpool, gwc, gbc, n_f: int) -> None:
+    """gwc[:F·9] and gbc[:F] += the conv weight and bias gradients of one image: each pooled
+    gradient routed to its winning window and correlated with that window's 3×3 input. Written
+    densely over the four windows (masked), ten running sums per filter, so it stays SIMD."""
+    q0, q1, q2, q3 = planes[0], planes[1], planes[2], planes[3]
+    q4, q5, q6, q7 = planes[4], planes[5], planes[6], planes[7]
+    zero = np.float32(0.0)
+    for f in range(n_f):
+        g = arg[f * SPAN : (f + 1) * SPAN]
+        d = dpool[f * SPAN : (f + 1) * SPAN]
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = sb = zero
+        for m in range(SPAN):  # SIMD over cells
+            n = m + POOL
+            x00, x01, x02, x03 = q0[m], q1[m], q2[m], q3[m]
+            x10, x11, x12, x13 = q4[m], q5[m], q6[m], q7[m]
+            x20, x21, x22, x23 = q0[n], q1[n], q2[n], q3[n]
+            x30, x31, x32, x33 = q4[n], q5[n], q6[n], q7[n]
+            a = g[m]
+            v = d[m]
+            g0 = v if a == 0 else zero
+            g1 = v if a == 1 else zero
+            g2 = v if a == 2 else zero
+            g3 = v if a == 3 else zero
+            sb += g0 + g1 + g2 + g3
+            s0 += g0 * x00 + g1 * x01 + g2 * x10 + g3 * x11
+            s1 += g0 * x01 + g1 * x02 + g2 * x11 + g3 * x12
+            s2 += g0 * x02 + g1 * x03 + g2 * x12 + g3 * x13
+            s3 += g0 * x10 + g1 * x11 + g2 * x20 + g3 * x21
+            s4 += g0 * x11 + g1 * x12 + g2 * x21 + g3 * x22
+            s5 += g0 * x12 + g1 * x13 + g2 * x22 + g3 * x23
+            s6 += g0 * x20 + g1 * x21 + g2 * x30 + g3 * x31
+            s7 += g0 * x21 + g1 * x22 + g2 * x31 + g3 * x32
+            s8 += g0 * x22 + g1 * x23 + g2 * x32 + g3 * x33
+        o = f * TAPS
+        gwc[o] += s0
+        gwc[o + 1] += s1
+        gwc[o + 2] += s2
+        gwc[o + 3] += s3
+        gwc[o + 4] += s4
+        gwc[o + 5] += s5
+        gwc[o + 6] += s6
+        gwc[o + 7] += s7
+        gwc[o + 8] += s8
+        gbc[f] += sb
+
+
+@njit(fastmath=FAST, cache=CACHE)
+def _fc_forward(p0, p1, wf, bf, l0, l1) -> None:
+    """Logits l0, l1 (10,) of two images' pooled rows p0, p1 in one pass over wf."""
     for c in range(CLASSES):
-        acc = bf[c]
-        for j in range(n_in):
-            acc += wf[c, j] * pooled[j]
-        logits[c] = acc
+        a0 = a1 = np.float32(0.0)
+        for j in range(wf.shape[1]):
+            w = wf[c, j]
+            a0 += w * p0[j]
+            a1 += w * p1[j]
+        l0[c] = bf[c] + a0
+        l1[c] = bf[c] + a1
 
 
 @njit(fastmath=FAST, cache=CACHE)
-def _softmax_xent(logits: np.ndarray, y: int, scale: np.float32, dlogits: np.ndarray):
+def _softmax_xent(logits, y: int, scale: np.float32, dlogits):
     """Return (loss, correct) of one image; dlogits = scale · (softmax − onehot(y))."""
     top = 0
     for c in range(1, CLASSES):
@@ -139,107 +204,96 @@ def _softmax_xent(logits: np.ndarray, y: int, scale: np.float32, dlogits: np.nda
 
 
 @njit(fastmath=FAST, cache=CACHE)
-def _fc_dpool(wf: np.ndarray, dlogits: np.ndarray, dpool: np.ndarray) -> None:
-    """dpool = wfᵀ · dlogits: the loss gradient at the pooled outputs (with the old wf)."""
-    n_in = wf.shape[1]
-    for j in range(n_in):
-        dpool[j] = 0
-    for c in range(CLASSES):
-        d = dlogits[c]
-        for j in range(n_in):
-            dpool[j] += d * wf[c, j]
-
-
-@njit(fastmath=FAST, cache=CACHE)
-def _conv_backward(x, arg, dpool, gwc, gbc, n_f: int) -> None:
-    """Route each pooled gradient to its winning conv output and correlate with the input.
-
-    Written densely over the four window positions (masked), so the loop over filters stays SIMD.
-    gwc is this thread's flat row, gwc[k·F+f] for kernel tap k; n_f = F (rows are padded).
-    """
-    for pi in range(POOL):
-        for pj in range(POOL):
-            r = 2 * pi
-            s = 2 * pj
-            x00, x01, x02, x03 = x[r, s], x[r, s + 1], x[r, s + 2], x[r, s + 3]
-            x10, x11, x12, x13 = x[r + 1, s], x[r + 1, s + 1], x[r + 1, s + 2], x[r + 1, s + 3]
-            x20, x21, x22, x23 = x[r + 2, s], x[r + 2, s + 1], x[r + 2, s + 2], x[r + 2, s + 3]
-            x30, x31, x32, x33 = x[r + 3, s], x[r + 3, s + 1], x[r + 3, s + 2], x[r + 3, s + 3]
-            base = (pi * POOL + pj) * n_f
-            for f in range(n_f):  # SIMD over filters
-                a = arg[base + f]
-                g = dpool[base + f]
-                zero = np.float32(0.0)
-                g0 = g if a == 0 else zero
-                g1 = g if a == 1 else zero
-                g2 = g if a == 2 else zero
-                g3 = g if a == 3 else zero
-                gbc[f] += g0 + g1 + g2 + g3
-                gwc[0 * n_f + f] += g0 * x00 + g1 * x01 + g2 * x10 + g3 * x11
-                gwc[1 * n_f + f] += g0 * x01 + g1 * x02 + g2 * x11 + g3 * x12
-                gwc[2 * n_f + f] += g0 * x02 + g1 * x03 + g2 * x12 + g3 * x13
-                gwc[3 * n_f + f] += g0 * x10 + g1 * x11 + g2 * x20 + g3 * x21
-                gwc[4 * n_f + f] += g0 * x11 + g1 * x12 + g2 * x21 + g3 * x22
-                gwc[5 * n_f + f] += g0 * x12 + g1 * x13 + g2 * x22 + g3 * x23
-                gwc[6 * n_f + f] += g0 * x20 + g1 * x21 + g2 * x30 + g3 * x31
-                gwc[7 * n_f + f] += g0 * x21 + g1 * x22 + g2 * x31 + g3 * x32
-                gwc[8 * n_f + f] += g0 * x22 + g1 * x23 + g2 * x32 + g3 * x33
+def _fc_dpool(wf, da, db, dpa, dpb) -> None:
+    """dpa = wfᵀ · da and dpb = wfᵀ · db (the gradients at two images' pooled outputs, from the
+    old wf), the ten classes' weights read once for both."""
+    a0, a1, a2, a3, a4 = da[0], da[1], da[2], da[3], da[4]
+    a5, a6, a7, a8, a9 = da[5], da[6], da[7], da[8], da[9]
+    b0, b1, b2, b3, b4 = db[0], db[1], db[2], db[3], db[4]
+    b5, b6, b7, b8, b9 = db[5], db[6], db[7], db[8], db[9]
+    for j in range(wf.shape[1]):
+        w0, w1, w2, w3, w4 = wf[0, j], wf[1, j], wf[2, j], wf[3, j], wf[4, j]
+        w5, w6, w7, w8, w9 = wf[5, j], wf[6, j], wf[7, j], wf[8, j], wf[9, j]
+        dpa[j] = (
+            a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3 + a4 * w4
+            + a5 * w5 + a6 * w6 + a7 * w7 + a8 * w8 + a9 * w9
+        )  # fmt: skip
+        dpb[j] = (
+            b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3 + b4 * w4
+            + b5 * w5 + b6 * w6 + b7 * w7 + b8 * w8 + b9 * w9
+        )  # fmt: skip
 
 
 @njit(fastmath=FAST, cache=CACHE)
 def _fc_update(pooled, dlogits, n: int, lr, wf, acc, lo: int, hi: int) -> None:
     """wf[:, lo:hi] -= lr · Σ_b dlogits[b] ⊗ pooled[b, lo:hi], the batch's FC weight gradient.
 
-    Tiled over columns so a class's accumulator tile stays in L1 while the batch streams by.
-    The loop order matters: with the class loop innermost LLVM unrolls it and vectorises
-    across classes with gathers, ten times slower than this unit-stride inner loop.
+    Tiled over columns so a class's accumulator tile stays in L1 while the batch streams by,
+    eight images per pass over it. The loop order matters: with the class loop innermost LLVM
+    vectorises across classes with gathers, many times slower than this unit-stride loop.
     """
     tile = acc.shape[0] // CLASSES
     for j0 in range(lo, hi, tile):
-        width = min(tile, hi - j0)
+        j1 = min(j0 + tile, hi)
         for c in range(CLASSES):
-            a = acc[c * tile : c * tile + width]
+            a = acc[c * tile : c * tile + j1 - j0]
             a[:] = 0
-            for b in range(n):
+            b = 0
+            while b + 8 <= n:
+                d0, d1, d2, d3 = (
+                    dlogits[b, c],
+                    dlogits[b + 1, c],
+                    dlogits[b + 2, c],
+                    dlogits[b + 3, c],
+                )
+                d4, d5, d6, d7 = (
+                    dlogits[b + 4, c],
+                    dlogits[b + 5, c],
+                    dlogits[b + 6, c],
+                    dlogits[b + 7, c],
+                )
+                r0, r1, r2, r3 = (
+                    pooled[b, j0:j1],
+                    pooled[b + 1, j0:j1],
+                    pooled[b + 2, j0:j1],
+                    pooled[b + 3, j0:j1],
+                )
+                r4, r5, r6, r7 = (
+                    pooled[b + 4, j0:j1],
+                    pooled[b + 5, j0:j1],
+                    pooled[b + 6, j0:j1],
+                    pooled[b + 7, j0:j1],
+                )
+                for j in range(j1 - j0):
+                    a[j] += (d0 * r0[j] + d1 * r1[j] + d2 * r2[j] + d3 * r3[j]) + (
+                        d4 * r4[j] + d5 * r5[j] + d6 * r6[j] + d7 * r7[j]
+                    )
+                b += 8
+            while b < n:
                 d = dlogits[b, c]
-                row = pooled[b, j0 : j0 + width]
-                for j in range(width):
+                row = pooled[b, j0:j1]
+                for j in range(j1 - j0):
                     a[j] += d * row[j]
-            w = wf[c, j0 : j0 + width]
-            for j in range(width):
+                b += 1
+            w = wf[c, j0:j1]
+            for j in range(j1 - j0):
                 w[j] -= lr * a[j]
-
-
-@njit(fastmath=FAST, cache=CACHE)
-def _sgd_sum(p: np.ndarray, g: np.ndarray, lr) -> None:
-    """p (n,) -= lr · Σ_t g[t, :n]; g holds one padded gradient row per thread."""
-    for j in range(p.shape[0]):
-        total = g[0, j]
-        for t in range(1, g.shape[0]):
-            total += g[t, j]
-        p[j] -= lr * total
 
 
 @njit(parallel=True, fastmath=FAST, cache=CACHE)
 def _train_steps(
     images, labels, bounds, lr, wc, bc, wf, bf,  # data, steps (S, 2) [start, stop), weights
     pooled, dlogits,  # per-image rows of a batch, (≥B, padded)
-    xs, arg, dpool, logits, acc, gwc, gbc, stats,  # per-thread rows, (T, padded)
+    planes, arg, dpool, logits, acc, gwc, gbc, stats,  # per thread (T, ...), padded
     losses, correct,  # out, (S,): batch-mean loss and #correct of each step
 ):  # fmt: skip
     """SGD steps on images[start:stop] for each row of bounds, in order, in one compiled call.
 
-    Per step, parallel loop 1, one contiguous chunk of the batch per thread: per image, the
-    forward pass, softmax, and the backward pass down to the conv weights, accumulated in the
-    thread's own gwc/gbc; the pooled activations and dlogits are kept per image. Parallel loop 2,
-    one slice of the FC columns per thread: the batch's FC weight gradient (Σ_b dlogits ⊗ pooled)
-    and the update; thread 0 also sums the small conv and bias gradients in thread order and
-    updates them. Rows written by different threads are padded apart (see `_per_thread`):
-    without that, the per-image accumulators false-share and two threads run slower than one.
-    Running many steps per call keeps Python out of the step loop, which at B=32 is a fixed
-    cost that does not shrink with more threads.
+    Rows written by different threads are padded apart (see `_per_thread`): without that, the
+    per-thread sums false-share and two threads run slower than one. Running many steps per call
+    keeps Python out of the step loop, a fixed cost at B=32 that more threads do not shrink.
     """
-    n_threads = xs.shape[0]
+    n_threads = planes.shape[0]
     n_f = bc.shape[0]
     n_in = wf.shape[1]
     for s in range(bounds.shape[0]):
@@ -251,16 +305,22 @@ def _train_steps(
             gbc[t, :] = 0
             loss_sum = 0.0
             n_correct = 0
-            for b in range(n * t // n_threads, n * (t + 1) // n_threads):
-                i = start + b
-                _to_float(images[i], xs[t])
-                _conv_pool(xs[t], wc, bc, pooled[b], arg[t])
-                _fc_forward(pooled[b], wf, bf, logits[t])
-                loss, ok = _softmax_xent(logits[t], labels[i], scale, dlogits[b])
-                loss_sum += loss
-                n_correct += ok
-                _fc_dpool(wf, dlogits[b], dpool[t])
-                _conv_backward(xs[t], arg[t], dpool[t], gwc[t], gbc[t], n_f)
+            last = n * (t + 1) // n_threads - 1
+            for b0 in range(n * t // n_threads, last + 1, 2):
+                b1 = min(b0 + 1, last)  # the pair's second image; the first when the chunk is odd
+                for q in range(b1 - b0 + 1):
+                    _planes(images[start + b0 + q], planes[t, q])
+                    _conv_pool(planes[t, q], wc, bc, pooled[b0 + q], arg[t, q])
+                _fc_forward(pooled[b0], pooled[b1], wf, bf, logits[t, 0], logits[t, 1])
+                for q in range(b1 - b0 + 1):
+                    loss, ok = _softmax_xent(
+                        logits[t, q], labels[start + b0 + q], scale, dlogits[b0 + q]
+                    )
+                    loss_sum += loss
+                    n_correct += ok
+                _fc_dpool(wf, dlogits[b0], dlogits[b1], dpool[t, 0], dpool[t, 1])
+                for q in range(b1 - b0 + 1):
+                    _conv_backward(planes[t, q], arg[t, q], dpool[t, q], gwc[t], gbc[t], n_f)
             stats[t, 0] = loss_sum
             stats[t, 1] = n_correct
         for t in prange(n_threads):
@@ -269,12 +329,20 @@ def _train_steps(
             hi = n_in if t == n_threads - 1 else (n_in * (t + 1) // n_threads) // 16 * 16
             _fc_update(pooled, dlogits, n, lr, wf, acc[t], lo, hi)
             if t == 0:
-                _sgd_sum(wc.reshape(wc.size), gwc, lr)
-                _sgd_sum(bc, gbc, lr)
+                for k in range(n_f * TAPS):
+                    total = gwc[0, k]
+                    for u in range(1, n_threads):
+                        total += gwc[u, k]
+                    wc[k // TAPS, k % TAPS] -= lr * total
+                for f in range(n_f):
+                    total = gbc[0, f]
+                    for u in range(1, n_threads):
+                        total += gbc[u, f]
+                    bc[f] -= lr * total
                 for c in range(CLASSES):
                     total = dlogits[0, c]
-                    for b in range(1, n):
-                        total += dlogits[b, c]
+                    for i in range(1, n):
+                        total += dlogits[i, c]
                     bf[c] -= lr * total
         loss_total = 0.0
         correct_total = 0
@@ -286,25 +354,30 @@ def _train_steps(
 
 
 @njit(parallel=True, fastmath=FAST, cache=CACHE)
-def _predict(images, wc, bc, wf, bf, xs, pooled, arg, out) -> None:
+def _predict(images, wc, bc, wf, bf, planes, pooled, arg, out) -> None:
     """Logits of every image into out (n, 10), images split into one chunk per thread."""
-    n_threads = xs.shape[0]
+    n_threads = planes.shape[0]
     n = images.shape[0]
     for t in prange(n_threads):
-        for i in range(n * t // n_threads, n * (t + 1) // n_threads):
-            _to_float(images[i], xs[t])
-            _conv_pool(xs[t], wc, bc, pooled[t], arg[t])
-            _fc_forward(pooled[t], wf, bf, out[i])
+        stop = n * (t + 1) // n_threads
+        for i in range(n * t // n_threads, stop, 2):
+            e = min(i + 1, stop - 1)
+            for q in range(e - i + 1):
+                _planes(images[i + q], planes[t, q])
+                _conv_pool(planes[t, q], wc, bc, pooled[t, q], arg[t, q])
+            _fc_forward(pooled[t, 0], pooled[t, e - i], wf, bf, out[i], out[e])
 
 
 def to_internal(params: Params) -> dict[str, np.ndarray]:
-    """Torch layout → the engine's filter-innermost layout."""
+    """Torch layout → the engine's (filter rows of 9 taps; FC columns padded to 176 per
+    filter, zero at the padding)."""
     f = spec.check_params(params)
-    fc_w = params["fc_w"].reshape(CLASSES, f, CELLS).transpose(0, 2, 1)  # (10, 169, F)
+    wf = np.zeros((CLASSES, f, SPAN), np.float32)
+    wf[..., :CELLS] = params["fc_w"].reshape(CLASSES, f, CELLS)
     return {
-        "wc": np.ascontiguousarray(params["conv_w"].reshape(f, KERNEL * KERNEL).T, np.float32),
+        "wc": np.array(params["conv_w"].reshape(f, TAPS), np.float32),
         "bc": np.array(params["conv_b"], np.float32),
-        "wf": np.ascontiguousarray(fc_w, np.float32).reshape(CLASSES, CELLS * f),
+        "wf": wf.reshape(CLASSES, f * SPAN),
         "bf": np.array(params["fc_b"], np.float32),
     }
 
@@ -312,9 +385,9 @@ def to_internal(params: Params) -> dict[str, np.ndarray]:
 def from_internal(w: dict[str, np.ndarray]) -> Params:
     """The engine's layout → torch layout, as fresh float32 arrays."""
     f = w["bc"].shape[0]
-    fc_w = w["wf"].reshape(CLASSES, CELLS, f).transpose(0, 2, 1)  # (10, F, 169)
+    fc_w = w["wf"].reshape(CLASSES, f, SPAN)[..., :CELLS]
     return {
-        "conv_w": np.ascontiguousarray(w["wc"].T).reshape(f, 1, KERNEL, KERNEL),
+        "conv_w": w["wc"].reshape(f, 1, KERNEL, KERNEL).copy(),
         "conv_b": w["bc"].copy(),
         "fc_w": np.ascontiguousarray(fc_w).reshape(CLASSES, f * CELLS),
         "fc_b": w["bf"].copy(),
@@ -362,23 +435,27 @@ class NumbaEngine:
 
     @staticmethod
     def _allocate(n_t: int, f: int) -> dict[str, np.ndarray]:
-        k = CELLS * f
+        """Per-thread scratch: two images' planes, winning windows, pooled rows (for predict),
+        pooled gradients and logits; the FC gradient tile; the conv gradient sums."""
+
+        def pair(n: int, dtype: type) -> np.ndarray:  # (T, 2, padded n)
+            return _per_thread(2 * n_t, n, dtype).reshape(n_t, 2, -1)
+
         return {
-            # Two spare image rows (224 bytes) keep the threads' images off a shared line.
-            "xs": np.zeros((n_t, IMAGE + 2, IMAGE), np.float32),
-            "pooled": _per_thread(n_t, k, np.float32),  # for predict
-            "arg": _per_thread(n_t, k, np.int32),
-            "dpool": _per_thread(n_t, k, np.float32),
-            "logits": _per_thread(n_t, CLASSES, np.float32),
+            "planes": np.zeros((n_t, 2, 8, PLANE), np.float32),  # 12 KB a thread: whole lines
+            "pooled": pair(SPAN * f, np.float32),
+            "arg": pair(SPAN * f, np.int8),
+            "dpool": pair(SPAN * f, np.float32),
+            "logits": pair(CLASSES, np.float32),
             "acc": _per_thread(n_t, CLASSES * FC_TILE, np.float32),
-            "gwc": _per_thread(n_t, KERNEL * KERNEL * f, np.float32),
+            "gwc": _per_thread(n_t, TAPS * f, np.float32),
             "gbc": _per_thread(n_t, f, np.float32),
             "stats": _per_thread(n_t, 2, np.float64),
         }
 
     def _allocate_batch(self, n: int) -> dict[str, np.ndarray]:
         """Per-image rows for a batch of n; grown only when a larger batch first arrives."""
-        k = CELLS * int(self._w["bc"].shape[0])
+        k = SPAN * int(self._w["bc"].shape[0])
         return {
             "pooled": _per_thread(n, k, np.float32),
             "dlogits": _per_thread(n, CLASSES, np.float32),
@@ -399,7 +476,8 @@ class NumbaEngine:
         _train_steps(
             images, labels, bounds, self.lr, w["wc"], w["bc"], w["wf"], w["bf"],
             bt["pooled"], bt["dlogits"],
-            s["xs"], s["arg"], s["dpool"], s["logits"], s["acc"], s["gwc"], s["gbc"], s["stats"],
+            s["planes"], s["arg"], s["dpool"], s["logits"],
+            s["acc"], s["gwc"], s["gbc"], s["stats"],
             losses, correct,
         )  # fmt: skip
         return losses, correct
@@ -418,7 +496,7 @@ class NumbaEngine:
         images = _readonly(np.zeros((2, IMAGE, IMAGE), np.uint8))
         self._run(w, images, _readonly(np.zeros(2, np.int64)), np.array([[0, 2]], np.int64))
         s = self._scratch
-        _predict(images, w["wc"], w["bc"], w["wf"], w["bf"], s["xs"], s["pooled"], s["arg"],
+        _predict(images, w["wc"], w["bc"], w["wf"], w["bf"], s["planes"], s["pooled"], s["arg"],
                  np.zeros((2, CLASSES), np.float32))  # fmt: skip
 
     def load_epoch(self, images: np.ndarray, labels: np.ndarray) -> None:
@@ -445,7 +523,7 @@ class NumbaEngine:
         out = np.empty((images.shape[0], CLASSES), np.float32)
         w, s = self._w, self._scratch
         _predict(_readonly(images, np.uint8), w["wc"], w["bc"], w["wf"], w["bf"],
-                 s["xs"], s["pooled"], s["arg"], out)  # fmt: skip
+                 s["planes"], s["pooled"], s["arg"], out)  # fmt: skip
         return out
 
     def params(self) -> Params:
