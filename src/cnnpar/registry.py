@@ -261,7 +261,11 @@ MODES: dict[str, Mode] = {
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("auto", cpu_only=False, summary="mkldnn on the CPU, eager on CUDA"),
+        Backend(
+            "auto",
+            cpu_only=False,
+            summary="on the CPU the fastest of the others, measured once per machine; eager on CUDA",
+        ),
         Backend("eager", cpu_only=False, summary="the plain nn.Module"),
         Backend("channels-last", cpu_only=False, summary="NHWC memory format"),
         Backend("mkldnn", cpu_only=True, summary="oneDNN blocked layout, weights reordered once"),

@@ -15,6 +15,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification | None
 
     None only on a rank other than 0 of a ranks-mode run that srun started (rank 0 reports)."""
     validate(config)
+    config = _choose_backend(config)
     mode = MODES[config.mode]
     if not mode.ranks:
         load = limits.oversubscription(
@@ -82,6 +84,21 @@ def run(config: ClassifyConfig, progress: bool = False) -> Classification | None
         timeout_s=config.rank_timeout,
         region=region,
     )
+
+
+def _choose_backend(config: ClassifyConfig) -> ClassifyConfig:
+    """`config` with what backend "auto" stands for on the CPU decided (before any worker or
+    rank starts, so all run the same one), from a per-machine measurement."""
+    if config.backend != "auto" or config.device != "cpu" or config.chosen_backend:
+        return config
+    from cnnpar.classify.backends import choose_cpu_backend
+    from cnnpar.measure.machine import this_machine
+
+    machine = this_machine(config.machine_label)
+    chosen, why = choose_cpu_backend(
+        config.batch_size, f"{machine.cpu_model} ({machine.cpus} CPUs)", config.timing_lock
+    )
+    return replace(config, chosen_backend=chosen, backend_choice=why)
 
 
 def _classify_rank(

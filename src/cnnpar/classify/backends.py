@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import os
+import statistics
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -71,3 +77,87 @@ def warm_up(net: Net, batch_size: int, device: str) -> None:
     with torch.inference_mode():
         for _ in range(3):
             net(x)
+
+
+# --- what "auto" stands for on the CPU -------------------------------------------------------
+# Which backend is fastest depends on the CPU and the torch build (oneDNN's blocked layout saves
+# reorders; TorchScript's frozen graph fuses conv + ReLU; either can win), so "auto" measures
+# them once per machine, torch version and batch size, at one thread, and keeps the result.
+CPU_CANDIDATES = ("eager", "channels-last", "mkldnn", "jit")
+ROUNDS, BATCHES = 3, 3  # alternating rounds of BATCHES timed batches per candidate
+
+
+def cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "cnnpar" / "backends.json"
+
+
+def measure_cpu_backends(batch_size: int) -> dict[str, float]:
+    """Images/s of each CPU candidate classifying (batch_size, 1, 28, 28) float32 batches with
+    a seeded random-init MosaicNet at one torch thread: the median of ROUNDS alternating rounds
+    (ABBA order), after each candidate's `warm_up`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = MosaicNet().eval()
+        x = torch.rand(batch_size, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+        nets = {name: prepare(model, name) for name in CPU_CANDIDATES}
+        for net in nets.values():
+            warm_up(net, batch_size, "cpu")
+        rates: dict[str, list[float]] = {name: [] for name in nets}
+        with torch.inference_mode():
+            for r in range(ROUNDS):
+                for name in CPU_CANDIDATES if r % 2 == 0 else CPU_CANDIDATES[::-1]:
+                    start = time.perf_counter()
+                    for _ in range(BATCHES):
+                        nets[name](x)
+                    rates[name].append(BATCHES * batch_size / (time.perf_counter() - start))
+        return {name: statistics.median(v) for name, v in rates.items()}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def fastest(rates: Mapping[str, float]) -> tuple[str, str]:
+    """(the fastest backend, the evidence as one line) from measured images/s."""
+    best = max(rates, key=lambda name: rates[name])
+    order = [n for n in CPU_CANDIDATES if n in rates] + [
+        n for n in rates if n not in CPU_CANDIDATES
+    ]
+    shown = ", ".join(f"{name} {rates[name]:,.0f}" for name in order)
+    return best, f"fastest of {shown} images/s"
+
+
+def choose_cpu_backend(
+    batch_size: int,
+    machine: str,
+    lock: str | os.PathLike[str] | None = None,
+    measure: Callable[[int], dict[str, float]] | None = None,
+    cache: Path | None = None,
+) -> tuple[str, str]:
+    """The backend "auto" runs on this CPU at `batch_size` and why: measured once per `machine`
+    (its identity), torch version and batch size, under the timing `lock` (so it neither
+    disturbs nor is disturbed by a timed run) by `measure` (default `measure_cpu_backends`),
+    then read from `cache` (JSON; default `cache_file()`; not kept where not writable)."""
+    from cnnpar.measure.interference import timing_lock
+
+    cache = cache_file() if cache is None else cache
+    key = f"{machine} | torch {torch.__version__} | batch {batch_size}"
+    held = contextlib.nullcontext() if lock is None else timing_lock(lock)
+    with held:
+        try:
+            known = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            known = {}
+        rates = known.get(key) if isinstance(known, dict) else None
+        if not (isinstance(rates, dict) and set(rates) == set(CPU_CANDIDATES)):
+            rates = (measure or measure_cpu_backends)(batch_size)
+            known = {**(known if isinstance(known, dict) else {}), key: rates}
+            with contextlib.suppress(OSError):
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                temp = cache.with_suffix(f".{os.getpid()}.tmp")
+                temp.write_text(json.dumps(known, indent=1, sort_keys=True))
+                temp.replace(cache)
+    best, evidence = fastest(rates)
+    return best, f"{evidence} at batch {batch_size}, 1 thread (measured once on this machine)"

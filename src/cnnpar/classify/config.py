@@ -42,6 +42,10 @@ class ClassifyConfig:
     # seconds of timed classification, in whole batches from cell 0; None: whole passes only
     time_budget: float | None = None
     backend: str = "auto"
+    # What "auto" chose on the CPU and why (set by `run` from a per-machine measurement);
+    # None: not chosen yet, and "auto" stands for mkldnn.
+    chosen_backend: str | None = None
+    backend_choice: str = ""
     data_source: str = "bundled"
     mirrors: tuple[str, ...] = ()  # for data_source "download"; empty: the public mirrors
     tune_malloc: bool = True
@@ -75,7 +79,9 @@ class ClassifyConfig:
     def resolved_backend(self) -> str:
         if self.backend != "auto":
             return self.backend
-        return "eager" if self.device == "cuda" else "mkldnn"
+        if self.device == "cuda":
+            return "eager"
+        return self.chosen_backend or "mkldnn"
 
 
 def validate(config: ClassifyConfig) -> None:
