@@ -264,7 +264,7 @@ BACKENDS: dict[str, Backend] = {
         Backend(
             "auto",
             cpu_only=False,
-            summary="on the CPU the fastest of the others, measured once per machine; eager on CUDA",
+            summary="the fastest CPU backend, measured once per machine; eager on CUDA",
         ),
         Backend("eager", cpu_only=False, summary="the plain nn.Module"),
         Backend("channels-last", cpu_only=False, summary="NHWC memory format"),
