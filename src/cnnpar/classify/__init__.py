@@ -95,8 +95,9 @@ def _choose_backend(config: ClassifyConfig) -> ClassifyConfig:
     from cnnpar.measure.machine import this_machine
 
     machine = this_machine(config.machine_label)
+    batch = min(config.batch_size, config.rows * config.cols)  # no batch is larger
     chosen, why = choose_cpu_backend(
-        config.batch_size, f"{machine.cpu_model} ({machine.cpus} CPUs)", config.timing_lock
+        batch, f"{machine.cpu_model} ({machine.cpus} CPUs)", config.timing_lock
     )
     return replace(config, chosen_backend=chosen, backend_choice=why)
 
