@@ -16,7 +16,7 @@ import psutil
 import pytest
 import torch
 
-from cnnpar.classify.runners import CHUNKS_PER_WORKER, chunk_bounds, classify_range
+from cnnpar.classify.runners import CHUNKS_PER_WORKER, chunk_bounds, classify_range, model_inputs
 from cnnpar.mosaic import N_TEST, make_mosaic
 from cnnpar.nets.mosaicnet import MosaicNet
 
@@ -101,7 +101,7 @@ def test_every_cell_goes_through_the_network_once_in_full_batches_at_every_size(
     configured size (the last batch excepted), so the network's work per cell does not grow
     with the mosaic."""
     batch, chunks = 256, 2 * CHUNKS_PER_WORKER
-    images = np.zeros((N_TEST, 28, 28), np.uint8)
+    inputs = model_inputs(np.zeros((N_TEST, 28, 28), np.uint8))
     for rows, cols in ((200, 300), (1000, 1000)):
         mosaic = make_mosaic(rows, cols, seed=0)
         bounds = chunk_bounds(mosaic.cells, batch, chunks)
@@ -115,7 +115,7 @@ def test_every_cell_goes_through_the_network_once_in_full_batches_at_every_size(
             return torch.zeros(len(x), 10)
 
         for start, stop in bounds:
-            pred, confidence = classify_range(net, images, mosaic, batch, start, stop)
+            pred, confidence = classify_range(net, inputs, mosaic, batch, start, stop)
             assert len(pred) == len(confidence) == stop - start
         assert sum(sizes) == mosaic.cells
         assert len(sizes) == -(-mosaic.cells // batch)

@@ -43,12 +43,13 @@ class Mosaic:
         return int(self.index[row * self.cols + col])
 
     def batches(
-        self, images: np.ndarray, batch_size: int, start: int = 0, stop: int | None = None
+        self, batch_size: int, start: int = 0, stop: int | None = None
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (first_cell, pixels (b, 28, 28) uint8) over cells [start, stop) in order."""
+        """Yield (first_cell, source test-image indices (b,) int64) over cells [start, stop), in
+        order, `batch_size` cells at a time (the last batch may be smaller)."""
         stop = self.cells if stop is None else stop
         for first in range(start, stop, batch_size):
-            yield first, images[self.index[first : min(first + batch_size, stop)]]
+            yield first, self.index[first : min(first + batch_size, stop)]
 
 
 def parse_grid(text: str) -> tuple[int, int]:
