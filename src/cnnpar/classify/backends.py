@@ -70,13 +70,16 @@ def prepare(model: MosaicNet, backend: str) -> Net:
     raise ClassifyError(f"unknown backend {backend!r}")
 
 
-def warm_up(net: Net, batch_size: int, device: str) -> None:
-    """Run a few batches so oneDNN primitives, TorchScript profiling and the allocator are
-    settled before the clock starts (TorchScript specialises on the second or third call)."""
-    x = torch.zeros(batch_size, 1, 28, 28, device=device)
+def warm_up(net: Net, batch_sizes: int | tuple[int, ...], device: str) -> None:
+    """Run a few batches of each size a run will see, so oneDNN primitives, TorchScript
+    profiling and the allocator are settled before the clock starts (TorchScript specialises on
+    the second or third call with a new shape)."""
+    sizes = (batch_sizes,) if isinstance(batch_sizes, int) else batch_sizes
     with torch.inference_mode():
-        for _ in range(3):
-            net(x)
+        for size in sizes:
+            x = torch.zeros(size, 1, 28, 28, device=device)
+            for _ in range(3):
+                net(x)
 
 
 # --- what "auto" stands for on the CPU -------------------------------------------------------

@@ -145,7 +145,7 @@ class InProcessRunner:
     def __init__(self, config: ClassifyConfig, mosaic: Mosaic, images: np.ndarray) -> None:
         self.net = prepare(load_mosaicnet(config.weights, "cpu"), config.resolved_backend)
         self.inputs, self.mosaic, self.batch_size = model_inputs(images), mosaic, config.batch_size
-        warm_up(self.net, warm_up_batch(config), "cpu")
+        warm_up(self.net, warm_up_batches(config), "cpu")
         self.threads = effective_threads()
         self.processes = 1
 
@@ -168,9 +168,13 @@ class InProcessRunner:
         pass
 
 
-def warm_up_batch(config: ClassifyConfig) -> int:
-    """Cells in a warm-up batch: never more than the whole mosaic holds."""
-    return min(config.batch_size, config.rows * config.cols)
+def warm_up_batches(config: ClassifyConfig) -> tuple[int, ...]:
+    """The batch sizes a run classifies: whole batches (never more than the mosaic holds) and,
+    where the cells do not divide into them, the last one's."""
+    cells = config.rows * config.cols
+    whole = min(config.batch_size, cells)
+    rest = cells % whole
+    return (whole, rest) if rest else (whole,)
 
 
 @dataclass
@@ -193,7 +197,7 @@ def _init_worker(config: ClassifyConfig) -> None:  # pragma: no cover - runs in 
     if config.tune_malloc:
         tune_malloc()
     net = prepare(load_mosaicnet(config.weights, "cpu"), config.resolved_backend)
-    warm_up(net, warm_up_batch(config), "cpu")
+    warm_up(net, warm_up_batches(config), "cpu")
     images = load_mnist("test", config.data_source, config.mirrors).images
     mosaic = make_mosaic(config.rows, config.cols, config.seed)  # the parent's, by its seed
     _worker = _WorkerState(net, model_inputs(images), mosaic, config.batch_size)
@@ -443,7 +447,7 @@ class CudaRunner:
         self.batch_size, self.cells = config.batch_size, mosaic.cells
         self.images = torch.from_numpy(images).to("cuda")  # (10000, 28, 28) uint8, 7.8 MB
         self.index = torch.from_numpy(mosaic.index).to("cuda")  # (cells,) int64
-        warm_up(self.net, warm_up_batch(config), "cuda")
+        warm_up(self.net, warm_up_batches(config), "cuda")
         torch.cuda.synchronize()
         self.threads = effective_threads()
         self.processes = 1
@@ -495,7 +499,7 @@ class RanksRunner:
         self.start, self.stop = bounds[self.rank] if self.rank < len(bounds) else (0, 0)
         self.net = prepare(load_mosaicnet(config.weights, "cpu"), config.resolved_backend)
         self.inputs, self.mosaic, self.batch_size = model_inputs(images), mosaic, config.batch_size
-        warm_up(self.net, warm_up_batch(config), "cpu")
+        warm_up(self.net, warm_up_batches(config), "cpu")
         self.threads = effective_threads()
         self.processes = self.world_size
         self.compute_s: list[float] = []
