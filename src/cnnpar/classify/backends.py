@@ -150,9 +150,10 @@ def choose_cpu_backend(
     cache: Path | None = None,
 ) -> tuple[str, str]:
     """The backend "auto" runs on this CPU at `batch_size` and why: measured once per `machine`
-    (its identity), torch version, version of this module and batch size, under the timing `lock` (so it neither
-    disturbs nor is disturbed by a timed run) by `measure` (default `measure_cpu_backends`),
-    then read from `cache` (JSON; default `cache_file()`; not kept where not writable)."""
+    (its identity), torch version, version of this module and batch size, under the timing
+    `lock` (so it neither disturbs nor is disturbed by a timed run) by `measure` (default
+    `measure_cpu_backends`), then read from `cache` (JSON; default `cache_file()`; not kept
+    where it is not writable)."""
     from cnnpar.measure.interference import timing_lock
 
     cache = cache_file() if cache is None else cache
