@@ -147,7 +147,7 @@ def _conv_backward(planes, arg, dpool, gwc, gbc, n_f: int) -> None:
             g1 = v if a == 1 else zero
             g2 = v if a == 2 else zero
             g3 = v if a == 3 else zero
-            sb += g0 + g1 + g2 + g3
+            sb += v if a >= 0 else zero
             s0 += g0 * x00 + g1 * x01 + g2 * x10 + g3 * x11
             s1 += g0 * x01 + g1 * x02 + g2 * x11 + g3 * x12
             s2 += g0 * x02 + g1 * x03 + g2 * x12 + g3 * x13
