@@ -87,3 +87,22 @@ def test_a_run_records_what_auto_chose_and_why(
     assert params["requested_backend"] == "auto"
     assert params["backend"] == params["chosen_backend"] == "channels-last"
     assert params["backend_choice"].startswith("fastest of eager 1,000, channels-last 2,000")
+
+
+def test_a_known_choice_is_read_without_waiting_for_the_timing_lock(tmp_path: Path) -> None:
+    """A rank that srun started decides while rank 0 may hold the lock: a choice already in
+    the cache must not wait for it."""
+    import threading
+
+    from cnnpar.measure.interference import timing_lock
+
+    cache, lock = tmp_path / "backends.json", tmp_path / "timing.lock"
+    backends.choose_cpu_backend(16, "m", lock, lambda b: _rates("mkldnn"), cache)
+    got: list[str] = []
+    with timing_lock(lock):
+        reader = threading.Thread(
+            target=lambda: got.append(backends.choose_cpu_backend(16, "m", lock, None, cache)[0])
+        )
+        reader.start()
+        reader.join(timeout=30)
+    assert got == ["mkldnn"]

@@ -93,11 +93,17 @@ def _choose_backend(config: ClassifyConfig) -> ClassifyConfig:
         return config
     from cnnpar.classify.backends import choose_cpu_backend
     from cnnpar.measure.machine import this_machine
+    from cnnpar.ranks import slurm_step_tasks
 
     machine = this_machine(config.machine_label)
     batch = min(config.batch_size, config.rows * config.cols)  # no batch is larger
+    # Tasks srun started are ranks already: rank 0 may hold the timing lock while another
+    # rank decides, so these measure (if their machine has no choice yet) without it.
+    srun_rank = MODES[config.mode].ranks and slurm_step_tasks() > 1
     chosen, why = choose_cpu_backend(
-        batch, f"{machine.cpu_model} ({machine.cpus} CPUs)", config.timing_lock
+        batch,
+        f"{machine.cpu_model} ({machine.cpus} CPUs)",
+        None if srun_rank else config.timing_lock,
     )
     return replace(config, chosen_backend=chosen, backend_choice=why)
 

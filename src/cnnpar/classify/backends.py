@@ -160,20 +160,29 @@ def choose_cpu_backend(
     # This file's hash: a changed backend is measured anew.
     code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
     key = f"{machine} | torch {torch.__version__} | backends {code} | batch {batch_size}"
-    held = contextlib.nullcontext() if lock is None else timing_lock(lock)
-    with held:
+
+    def known_rates() -> tuple[dict, dict | None]:
         try:
             known = json.loads(cache.read_text())
         except (OSError, ValueError):
-            known = {}
-        rates = known.get(key) if isinstance(known, dict) else None
-        if not (isinstance(rates, dict) and set(rates) == set(CPU_CANDIDATES)):
-            rates = (measure or measure_cpu_backends)(batch_size)
-            known = {**(known if isinstance(known, dict) else {}), key: rates}
-            with contextlib.suppress(OSError):
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                temp = cache.with_suffix(f".{os.getpid()}.tmp")
-                temp.write_text(json.dumps(known, indent=1, sort_keys=True))
-                temp.replace(cache)
+            return {}, None
+        if not isinstance(known, dict):
+            return {}, None
+        rates = known.get(key)
+        complete = isinstance(rates, dict) and set(rates) == set(CPU_CANDIDATES)
+        return known, rates if complete else None
+
+    known, rates = known_rates()
+    if rates is None:
+        held = contextlib.nullcontext() if lock is None else timing_lock(lock)
+        with held:
+            known, rates = known_rates()  # another process may have measured meanwhile
+            if rates is None:
+                rates = (measure or measure_cpu_backends)(batch_size)
+                with contextlib.suppress(OSError):
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    temp = cache.with_suffix(f".{os.getpid()}.tmp")
+                    temp.write_text(json.dumps({**known, key: rates}, indent=1, sort_keys=True))
+                    temp.replace(cache)
     best, evidence = fastest(rates)
     return best, f"{evidence} at batch {batch_size}, 1 thread (measured once on this machine)"
