@@ -416,29 +416,60 @@ def _roofline_panel(ax: Axes, data: pd.DataFrame, kind: StudyKind) -> None:
         if np.isfinite(cache):
             ax.plot(x, np.minimum(peak, x * cache), color=color, lw=1.2, ls="--")
     rows = data.sort_values([kind.subject, PAR])
-    # Name the workload beside each point where workloads of different intensity share it.
-    families = rows["arithmetic_intensity"].nunique() > 1
+    texts = {
+        name: kind.layout_text(row[kind.subject], row[PAR], row.get("ranks"))
+        for name, row in rows.iterrows()
+    }
+    # Name the workload too where one layout appears twice (grids, filters, batch sizes).
+    several = pd.Series(texts).duplicated(keep=False) | (rows["arithmetic_intensity"].nunique() > 1)
+    labels = []
     for i, (_, group) in enumerate(rows.groupby(PAR, sort=True)):
-        for _, row in group.iterrows():
+        for name, row in group.iterrows():
             color = COLORS.get(row[kind.subject], f"C{i % 10}")
-            one = group.loc[[row.name]]
+            one = group.loc[[name]]
             err = _interval_err(one, "gflops") if "gflops_low" in one else None
             ax.errorbar(
                 [row["arithmetic_intensity"]], [row["gflops"]], yerr=err, capsize=3,
                 marker=MARKERS[i % len(MARKERS)], color=color, ls="none",
             )  # fmt: skip
-            text = kind.layout_text(row[kind.subject], row[PAR], row.get("ranks"))
-            if families:  # several workloads share the panel: say which
+            text = texts[name]
+            if several[name]:
                 text += " " + " ".join(kind.setting(row))
-            ax.annotate(
-                text, (row["arithmetic_intensity"], row["gflops"]), fontsize=7, color=color,
-                xytext=(5, -3), textcoords="offset points", ha="left", va="top",
-            )  # fmt: skip
+            labels.append((float(row["arithmetic_intensity"]), float(row["gflops"]), text, color))
     _plain_log(ax, "x")
     _plain_log(ax, "y")
+    _spread_labels(ax, labels)
     ax.set_xlabel("arithmetic intensity (FLOPs per compulsory byte, log scale)")
     ax.set_ylabel("GFLOP/s (log scale)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7, title="roofs")
+
+
+LABEL_GAP = 0.045  # axes heights between two labels of points at one intensity
+
+
+def _spread_labels(ax: Axes, labels: list[tuple[float, float, str, str]]) -> None:
+    """Label points (x, y, text, color) of a log-log panel on the side with room; labels of
+    points at one x moved apart vertically (in axes fractions, so the layout does not undo it),
+    each tied to its point by a thin line."""
+    x0, x1 = np.log10(ax.get_xlim())
+    y0, y1 = np.log10(ax.get_ylim())
+    for x in sorted({lx for lx, _, _, _ in labels}):
+        column = sorted((ly, t, c) for lx, ly, t, c in labels if lx == x)
+        placed: list[float] = []
+        for y, _, _ in column:  # bottom to top, each at least LABEL_GAP above the last
+            want = (np.log10(y) - y0) / (y1 - y0)
+            placed.append(want if not placed else max(want, placed[-1] + LABEL_GAP))
+        shift = max(0.0, placed[-1] - 0.97) if placed else 0.0  # keep the top one inside
+        fx = (np.log10(x) - x0) / (x1 - x0)
+        right = fx < 0.5  # labels on the side with room
+        for (y, text, color), fy in zip(column, placed, strict=True):
+            ax.annotate(
+                text, (x, y), xytext=(fx + (0.03 if right else -0.03), fy - shift),
+                textcoords="axes fraction", fontsize=7, color=color,
+                ha="left" if right else "right", va="center",
+                bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 0.3},
+                arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5, "shrinkA": 0},
+            )  # fmt: skip
 
 
 def roofline(summary: pd.DataFrame) -> Figure:
