@@ -205,3 +205,30 @@ def test_bad_input_is_one_line_and_exit_2(
     assert len(err.splitlines()) == 1 and says in err and "Traceback" not in err, err
     assert captured.out == "", "nothing measured"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"], "nothing written"
+
+
+def test_the_default_engines_leave_out_one_that_cannot_run_here_and_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --engines the bench takes every CPU engine that can run here; naming one that
+    cannot is refused before any work."""
+    from cnnpar.bench import common
+    from cnnpar.bench import train as bench_train
+    from cnnpar.nets import tinycnn
+
+    missing = "torch-compile"
+    reasons = {name: None for name in bench_train.DEFAULT_ENGINES} | {missing: "no C++ compiler"}
+    monkeypatch.setattr(tinycnn, "available_engines", lambda: reasons)
+    planned: list[str] = []
+
+    def run_blocks(kind, configs, blocks, run_one, directory, echo) -> None:
+        planned.extend(sorted({c["engine"] for c in configs}))
+
+    monkeypatch.setattr(common, "run_blocks", run_blocks)
+    monkeypatch.setattr(common, "finish", lambda *args, **kwargs: ("summary", []))
+    lines: list[str] = []
+    train_bench(out=tmp_path / "out", echo=lines.append, timing_lock=None)
+    assert planned == sorted(set(bench_train.DEFAULT_ENGINES) - {missing})
+    assert f"leaving out {missing}: not available here (no C++ compiler)" in lines
+    with pytest.raises(common.BenchError, match=f"--engines {missing}: not available here"):
+        train_bench([missing], out=tmp_path / "other", echo=lines.append, timing_lock=None)

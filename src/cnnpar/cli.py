@@ -442,7 +442,7 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
     from cnnpar.bench.train import train_bench
 
     train_bench(
-        engines=args.engines.split(","),
+        engines=None if args.engines is None else args.engines.split(","),
         threads=args.threads,
         blocks=args.blocks,
         time_budget=args.time_budget,
@@ -481,9 +481,9 @@ def _add_bench_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--engines",
-        default=",".join(DEFAULT_ENGINES),
+        default=None,
         help=f"comma-separated, from {', '.join(ENGINE_CHOICES)} "
-        f"(default {','.join(DEFAULT_ENGINES)})",
+        f"(default: those of {','.join(DEFAULT_ENGINES)} that can run here)",
     )
     p.add_argument(
         "--threads", type=_positive_ints, default=(1, 2), help="thread counts (default 1,2)"

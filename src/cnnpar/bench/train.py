@@ -30,7 +30,7 @@ FILTERS, BATCH_SIZE = 8, 32  # where the targets are set
 
 
 def train_bench(
-    engines: Sequence[str] = DEFAULT_ENGINES,
+    engines: Sequence[str] | None = None,
     threads: Sequence[int] = (1, 2),
     blocks: int = 5,
     time_budget: float = 1.0,
@@ -47,10 +47,18 @@ def train_bench(
     training digits (evaluated on `test_size` test digits after each epoch, off the clock).
     Writes the run directories into `out` (kept; new or empty) or a temporary directory, the
     summary rows to `csv_path`, and prints them and the targets. Returns the summary rows and
-    the targets' checks. Raises BenchError (one line, before any work) for a bad argument, and
-    the run's own CnnparError when a run fails."""
+    the targets' checks. `engines` None: every CPU engine that can run here (DEFAULT_ENGINES,
+    less those `cnnpar engines` says cannot, named in one line). Raises BenchError (one line,
+    before any work) for a bad argument or an engine named that cannot run here, and the run's
+    own CnnparError when a run fails."""
     from cnnpar.nets import tinycnn
 
+    available = tinycnn.available_engines()
+    if engines is None:
+        skipped = [name for name in DEFAULT_ENGINES if available.get(name) is not None]
+        engines = [name for name in DEFAULT_ENGINES if name not in skipped]
+        for name in skipped:
+            echo(f"leaving out {name}: not available here ({available[name]})")
     engines, threads = list(engines), [int(t) for t in threads]
     common.check_names(engines, ENGINE_CHOICES, "--engines")
     common.check_counts(threads, "--threads")
@@ -58,7 +66,7 @@ def train_bench(
         raise common.BenchError(f"--blocks must be >= 1 (got {blocks})")
     if not (math.isfinite(time_budget) and time_budget > 0):
         raise common.BenchError(f"--time-budget must be a positive number (got {time_budget})")
-    for name, reason in tinycnn.available_engines().items():
+    for name, reason in available.items():
         if name in engines and reason is not None:
             raise common.BenchError(f"--engines {name}: not available here ({reason})")
     csv_target = common.check_csv_path(csv_path)
