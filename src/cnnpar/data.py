@@ -373,9 +373,14 @@ def fetch(name: str, mirrors: Sequence[str] | None = None, cache_dir: Path | Non
         lock.release()
 
 
-def default_cache_dir() -> Path:
+def cache_root() -> Path:
+    """cnnpar's per-user cache directory: $XDG_CACHE_HOME/cnnpar, else ~/.cache/cnnpar."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "cnnpar" / "mnist"
+    return Path(base) / "cnnpar"
+
+
+def default_cache_dir() -> Path:
+    return cache_root() / "mnist"
 
 
 def resolve_source(

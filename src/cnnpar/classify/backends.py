@@ -101,8 +101,9 @@ ROUNDS, BATCHES = 3, 3  # alternating rounds of BATCHES timed batches per candid
 
 
 def cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "cnnpar" / "backends.json"
+    from cnnpar.data import cache_root
+
+    return cache_root() / "backends.json"
 
 
 def measure_cpu_backends(batch_size: int) -> dict[str, float]:
