@@ -1,4 +1,4 @@
-"""Parallel CPU engine: numba, SIMD across pooled cells, images in pairs.
+"""Parallel CPU engine: numba, SIMD across pooled cells, images in groups of four.
 
 One pooled cell (i, j) reads a 4×4 input patch; its four 3×3 windows are the four conv outputs
 that the 2×2 max-pool takes. The vector (SIMD) axis is the cells: one filter at a time, 16
@@ -13,14 +13,15 @@ gradient, and meet zero FC weights. Weights, internally (`params()` converts bac
 
     wc (F, 9)  bc (F,)  wf (10, F·176) filter-major as torch flattens, 0 at padding  bf (10,)
 
-Per step, parallel loop 1 gives each thread a contiguous chunk of the batch and takes it two
-images at a time: planes and conv → max-pool → ReLU (pooled values kept per image, winning
-window as int8, -1 where ReLU gates the gradient off), the FC layer of both images in one pass
-over wf, softmax, their gradients at the pooled outputs in a second pass (two images per pass
-halve the L2 traffic for wf, which does not fit L1), then the conv weight gradient, summed in
-the thread's own row. Parallel loop 2 gives each thread a slice of the FC columns: the batch's
+Per step, parallel loop 1 gives each thread a contiguous chunk of the batch and takes it four
+images at a time (GROUP): planes and conv → max-pool → ReLU (pooled values kept per image,
+winning window as int8, -1 where ReLU gates the gradient off), the FC layer of the four in one
+pass over wf, softmax, their gradients at the pooled outputs in a second pass (four images per
+pass quarter the L2 traffic for wf, which does not fit L1), then the conv weight gradient,
+summed in the thread's own row. Parallel loop 2 gives each thread a slice of the FC columns: the batch's
 FC gradient Σ_b dlogits ⊗ pooled and the update; thread 0 sums the conv gradients in thread
 order. No races, no atomics; the result does not depend on scheduling; a step allocates nothing.
+Every array starts on a cache line (`_zeros`), so no vector load straddles two.
 
 Vector width: LLVM targets 256-bit vectors on most AVX-512 CPUs unless told otherwise;
 `cnnpar.measure.numba_settings` lets it use 512-bit ones there (the record says which).
@@ -46,6 +47,8 @@ QUEUE_STEPS = 64
 SPAN = 176  # pooled cells per filter: 169, padded to whole 16-float vectors
 PLANE = 192  # floats per plane: 14 rows of 13, padded so reads one row down stay inside
 TAPS = KERNEL * KERNEL
+LINE = 64  # bytes per cache line: rows and arrays start on one (see `_zeros`)
+GROUP = 4  # images whose FC passes share one read of wf
 FC_TILE = 128  # FC columns per tile of the batched FC gradient: (10, 128) float32 is 5 KB
 # x = pixel / 255 by table: the same quotients as a division, without a division per pixel.
 BY255 = np.arange(256, dtype=np.float32) / np.float32(255.0)
@@ -171,16 +174,35 @@ def _conv_backward(planes, arg, dpool, gwc, gbc, n_f: int) -> None:
 
 
 @njit(fastmath=FAST, cache=CACHE)
-def _fc_forward(p0, p1, wf, bf, l0, l1) -> None:
-    """Logits l0, l1 (10,) of two images' pooled rows p0, p1 in one pass over wf."""
-    for c in range(CLASSES):
-        a0 = a1 = np.float32(0.0)
+def _fc_forward(p0, p1, p2, p3, wf, bf, l0, l1, l2, l3) -> None:
+    """Logits l0..l3 (10,) of four images' pooled rows p0..p3, wf read once for all four.
+
+    Five classes at a time are spelled out, so each (image, class) sum has its own vector
+    accumulator: twenty independent chains keep both FMA units busy, and nine loads feed twenty
+    FMAs.
+    """
+    z = np.float32(0.0)
+    for c in range(0, CLASSES, 5):
+        w0, w1, w2, w3, w4 = wf[c], wf[c + 1], wf[c + 2], wf[c + 3], wf[c + 4]
+        a0 = a1 = a2 = a3 = a4 = b0 = b1 = b2 = b3 = b4 = z
+        d0 = d1 = d2 = d3 = d4 = e0 = e1 = e2 = e3 = e4 = z
         for j in range(wf.shape[1]):
-            w = wf[c, j]
-            a0 += w * p0[j]
-            a1 += w * p1[j]
-        l0[c] = bf[c] + a0
-        l1[c] = bf[c] + a1
+            x, y, u, v = p0[j], p1[j], p2[j], p3[j]
+            w = w0[j]
+            a0, b0, d0, e0 = a0 + w * x, b0 + w * y, d0 + w * u, e0 + w * v
+            w = w1[j]
+            a1, b1, d1, e1 = a1 + w * x, b1 + w * y, d1 + w * u, e1 + w * v
+            w = w2[j]
+            a2, b2, d2, e2 = a2 + w * x, b2 + w * y, d2 + w * u, e2 + w * v
+            w = w3[j]
+            a3, b3, d3, e3 = a3 + w * x, b3 + w * y, d3 + w * u, e3 + w * v
+            w = w4[j]
+            a4, b4, d4, e4 = a4 + w * x, b4 + w * y, d4 + w * u, e4 + w * v
+        sums = ((a0, b0, d0, e0), (a1, b1, d1, e1), (a2, b2, d2, e2), (a3, b3, d3, e3),
+                (a4, b4, d4, e4))  # fmt: skip
+        for k, (a, b, d, e) in enumerate(sums):
+            l0[c + k], l1[c + k] = bf[c + k] + a, bf[c + k] + b
+            l2[c + k], l3[c + k] = bf[c + k] + d, bf[c + k] + e
 
 
 @njit(fastmath=FAST, cache=CACHE)
@@ -204,24 +226,26 @@ def _softmax_xent(logits, y: int, scale: np.float32, dlogits):
 
 
 @njit(fastmath=FAST, cache=CACHE)
-def _fc_dpool(wf, da, db, dpa, dpb) -> None:
-    """dpa = wfᵀ · da and dpb = wfᵀ · db (the gradients at two images' pooled outputs, from the
-    old wf), the ten classes' weights read once for both."""
-    a0, a1, a2, a3, a4 = da[0], da[1], da[2], da[3], da[4]
-    a5, a6, a7, a8, a9 = da[5], da[6], da[7], da[8], da[9]
-    b0, b1, b2, b3, b4 = db[0], db[1], db[2], db[3], db[4]
-    b5, b6, b7, b8, b9 = db[5], db[6], db[7], db[8], db[9]
-    for j in range(wf.shape[1]):
-        w0, w1, w2, w3, w4 = wf[0, j], wf[1, j], wf[2, j], wf[3, j], wf[4, j]
-        w5, w6, w7, w8, w9 = wf[5, j], wf[6, j], wf[7, j], wf[8, j], wf[9, j]
-        dpa[j] = (
-            a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3 + a4 * w4
-            + a5 * w5 + a6 * w6 + a7 * w7 + a8 * w8 + a9 * w9
-        )  # fmt: skip
-        dpb[j] = (
-            b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3 + b4 * w4
-            + b5 * w5 + b6 * w6 + b7 * w7 + b8 * w8 + b9 * w9
-        )  # fmt: skip
+def _fc_dpool(wf, d0, d1, d2, d3, o0, o1, o2, o3) -> None:
+    """o_i = wfᵀ · d_i for four images (the gradients at their pooled outputs, from the old
+    wf), wf read once for all four: five classes per pass, twenty weights held in registers."""
+    for c in range(0, CLASSES, 5):
+        a0, a1, a2, a3, a4 = d0[c], d0[c + 1], d0[c + 2], d0[c + 3], d0[c + 4]
+        b0, b1, b2, b3, b4 = d1[c], d1[c + 1], d1[c + 2], d1[c + 3], d1[c + 4]
+        e0, e1, e2, e3, e4 = d2[c], d2[c + 1], d2[c + 2], d2[c + 3], d2[c + 4]
+        g0, g1, g2, g3, g4 = d3[c], d3[c + 1], d3[c + 2], d3[c + 3], d3[c + 4]
+        w0, w1, w2, w3, w4 = wf[c], wf[c + 1], wf[c + 2], wf[c + 3], wf[c + 4]
+        first = c == 0
+        for j in range(wf.shape[1]):
+            v0, v1, v2, v3, v4 = w0[j], w1[j], w2[j], w3[j], w4[j]
+            s0 = a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4
+            s1 = b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4
+            s2 = e0 * v0 + e1 * v1 + e2 * v2 + e3 * v3 + e4 * v4
+            s3 = g0 * v0 + g1 * v1 + g2 * v2 + g3 * v3 + g4 * v4
+            if first:
+                o0[j], o1[j], o2[j], o3[j] = s0, s1, s2, s3
+            else:
+                o0[j], o1[j], o2[j], o3[j] = o0[j] + s0, o1[j] + s1, o2[j] + s2, o3[j] + s3
 
 
 @njit(fastmath=FAST, cache=CACHE)
@@ -306,21 +330,24 @@ def _train_steps(
             loss_sum = 0.0
             n_correct = 0
             last = n * (t + 1) // n_threads - 1
-            for b0 in range(n * t // n_threads, last + 1, 2):
-                b1 = min(b0 + 1, last)  # the pair's second image; the first when the chunk is odd
-                for q in range(b1 - b0 + 1):
+            for b0 in range(n * t // n_threads, last + 1, GROUP):
+                k = min(GROUP, last + 1 - b0)  # images in this group; a short one repeats its last
+                r0, r1, r2, r3 = b0, b0 + min(1, k - 1), b0 + min(2, k - 1), b0 + min(3, k - 1)
+                for q in range(k):
                     _planes(images[start + b0 + q], planes[t, q])
                     _conv_pool(planes[t, q], wc, bc, pooled[b0 + q], arg[t, q])
-                _fc_forward(pooled[b0], pooled[b1], wf, bf, logits[t, 0], logits[t, 1])
-                for q in range(b1 - b0 + 1):
-                    loss, ok = _softmax_xent(
-                        logits[t, q], labels[start + b0 + q], scale, dlogits[b0 + q]
-                    )
+                lg = logits[t]
+                _fc_forward(pooled[r0], pooled[r1], pooled[r2], pooled[r3], wf, bf,
+                            lg[0], lg[1], lg[2], lg[3])  # fmt: skip
+                for q in range(k):
+                    loss, ok = _softmax_xent(lg[q], labels[start + b0 + q], scale, dlogits[b0 + q])
                     loss_sum += loss
                     n_correct += ok
-                _fc_dpool(wf, dlogits[b0], dlogits[b1], dpool[t, 0], dpool[t, 1])
-                for q in range(b1 - b0 + 1):
-                    _conv_backward(planes[t, q], arg[t, q], dpool[t, q], gwc[t], gbc[t], n_f)
+                dp = dpool[t]
+                _fc_dpool(wf, dlogits[r0], dlogits[r1], dlogits[r2], dlogits[r3],
+                          dp[0], dp[1], dp[2], dp[3])  # fmt: skip
+                for q in range(k):
+                    _conv_backward(planes[t, q], arg[t, q], dp[q], gwc[t], gbc[t], n_f)
             stats[t, 0] = loss_sum
             stats[t, 1] = n_correct
         for t in prange(n_threads):
@@ -360,26 +387,43 @@ def _predict(images, wc, bc, wf, bf, planes, pooled, arg, out) -> None:
     n = images.shape[0]
     for t in prange(n_threads):
         stop = n * (t + 1) // n_threads
-        for i in range(n * t // n_threads, stop, 2):
-            e = min(i + 1, stop - 1)
-            for q in range(e - i + 1):
+        p = pooled[t]
+        for i in range(n * t // n_threads, stop, GROUP):
+            k = min(GROUP, stop - i)
+            for q in range(k):
                 _planes(images[i + q], planes[t, q])
-                _conv_pool(planes[t, q], wc, bc, pooled[t, q], arg[t, q])
-            _fc_forward(pooled[t, 0], pooled[t, e - i], wf, bf, out[i], out[e])
+                _conv_pool(planes[t, q], wc, bc, p[q], arg[t, q])
+            o1, o2, o3 = i + min(1, k - 1), i + min(2, k - 1), i + k - 1
+            _fc_forward(p[0], p[min(1, k - 1)], p[min(2, k - 1)], p[min(3, k - 1)], wf, bf,
+                        out[i], out[o1], out[o2], out[o3])  # fmt: skip
+
+
+def _zeros(shape: int | tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """Zeros whose first element starts a 64-byte cache line.
+
+    NumPy aligns to 16 bytes, so a 512-bit load from an unaligned row straddles two lines and
+    costs two L1 accesses; the FC passes, two vector loads per FMA, ran at two thirds of their
+    aligned speed. Every row length here is a whole number of lines, so every row is aligned.
+    """
+    shape = (shape,) if isinstance(shape, int) else shape
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.zeros(size + LINE, np.uint8)
+    start = -raw.ctypes.data % LINE
+    return raw[start : start + size].view(dtype).reshape(shape)
 
 
 def to_internal(params: Params) -> dict[str, np.ndarray]:
     """Torch layout → the engine's (filter rows of 9 taps; FC columns padded to 176 per
-    filter, zero at the padding)."""
+    filter, zero at the padding), every array cache-line aligned."""
     f = spec.check_params(params)
-    wf = np.zeros((CLASSES, f, SPAN), np.float32)
+    wf = _zeros((CLASSES, f, SPAN))
     wf[..., :CELLS] = params["fc_w"].reshape(CLASSES, f, CELLS)
-    return {
-        "wc": np.array(params["conv_w"].reshape(f, TAPS), np.float32),
-        "bc": np.array(params["conv_b"], np.float32),
-        "wf": wf.reshape(CLASSES, f * SPAN),
-        "bf": np.array(params["fc_b"], np.float32),
-    }
+    w = {"wc": _zeros((f, TAPS)), "bc": _zeros(f), "wf": wf.reshape(CLASSES, f * SPAN)}
+    w["wc"][:] = params["conv_w"].reshape(f, TAPS)
+    w["bc"][:] = params["conv_b"]
+    w["bf"] = _zeros(CLASSES)
+    w["bf"][:] = params["fc_b"]
+    return w
 
 
 def from_internal(w: dict[str, np.ndarray]) -> Params:
@@ -395,11 +439,11 @@ def from_internal(w: dict[str, np.ndarray]) -> Params:
 
 
 def _per_thread(n_t: int, n: int, dtype: type) -> np.ndarray:
-    """(T, row) zeros with row ≥ n rounded up to whole cache lines plus one spare line, so the
-    used prefixes of two threads' rows never share a 64-byte line, whatever the base address."""
-    per_line = 64 // np.dtype(dtype).itemsize
-    row = -(-n // per_line) * per_line + per_line
-    return np.zeros((n_t, row), dtype)
+    """(T, row) aligned zeros with row ≥ n rounded up to whole cache lines, so every row starts
+    a line and two threads' rows never share one."""
+    per_line = LINE // np.dtype(dtype).itemsize
+    row = -(-n // per_line) * per_line
+    return _zeros((n_t, row), dtype)
 
 
 def _readonly(a: np.ndarray, dtype: type | None = None) -> np.ndarray:
@@ -435,18 +479,18 @@ class NumbaEngine:
 
     @staticmethod
     def _allocate(n_t: int, f: int) -> dict[str, np.ndarray]:
-        """Per-thread scratch: two images' planes, winning windows, pooled rows (for predict),
+        """Per-thread scratch: a group's planes, winning windows, pooled rows (for predict),
         pooled gradients and logits; the FC gradient tile; the conv gradient sums."""
 
-        def pair(n: int, dtype: type) -> np.ndarray:  # (T, 2, padded n)
-            return _per_thread(2 * n_t, n, dtype).reshape(n_t, 2, -1)
+        def group(n: int, dtype: type) -> np.ndarray:  # (T, GROUP, padded n)
+            return _per_thread(GROUP * n_t, n, dtype).reshape(n_t, GROUP, -1)
 
         return {
-            "planes": np.zeros((n_t, 2, 8, PLANE), np.float32),  # 12 KB a thread: whole lines
-            "pooled": pair(SPAN * f, np.float32),
-            "arg": pair(SPAN * f, np.int8),
-            "dpool": pair(SPAN * f, np.float32),
-            "logits": pair(CLASSES, np.float32),
+            "planes": _zeros((n_t, GROUP, 8, PLANE)),  # 24 KB a thread: whole lines
+            "pooled": group(SPAN * f, np.float32),
+            "arg": group(SPAN * f, np.int8),
+            "dpool": group(SPAN * f, np.float32),
+            "logits": group(CLASSES, np.float32),
             "acc": _per_thread(n_t, CLASSES * FC_TILE, np.float32),
             "gwc": _per_thread(n_t, TAPS * f, np.float32),
             "gbc": _per_thread(n_t, f, np.float32),
