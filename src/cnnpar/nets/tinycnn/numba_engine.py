@@ -13,14 +13,15 @@ gradient, and meet zero FC weights. Weights, internally (`params()` converts bac
 
     wc (F, 9)  bc (F,)  wf (10, F·176) filter-major as torch flattens, 0 at padding  bf (10,)
 
-Per step, parallel loop 1 gives each thread a contiguous chunk of the batch and takes it four
+Per step, one parallel region gives each thread a contiguous chunk of the batch, taken four
 images at a time (GROUP): planes and conv → max-pool → ReLU (pooled values kept per image,
 winning window as int8, -1 where ReLU gates the gradient off), the FC layer of the four in one
 pass over wf, softmax, their gradients at the pooled outputs in a second pass (four images per
-pass quarter the L2 traffic for wf, which does not fit L1), then the conv weight gradient,
-summed in the thread's own row. Parallel loop 2 gives each thread a slice of the FC columns: the batch's
-FC gradient Σ_b dlogits ⊗ pooled and the update; thread 0 sums the conv gradients in thread
-order. No races, no atomics; the result does not depend on scheduling; a step allocates nothing.
+pass quarter the L2 traffic for wf, which does not fit L1), then the conv weight gradient.
+Each thread leaves its share of the step's gradient, and at the start of the next step adds
+every thread's share, in thread order, to its own replica of the weights: the replicas stay
+bitwise equal, the weights never move between cores, and a step needs one barrier, not two.
+No races, no atomics; the result does not depend on scheduling; a step allocates nothing.
 Every array starts on a cache line (`_zeros`), so no vector load straddles two.
 
 Vector width: LLVM targets 256-bit vectors on most AVX-512 CPUs unless told otherwise;
@@ -49,7 +50,7 @@ PLANE = 192  # floats per plane: 14 rows of 13, padded so reads one row down sta
 TAPS = KERNEL * KERNEL
 LINE = 64  # bytes per cache line: rows and arrays start on one (see `_zeros`)
 GROUP = 4  # images whose FC passes share one read of wf
-FC_TILE = 128  # FC columns per tile of the batched FC gradient: (10, 128) float32 is 5 KB
+FC_TILE = 128  # FC columns per tile of the FC gradient: a class's tile is 512 bytes
 # x = pixel / 255 by table: the same quotients as a division, without a division per pixel.
 BY255 = np.arange(256, dtype=np.float32) / np.float32(255.0)
 # Cache compiled code where numba can write (a read-only install and home has no cache
@@ -249,18 +250,19 @@ def _fc_dpool(wf, d0, d1, d2, d3, o0, o1, o2, o3) -> None:
 
 
 @njit(fastmath=FAST, cache=CACHE)
-def _fc_update(pooled, dlogits, n: int, lr, wf, acc, lo: int, hi: int) -> None:
-    """wf[:, lo:hi] -= lr · Σ_b dlogits[b] ⊗ pooled[b, lo:hi], the batch's FC weight gradient.
+def _fc_grad(pooled, dlogits, n: int, g) -> None:
+    """g (10, F·176) = Σ_b dlogits[b] ⊗ pooled[b] over the n images' rows: their share of the
+    batch's FC weight gradient.
 
-    Tiled over columns so a class's accumulator tile stays in L1 while the batch streams by,
-    eight images per pass over it. The loop order matters: with the class loop innermost LLVM
+    Tiled over columns so a class's tile of g stays in L1 while the images stream by, eight
+    images per pass over it. The loop order matters: with the class loop innermost LLVM
     vectorises across classes with gathers, many times slower than this unit-stride loop.
     """
-    tile = acc.shape[0] // CLASSES
-    for j0 in range(lo, hi, tile):
-        j1 = min(j0 + tile, hi)
+    n_in = g.shape[1]
+    for j0 in range(0, n_in, FC_TILE):
+        j1 = min(j0 + FC_TILE, n_in)
         for c in range(CLASSES):
-            a = acc[c * tile : c * tile + j1 - j0]
+            a = g[c, j0:j1]
             a[:] = 0
             b = 0
             while b + 8 <= n:
@@ -299,85 +301,123 @@ def _fc_update(pooled, dlogits, n: int, lr, wf, acc, lo: int, hi: int) -> None:
                 for j in range(j1 - j0):
                     a[j] += d * row[j]
                 b += 1
-            w = wf[c, j0:j1]
-            for j in range(j1 - j0):
-                w[j] -= lr * a[j]
+
+
+@njit(fastmath=FAST, cache=CACHE)
+def _apply(lr, t: int, wc, bc, wf, bf, gwc, gbc, gwf, gbf, row) -> None:
+    """Replica t of the weights -= lr · the step's gradient, the sum of every thread's share
+    (gwc (T, ≥F·9), gbc (T, ≥F), gwf (T, 10, F·176), gbf (T, ≥10)) added in thread order, so
+    that every replica stays bitwise equal. row (F·176,) is scratch for more than two threads."""
+    n_threads = gwf.shape[0]
+    n_f = bc.shape[1]
+    n_in = wf.shape[2]
+    for c in range(CLASSES):
+        w = wf[t, c]
+        g0 = gwf[0, c]
+        if n_threads == 1:
+            for j in range(n_in):
+                w[j] -= lr * g0[j]
+        elif n_threads == 2:
+            g1 = gwf[1, c]
+            for j in range(n_in):
+                w[j] -= lr * (g0[j] + g1[j])
+        else:
+            row[:n_in] = g0
+            for u in range(1, n_threads):
+                gu = gwf[u, c]
+                for j in range(n_in):
+                    row[j] += gu[j]
+            for j in range(n_in):
+                w[j] -= lr * row[j]
+        total = gbf[0, c]
+        for u in range(1, n_threads):
+            total += gbf[u, c]
+        bf[t, c] -= lr * total
+    for k in range(n_f * TAPS):
+        total = gwc[0, k]
+        for u in range(1, n_threads):
+            total += gwc[u, k]
+        wc[t, k // TAPS, k % TAPS] -= lr * total
+    for f in range(n_f):
+        total = gbc[0, f]
+        for u in range(1, n_threads):
+            total += gbc[u, f]
+        bc[t, f] -= lr * total
 
 
 @njit(parallel=True, fastmath=FAST, cache=CACHE)
 def _train_steps(
-    images, labels, bounds, lr, wc, bc, wf, bf,  # data, steps (S, 2) [start, stop), weights
+    images, labels, bounds, lr,  # data, steps (S, 2) [start, stop)
+    wc, bc, wf, bf,  # the weights, one replica per thread (T, ...)
     pooled, dlogits,  # per-image rows of a batch, (≥B, padded)
-    planes, arg, dpool, logits, acc, gwc, gbc, stats,  # per thread (T, ...), padded
+    planes, arg, dpool, logits, row, stats,  # per thread (T, ...), padded
+    gwc, gbc, gwf, gbf,  # each thread's share of a step's gradient, by step parity (2, T, ...)
     losses, correct,  # out, (S,): batch-mean loss and #correct of each step
 ):  # fmt: skip
     """SGD steps on images[start:stop] for each row of bounds, in order, in one compiled call.
 
-    Rows written by different threads are padded apart (see `_per_thread`): without that, the
-    per-thread sums false-share and two threads run slower than one. Running many steps per call
-    keeps Python out of the step loop, a fixed cost at B=32 that more threads do not shrink.
+    One parallel region per step: thread t first applies the previous step's gradient to its
+    own replica of the weights, then takes its contiguous chunk of the batch four images at a
+    time and leaves its share of this step's gradient; one more region applies the last step's.
+    The shares alternate between two buffers by step parity, so no thread overwrites a share
+    another may still be reading; the region's end is the only barrier a step needs. Each
+    thread's data stays its own but for the shares it reads, and Python stays out of the loop.
     """
     n_threads = planes.shape[0]
-    n_f = bc.shape[0]
-    n_in = wf.shape[1]
-    for s in range(bounds.shape[0]):
-        start = bounds[s, 0]
-        n = bounds[s, 1] - start
-        scale = np.float32(1.0) / np.float32(n)  # the loss is a batch mean
+    n_f = bc.shape[1]
+    n_steps = bounds.shape[0]
+    for s in range(n_steps + 1):
         for t in prange(n_threads):
-            gwc[t, :] = 0
-            gbc[t, :] = 0
+            if s > 0:
+                p = (s - 1) % 2
+                _apply(lr, t, wc, bc, wf, bf, gwc[p], gbc[p], gwf[p], gbf[p], row[t])
+            if s == n_steps:
+                continue
+            q = s % 2
+            start = bounds[s, 0]
+            n = bounds[s, 1] - start
+            scale = np.float32(1.0) / np.float32(n)  # the loss is a batch mean
+            wct, bct, wft, bft = wc[t], bc[t], wf[t], bf[t]
+            gwc[q, t, :] = 0
+            gbc[q, t, :] = 0
             loss_sum = 0.0
             n_correct = 0
-            last = n * (t + 1) // n_threads - 1
-            for b0 in range(n * t // n_threads, last + 1, GROUP):
-                k = min(GROUP, last + 1 - b0)  # images in this group; a short one repeats its last
+            first = n * t // n_threads
+            stop = n * (t + 1) // n_threads
+            for b0 in range(first, stop, GROUP):
+                k = min(GROUP, stop - b0)  # images in this group; a short one repeats its last
                 r0, r1, r2, r3 = b0, b0 + min(1, k - 1), b0 + min(2, k - 1), b0 + min(3, k - 1)
-                for q in range(k):
-                    _planes(images[start + b0 + q], planes[t, q])
-                    _conv_pool(planes[t, q], wc, bc, pooled[b0 + q], arg[t, q])
+                for i in range(k):
+                    _planes(images[start + b0 + i], planes[t, i])
+                    _conv_pool(planes[t, i], wct, bct, pooled[b0 + i], arg[t, i])
                 lg = logits[t]
-                _fc_forward(pooled[r0], pooled[r1], pooled[r2], pooled[r3], wf, bf,
+                _fc_forward(pooled[r0], pooled[r1], pooled[r2], pooled[r3], wft, bft,
                             lg[0], lg[1], lg[2], lg[3])  # fmt: skip
-                for q in range(k):
-                    loss, ok = _softmax_xent(lg[q], labels[start + b0 + q], scale, dlogits[b0 + q])
+                for i in range(k):
+                    loss, ok = _softmax_xent(lg[i], labels[start + b0 + i], scale, dlogits[b0 + i])
                     loss_sum += loss
                     n_correct += ok
                 dp = dpool[t]
-                _fc_dpool(wf, dlogits[r0], dlogits[r1], dlogits[r2], dlogits[r3],
+                _fc_dpool(wft, dlogits[r0], dlogits[r1], dlogits[r2], dlogits[r3],
                           dp[0], dp[1], dp[2], dp[3])  # fmt: skip
-                for q in range(k):
-                    _conv_backward(planes[t, q], arg[t, q], dp[q], gwc[t], gbc[t], n_f)
+                for i in range(k):
+                    _conv_backward(planes[t, i], arg[t, i], dp[i], gwc[q, t], gbc[q, t], n_f)
+            for c in range(CLASSES):
+                total = np.float32(0.0)
+                for b in range(first, stop):
+                    total += dlogits[b, c]
+                gbf[q, t, c] = total
+            _fc_grad(pooled[first:stop], dlogits[first:stop], stop - first, gwf[q, t])
             stats[t, 0] = loss_sum
             stats[t, 1] = n_correct
-        for t in prange(n_threads):
-            # Slice bounds on 16-float (cache line) boundaries: no line is written by two threads.
-            lo = (n_in * t // n_threads) // 16 * 16
-            hi = n_in if t == n_threads - 1 else (n_in * (t + 1) // n_threads) // 16 * 16
-            _fc_update(pooled, dlogits, n, lr, wf, acc[t], lo, hi)
-            if t == 0:
-                for k in range(n_f * TAPS):
-                    total = gwc[0, k]
-                    for u in range(1, n_threads):
-                        total += gwc[u, k]
-                    wc[k // TAPS, k % TAPS] -= lr * total
-                for f in range(n_f):
-                    total = gbc[0, f]
-                    for u in range(1, n_threads):
-                        total += gbc[u, f]
-                    bc[f] -= lr * total
-                for c in range(CLASSES):
-                    total = dlogits[0, c]
-                    for i in range(1, n):
-                        total += dlogits[i, c]
-                    bf[c] -= lr * total
-        loss_total = 0.0
-        correct_total = 0
-        for t in range(n_threads):  # fixed order: the loss does not depend on scheduling
-            loss_total += stats[t, 0]
-            correct_total += int(stats[t, 1])
-        losses[s] = loss_total / n
-        correct[s] = correct_total
+        if s < n_steps:
+            loss_total = 0.0
+            correct_total = 0
+            for t in range(n_threads):  # fixed order: the loss does not depend on scheduling
+                loss_total += stats[t, 0]
+                correct_total += int(stats[t, 1])
+            losses[s] = loss_total / (bounds[s, 1] - bounds[s, 0])
+            correct[s] = correct_total
 
 
 @njit(parallel=True, fastmath=FAST, cache=CACHE)
@@ -468,8 +508,8 @@ class NumbaEngine:
         self.threads = min(threads, numba.config.NUMBA_NUM_THREADS)
         numba.set_num_threads(self.threads)
         self.lr = np.float32(lr)
-        self._w = to_internal(params)
-        self._scratch = self._allocate(self.threads, int(self._w["bc"].shape[0]))
+        self._w = self._replicas(to_internal(params), self.threads)
+        self._scratch = self._allocate(self.threads, int(self._w["bc"].shape[1]))
         self._batch = self._allocate_batch(0)
         self._images = np.empty((0, IMAGE, IMAGE), np.uint8)
         self._labels = np.empty(0, np.int64)
@@ -478,9 +518,22 @@ class NumbaEngine:
         self._correct: list[np.ndarray] = []
 
     @staticmethod
+    def _replicas(w: dict[str, np.ndarray], n_t: int) -> dict[str, np.ndarray]:
+        """One aligned copy of each weight array per thread, (T, ...): a thread reads and
+        updates only its own, so no weight line moves between cores during a step."""
+        out = {k: _zeros((n_t, *v.shape)) for k, v in w.items()}
+        for k, v in w.items():
+            out[k][:] = v
+        return out
+
+    @staticmethod
     def _allocate(n_t: int, f: int) -> dict[str, np.ndarray]:
         """Per-thread scratch: a group's planes, winning windows, pooled rows (for predict),
-        pooled gradients and logits; the FC gradient tile; the conv gradient sums."""
+        pooled gradients and logits; a row for summing FC gradients; each thread's share of
+        the conv, FC and FC bias gradients by step parity (2, T, ...)."""
+
+        def shares(n: int) -> np.ndarray:  # (2, T, padded n)
+            return _per_thread(2 * n_t, n, np.float32).reshape(2, n_t, -1)
 
         def group(n: int, dtype: type) -> np.ndarray:  # (T, GROUP, padded n)
             return _per_thread(GROUP * n_t, n, dtype).reshape(n_t, GROUP, -1)
@@ -491,15 +544,17 @@ class NumbaEngine:
             "arg": group(SPAN * f, np.int8),
             "dpool": group(SPAN * f, np.float32),
             "logits": group(CLASSES, np.float32),
-            "acc": _per_thread(n_t, CLASSES * FC_TILE, np.float32),
-            "gwc": _per_thread(n_t, TAPS * f, np.float32),
-            "gbc": _per_thread(n_t, f, np.float32),
+            "row": _per_thread(n_t, SPAN * f, np.float32),
             "stats": _per_thread(n_t, 2, np.float64),
+            "gwc": shares(TAPS * f),
+            "gbc": shares(f),
+            "gwf": _zeros((2, n_t, CLASSES, SPAN * f)),
+            "gbf": shares(CLASSES),
         }
 
     def _allocate_batch(self, n: int) -> dict[str, np.ndarray]:
         """Per-image rows for a batch of n; grown only when a larger batch first arrives."""
-        k = SPAN * int(self._w["bc"].shape[0])
+        k = SPAN * int(self._w["bc"].shape[1])
         return {
             "pooled": _per_thread(n, k, np.float32),
             "dlogits": _per_thread(n, CLASSES, np.float32),
@@ -510,7 +565,8 @@ class NumbaEngine:
         return cls(params, lr, threads)
 
     def _run(self, w, images, labels, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Run the steps in bounds (S, 2) on w in place; (losses, #correct), one per step."""
+        """Run the steps in bounds (S, 2) on the replicas w in place; (losses, #correct), one
+        per step."""
         largest = int((bounds[:, 1] - bounds[:, 0]).max())
         if largest > self._batch["pooled"].shape[0]:
             self._batch = self._allocate_batch(largest)
@@ -520,8 +576,8 @@ class NumbaEngine:
         _train_steps(
             images, labels, bounds, self.lr, w["wc"], w["bc"], w["wf"], w["bf"],
             bt["pooled"], bt["dlogits"],
-            s["planes"], s["arg"], s["dpool"], s["logits"],
-            s["acc"], s["gwc"], s["gbc"], s["stats"],
+            s["planes"], s["arg"], s["dpool"], s["logits"], s["row"], s["stats"],
+            s["gwc"], s["gbc"], s["gwf"], s["gbf"],
             losses, correct,
         )  # fmt: skip
         return losses, correct
@@ -540,8 +596,9 @@ class NumbaEngine:
         images = _readonly(np.zeros((2, IMAGE, IMAGE), np.uint8))
         self._run(w, images, _readonly(np.zeros(2, np.int64)), np.array([[0, 2]], np.int64))
         s = self._scratch
-        _predict(images, w["wc"], w["bc"], w["wf"], w["bf"], s["planes"], s["pooled"], s["arg"],
-                 np.zeros((2, CLASSES), np.float32))  # fmt: skip
+        out = np.zeros((2, CLASSES), np.float32)
+        _predict(images, w["wc"][0], w["bc"][0], w["wf"][0], w["bf"][0],
+                 s["planes"], s["pooled"], s["arg"], out)  # fmt: skip
 
     def load_epoch(self, images: np.ndarray, labels: np.ndarray) -> None:
         self._flush()  # steps queued on the previous epoch's data run on that data
@@ -566,10 +623,10 @@ class NumbaEngine:
         self._flush()
         out = np.empty((images.shape[0], CLASSES), np.float32)
         w, s = self._w, self._scratch
-        _predict(_readonly(images, np.uint8), w["wc"], w["bc"], w["wf"], w["bf"],
+        _predict(_readonly(images, np.uint8), w["wc"][0], w["bc"][0], w["wf"][0], w["bf"][0],
                  s["planes"], s["pooled"], s["arg"], out)  # fmt: skip
         return out
 
     def params(self) -> Params:
         self._flush()
-        return from_internal(self._w)
+        return from_internal({k: v[0] for k, v in self._w.items()})
