@@ -143,6 +143,27 @@ def test_numba_queued_steps_run_in_order_whatever_the_queue_length(train_digits,
         engine.train_step(250, 260)
 
 
+@pytest.mark.slow  # seconds: trains
+def test_numba_shared_weights_match_the_reference_and_the_replicas(
+    train_digits, reference, monkeypatch
+):
+    """Beyond REPLICATE_UP_TO threads the numba engine shares one copy of the weights and
+    updates it in column slices; that layout too reproduces the reference. Lowering the limit
+    puts 2 threads (all a 2-core machine has) on it; a batch of 3 leaves the third thread of a
+    3-thread split, where there is one, without images."""
+    from cnnpar.nets.tinycnn import numba_engine
+
+    replicated = run_engine("numba", *train_digits, threads=2)
+    monkeypatch.setattr(numba_engine, "REPLICATE_UP_TO", 1)
+    shared = run_engine("numba", *train_digits, threads=2)
+    assert_matches(shared, reference)
+    np.testing.assert_allclose(shared[2]["fc_w"], replicated[2]["fc_w"], rtol=RTOL, atol=ATOL)
+    images, labels = train_digits
+    tiny = [run_engine(name, images[:9], labels[:9], batch=3) for name in ("numpy", "numba")]
+    for key in spec.PARAM_KEYS:
+        np.testing.assert_allclose(tiny[1][2][key], tiny[0][2][key], rtol=RTOL, atol=ATOL)
+
+
 def test_partial_final_batch_is_used(train_digits):
     images, labels = train_digits
     n = 40  # batches of 16, 16 and 8

@@ -50,6 +50,12 @@ PLANE = 192  # floats per plane: 14 rows of 13, padded so reads one row down sta
 TAPS = KERNEL * KERNEL
 LINE = 64  # bytes per cache line: rows and arrays start on one (see `_zeros`)
 GROUP = 4  # images whose FC passes share one read of wf
+# Threads up to which each keeps its own replica of the weights. A replica saves the second
+# barrier of a step and the traffic of the shared weights, but each thread then reads every
+# other thread's 56 KB (at F=8) share of the FC gradient per step: at 2 threads that is less
+# than what a shared copy moves (half of wf and the other thread's pooled rows), at 4 it is
+# half as much again, so beyond 2 threads the weights are shared and updated in slices.
+REPLICATE_UP_TO = 2
 FC_TILE = 128  # FC columns per tile of the FC gradient: a class's tile is 512 bytes
 # x = pixel / 255 by table: the same quotients as a division, without a division per pixel.
 BY255 = np.arange(256, dtype=np.float32) / np.float32(255.0)
@@ -250,17 +256,17 @@ def _fc_dpool(wf, d0, d1, d2, d3, o0, o1, o2, o3) -> None:
 
 
 @njit(fastmath=FAST, cache=CACHE)
-def _fc_grad(pooled, dlogits, n: int, g) -> None:
-    """g (10, F·176) = Σ_b dlogits[b] ⊗ pooled[b] over the n images' rows: their share of the
-    batch's FC weight gradient.
+def _fc_grad(pooled, dlogits, n: int, g, lo: int, hi: int, lr, w) -> None:
+    """g[:, lo:hi] = Σ_b dlogits[b] ⊗ pooled[b, lo:hi] over the first n rows (g (10, F·176)):
+    those images' share of the FC weight gradient, in columns [lo, hi). Unless lr is 0, also
+    w[:, lo:hi] -= lr · g[:, lo:hi], tile by tile while the tile is in L1.
 
     Tiled over columns so a class's tile of g stays in L1 while the images stream by, eight
     images per pass over it. The loop order matters: with the class loop innermost LLVM
     vectorises across classes with gathers, many times slower than this unit-stride loop.
     """
-    n_in = g.shape[1]
-    for j0 in range(0, n_in, FC_TILE):
-        j1 = min(j0 + FC_TILE, n_in)
+    for j0 in range(lo, hi, FC_TILE):
+        j1 = min(j0 + FC_TILE, hi)
         for c in range(CLASSES):
             a = g[c, j0:j1]
             a[:] = 0
@@ -301,54 +307,64 @@ def _fc_grad(pooled, dlogits, n: int, g) -> None:
                 for j in range(j1 - j0):
                     a[j] += d * row[j]
                 b += 1
+            if lr != 0:
+                wc = w[c, j0:j1]
+                for j in range(j1 - j0):
+                    wc[j] -= lr * a[j]
 
 
 @njit(fastmath=FAST, cache=CACHE)
-def _apply(lr, t: int, wc, bc, wf, bf, gwc, gbc, gwf, gbf, row) -> None:
-    """Replica t of the weights -= lr · the step's gradient, the sum of every thread's share
-    (gwc (T, ≥F·9), gbc (T, ≥F), gwf (T, 10, F·176), gbf (T, ≥10)) added in thread order, so
-    that every replica stays bitwise equal. row (F·176,) is scratch for more than two threads."""
-    n_threads = gwf.shape[0]
-    n_f = bc.shape[1]
-    n_in = wf.shape[2]
+def _apply_fc(lr, w, shares, lo: int, hi: int, row) -> None:
+    """w[:, lo:hi] -= lr · the sum of shares (T, 10, ≥hi) in thread order (so that replicas
+    updated from the same shares stay bitwise equal); row (≥hi,) is scratch for T > 2."""
+    n_threads = shares.shape[0]
     for c in range(CLASSES):
-        w = wf[t, c]
-        g0 = gwf[0, c]
+        wc = w[c]
+        g0 = shares[0, c]
         if n_threads == 1:
-            for j in range(n_in):
-                w[j] -= lr * g0[j]
+            for j in range(lo, hi):
+                wc[j] -= lr * g0[j]
         elif n_threads == 2:
-            g1 = gwf[1, c]
-            for j in range(n_in):
-                w[j] -= lr * (g0[j] + g1[j])
+            g1 = shares[1, c]
+            for j in range(lo, hi):
+                wc[j] -= lr * (g0[j] + g1[j])
         else:
-            row[:n_in] = g0
+            row[lo:hi] = g0[lo:hi]
             for u in range(1, n_threads):
-                gu = gwf[u, c]
-                for j in range(n_in):
+                gu = shares[u, c]
+                for j in range(lo, hi):
                     row[j] += gu[j]
-            for j in range(n_in):
-                w[j] -= lr * row[j]
-        total = gbf[0, c]
-        for u in range(1, n_threads):
-            total += gbf[u, c]
-        bf[t, c] -= lr * total
+            for j in range(lo, hi):
+                wc[j] -= lr * row[j]
+
+
+@njit(fastmath=FAST, cache=CACHE)
+def _apply_small(lr, wc, bc, bf, gwc, gbc, gbf) -> None:
+    """The conv weights wc (F, 9), conv biases bc (F,) and FC biases bf (10,) -= lr · the sum of
+    the threads' shares gwc (T, ≥F·9), gbc (T, ≥F), gbf (T, ≥10), in thread order."""
+    n_threads = gwc.shape[0]
+    n_f = bc.shape[0]
     for k in range(n_f * TAPS):
         total = gwc[0, k]
         for u in range(1, n_threads):
             total += gwc[u, k]
-        wc[t, k // TAPS, k % TAPS] -= lr * total
+        wc[k // TAPS, k % TAPS] -= lr * total
     for f in range(n_f):
         total = gbc[0, f]
         for u in range(1, n_threads):
             total += gbc[u, f]
-        bc[t, f] -= lr * total
+        bc[f] -= lr * total
+    for c in range(CLASSES):
+        total = gbf[0, c]
+        for u in range(1, n_threads):
+            total += gbf[u, c]
+        bf[c] -= lr * total
 
 
 @njit(parallel=True, fastmath=FAST, cache=CACHE)
 def _train_steps(
     images, labels, bounds, lr,  # data, steps (S, 2) [start, stop)
-    wc, bc, wf, bf,  # the weights, one replica per thread (T, ...)
+    wc, bc, wf, bf,  # the weights: one replica per thread, or one shared (R = T or 1, ...)
     pooled, dlogits,  # per-image rows of a batch, (≥B, padded)
     planes, arg, dpool, logits, row, stats,  # per thread (T, ...), padded
     gwc, gbc, gwf, gbf,  # each thread's share of a step's gradient, by step parity (2, T, ...)
@@ -356,28 +372,34 @@ def _train_steps(
 ):  # fmt: skip
     """SGD steps on images[start:stop] for each row of bounds, in order, in one compiled call.
 
-    One parallel region per step: thread t first applies the previous step's gradient to its
-    own replica of the weights, then takes its contiguous chunk of the batch four images at a
-    time and leaves its share of this step's gradient; one more region applies the last step's.
-    The shares alternate between two buffers by step parity, so no thread overwrites a share
-    another may still be reading; the region's end is the only barrier a step needs. Each
-    thread's data stays its own but for the shares it reads, and Python stays out of the loop.
+    Each thread takes a contiguous chunk of the batch, four images at a time, and leaves its
+    share of the step's gradient (alternating between two buffers by step parity, so no thread
+    overwrites a share another may still be reading). Then, with one replica of the weights per
+    thread (R = T), each thread adds every share to its own replica at the start of the next
+    step: one parallel region, one barrier, per step, and one more region for the last step's
+    update. With one shared copy (R = 1), a second region per step updates it, each thread
+    computing the FC gradient of its slice of columns over the whole batch.
     """
     n_threads = planes.shape[0]
+    replicated = wf.shape[0] == n_threads  # one thread: its copy is its replica
     n_f = bc.shape[1]
+    n_in = wf.shape[2]
     n_steps = bounds.shape[0]
     for s in range(n_steps + 1):
         for t in prange(n_threads):
-            if s > 0:
+            if s > 0 and replicated:
                 p = (s - 1) % 2
-                _apply(lr, t, wc, bc, wf, bf, gwc[p], gbc[p], gwf[p], gbf[p], row[t])
+                _apply_fc(lr, wf[t], gwf[p], 0, n_in, row[t])
+                _apply_small(lr, wc[t], bc[t], bf[t], gwc[p], gbc[p], gbf[p])
             if s == n_steps:
                 continue
             q = s % 2
             start = bounds[s, 0]
             n = bounds[s, 1] - start
             scale = np.float32(1.0) / np.float32(n)  # the loss is a batch mean
-            wct, bct, wft, bft = wc[t], bc[t], wf[t], bf[t]
+            # The copy of the weights thread t reads: its own, or the shared one.
+            wct, bct = (wc[t], bc[t]) if replicated else (wc[0], bc[0])
+            wft, bft = (wf[t], bf[t]) if replicated else (wf[0], bf[0])
             gwc[q, t, :] = 0
             gbc[q, t, :] = 0
             loss_sum = 0.0
@@ -407,17 +429,38 @@ def _train_steps(
                 for b in range(first, stop):
                     total += dlogits[b, c]
                 gbf[q, t, c] = total
-            _fc_grad(pooled[first:stop], dlogits[first:stop], stop - first, gwf[q, t])
+            if replicated:
+                _fc_grad(
+                    pooled[first:stop],
+                    dlogits[first:stop],
+                    stop - first,
+                    gwf[q, t],
+                    0,
+                    n_in,
+                    0,
+                    wft,
+                )
             stats[t, 0] = loss_sum
             stats[t, 1] = n_correct
-        if s < n_steps:
-            loss_total = 0.0
-            correct_total = 0
-            for t in range(n_threads):  # fixed order: the loss does not depend on scheduling
-                loss_total += stats[t, 0]
-                correct_total += int(stats[t, 1])
-            losses[s] = loss_total / (bounds[s, 1] - bounds[s, 0])
-            correct[s] = correct_total
+        if s == n_steps:
+            break
+        if not replicated:
+            q = s % 2
+            n = bounds[s, 1] - bounds[s, 0]
+            for t in prange(n_threads):
+                # Slices on 16-float (cache line) bounds: no line is written by two threads.
+                lo = (n_in * t // n_threads) // 16 * 16
+                hi = n_in if t == n_threads - 1 else (n_in * (t + 1) // n_threads) // 16 * 16
+                _fc_grad(pooled, dlogits, n, gwf[q, t], lo, hi, lr, wf[0])
+                if t == 0:
+                    _apply_small(lr, wc[0], bc[0], bf[0], gwc[q], gbc[q], gbf[q])
+        loss_total = 0.0
+        correct_total = 0
+        for t in range(n_threads):  # fixed order: the loss does not depend on scheduling
+            loss_total += stats[t, 0]
+            correct_total += int(stats[t, 1])
+        losses[s] = loss_total / (bounds[s, 1] - bounds[s, 0])
+        correct[s] = correct_total
 
 
 @njit(parallel=True, fastmath=FAST, cache=CACHE)
@@ -508,7 +551,8 @@ class NumbaEngine:
         self.threads = min(threads, numba.config.NUMBA_NUM_THREADS)
         numba.set_num_threads(self.threads)
         self.lr = np.float32(lr)
-        self._w = self._replicas(to_internal(params), self.threads)
+        replicas = self.threads if self.threads <= REPLICATE_UP_TO else 1
+        self._w = self._replicas(to_internal(params), replicas)
         self._scratch = self._allocate(self.threads, int(self._w["bc"].shape[1]))
         self._batch = self._allocate_batch(0)
         self._images = np.empty((0, IMAGE, IMAGE), np.uint8)
@@ -518,10 +562,10 @@ class NumbaEngine:
         self._correct: list[np.ndarray] = []
 
     @staticmethod
-    def _replicas(w: dict[str, np.ndarray], n_t: int) -> dict[str, np.ndarray]:
-        """One aligned copy of each weight array per thread, (T, ...): a thread reads and
-        updates only its own, so no weight line moves between cores during a step."""
-        out = {k: _zeros((n_t, *v.shape)) for k, v in w.items()}
+    def _replicas(w: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """n aligned copies of each weight array, (n, ...): one per thread (each reads and
+        updates only its own, so no weight line moves between cores), or one shared."""
+        out = {k: _zeros((n, *v.shape)) for k, v in w.items()}
         for k, v in w.items():
             out[k][:] = v
         return out
