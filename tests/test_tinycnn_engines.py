@@ -143,25 +143,66 @@ def test_numba_queued_steps_run_in_order_whatever_the_queue_length(train_digits,
         engine.train_step(250, 260)
 
 
-@pytest.mark.slow  # seconds: trains
-def test_numba_shared_weights_match_the_reference_and_the_replicas(
-    train_digits, reference, monkeypatch
-):
-    """Beyond REPLICATE_UP_TO threads the numba engine shares one copy of the weights and
-    updates it in column slices; that layout too reproduces the reference. Lowering the limit
-    puts 2 threads (all a 2-core machine has) on it; a batch of 3 leaves the third thread of a
-    3-thread split, where there is one, without images."""
-    from cnnpar.nets.tinycnn import numba_engine
+NUMBA_LAYOUTS_SCRIPT = r"""
+import json, sys
+import numpy as np
+from cnnpar.data import load_mnist
+from cnnpar.nets.tinycnn import numba_engine, spec
+from cnnpar.nets.tinycnn.numpy_engine import NumpyEngine
+filters, batch, n = map(int, sys.argv[1:4])
+data = load_mnist("train")
+images, labels = data.images[:n], data.labels[:n].astype(np.int64)
+runs = {"numpy": (NumpyEngine, None, 1)}
+for threads in (3, 4):
+    runs[f"shared {threads}"] = (numba_engine.NumbaEngine, 1, threads)
+    runs[f"replicas {threads}"] = (numba_engine.NumbaEngine, threads, threads)
+out = {}
+for name, (engine_type, replicate_up_to, threads) in runs.items():
+    if replicate_up_to is not None:
+        numba_engine.REPLICATE_UP_TO = replicate_up_to
+    engine = engine_type.from_params(spec.init_params(filters, seed=0), lr=0.05, threads=threads)
+    engine.load_epoch(images, labels)
+    for start, stop in spec.batch_bounds(n, batch):
+        engine.train_step(start, stop)
+    losses, _ = engine.epoch_stats()
+    copies = engine._w["wf"].shape[0] if replicate_up_to is not None else 1
+    out[name] = {
+        "copies": copies,
+        "losses": losses.tolist(),
+        "params": {k: v.ravel().tolist() for k, v in engine.params().items()},
+    }
+print(json.dumps(out))
+"""
 
-    replicated = run_engine("numba", *train_digits, threads=2)
-    monkeypatch.setattr(numba_engine, "REPLICATE_UP_TO", 1)
-    shared = run_engine("numba", *train_digits, threads=2)
-    assert_matches(shared, reference)
-    np.testing.assert_allclose(shared[2]["fc_w"], replicated[2]["fc_w"], rtol=RTOL, atol=ATOL)
-    images, labels = train_digits
-    tiny = [run_engine(name, images[:9], labels[:9], batch=3) for name in ("numpy", "numba")]
-    for key in spec.PARAM_KEYS:
-        np.testing.assert_allclose(tiny[1][2][key], tiny[0][2][key], rtol=RTOL, atol=ATOL)
+
+@pytest.mark.slow  # seconds: spawns a process and trains
+def test_numba_weight_layouts_match_the_reference_beyond_two_threads():
+    """Up to REPLICATE_UP_TO threads each numba thread keeps a replica of the weights; beyond,
+    the threads share one copy, updated in column slices. Both layouts, at 3 and 4 threads (a
+    subprocess gives numba 4 whatever the cores), reproduce the reference; with batches of 3,
+    one of 4 threads has no images."""
+    env = dict(os.environ, NUMBA_NUM_THREADS="4")
+    runs = []
+    for args in ((FILTERS, BATCH, 64), (FILTERS, 3, 6)):
+        proc = subprocess.run(
+            [sys.executable, "-c", NUMBA_LAYOUTS_SCRIPT, *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    for result in runs:
+        ref = result.pop("numpy")
+        for name, got in result.items():
+            threads = int(name.split()[1])
+            assert got["copies"] == (threads if name.startswith("replicas") else 1), name
+            np.testing.assert_allclose(got["losses"], ref["losses"], rtol=RTOL, atol=ATOL)
+            for key in spec.PARAM_KEYS:
+                np.testing.assert_allclose(
+                    got["params"][key], ref["params"][key], rtol=RTOL, atol=ATOL, err_msg=name
+                )
 
 
 def test_partial_final_batch_is_used(train_digits):

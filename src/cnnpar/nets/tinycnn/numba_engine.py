@@ -51,10 +51,10 @@ TAPS = KERNEL * KERNEL
 LINE = 64  # bytes per cache line: rows and arrays start on one (see `_zeros`)
 GROUP = 4  # images whose FC passes share one read of wf
 # Threads up to which each keeps its own replica of the weights. A replica saves the second
-# barrier of a step and the traffic of the shared weights, but each thread then reads every
-# other thread's 56 KB (at F=8) share of the FC gradient per step: at 2 threads that is less
-# than what a shared copy moves (half of wf and the other thread's pooled rows), at 4 it is
-# half as much again, so beyond 2 threads the weights are shared and updated in slices.
+# barrier of a step and the traffic of shared weights, but its update reads every other
+# thread's share of the FC gradient, 56 KB each at F=8. Per thread and step at 2 threads that
+# is 56 KB against 73 KB for a shared copy (the half of wf the other thread updated, and its
+# images' pooled values in this thread's columns); at 4 threads, 168 KB against 76 KB.
 REPLICATE_UP_TO = 2
 FC_TILE = 128  # FC columns per tile of the FC gradient: a class's tile is 512 bytes
 # x = pixel / 255 by table: the same quotients as a division, without a division per pixel.
@@ -308,34 +308,35 @@ def _fc_grad(pooled, dlogits, n: int, g, lo: int, hi: int, lr, w) -> None:
                     a[j] += d * row[j]
                 b += 1
             if lr != 0:
-                wc = w[c, j0:j1]
+                wr = w[c, j0:j1]
                 for j in range(j1 - j0):
-                    wc[j] -= lr * a[j]
+                    wr[j] -= lr * a[j]
 
 
 @njit(fastmath=FAST, cache=CACHE)
-def _apply_fc(lr, w, shares, lo: int, hi: int, row) -> None:
-    """w[:, lo:hi] -= lr · the sum of shares (T, 10, ≥hi) in thread order (so that replicas
-    updated from the same shares stay bitwise equal); row (≥hi,) is scratch for T > 2."""
+def _apply_fc(lr, w, shares, row) -> None:
+    """w (10, F·176) -= lr · the sum of shares (T, 10, F·176) in thread order, so that replicas
+    updated from the same shares stay bitwise equal; row (≥F·176,) is scratch for T > 2."""
     n_threads = shares.shape[0]
+    n_in = w.shape[1]
     for c in range(CLASSES):
-        wc = w[c]
+        wr = w[c]
         g0 = shares[0, c]
         if n_threads == 1:
-            for j in range(lo, hi):
-                wc[j] -= lr * g0[j]
+            for j in range(n_in):
+                wr[j] -= lr * g0[j]
         elif n_threads == 2:
             g1 = shares[1, c]
-            for j in range(lo, hi):
-                wc[j] -= lr * (g0[j] + g1[j])
+            for j in range(n_in):
+                wr[j] -= lr * (g0[j] + g1[j])
         else:
-            row[lo:hi] = g0[lo:hi]
+            row[:n_in] = g0
             for u in range(1, n_threads):
                 gu = shares[u, c]
-                for j in range(lo, hi):
+                for j in range(n_in):
                     row[j] += gu[j]
-            for j in range(lo, hi):
-                wc[j] -= lr * row[j]
+            for j in range(n_in):
+                wr[j] -= lr * row[j]
 
 
 @njit(fastmath=FAST, cache=CACHE)
@@ -389,7 +390,7 @@ def _train_steps(
         for t in prange(n_threads):
             if s > 0 and replicated:
                 p = (s - 1) % 2
-                _apply_fc(lr, wf[t], gwf[p], 0, n_in, row[t])
+                _apply_fc(lr, wf[t], gwf[p], row[t])
                 _apply_small(lr, wc[t], bc[t], bf[t], gwc[p], gbc[p], gbf[p])
             if s == n_steps:
                 continue
@@ -430,16 +431,9 @@ def _train_steps(
                     total += dlogits[b, c]
                 gbf[q, t, c] = total
             if replicated:
-                _fc_grad(
-                    pooled[first:stop],
-                    dlogits[first:stop],
-                    stop - first,
-                    gwf[q, t],
-                    0,
-                    n_in,
-                    0,
-                    wft,
-                )
+                share = gwf[q, t]  # lr 0: the share only, the replicas update next step
+                _fc_grad(pooled[first:stop], dlogits[first:stop], stop - first, share, 0, n_in,
+                         0, wft)  # fmt: skip
             stats[t, 0] = loss_sum
             stats[t, 1] = n_correct
         if s == n_steps:
