@@ -596,18 +596,19 @@ def test_a_nan_loss_stops_training(model_args: list[str], tmp_path: Path, capsys
     ("model_args", "loss"),
     [
         # The case as reported: 4.3e29 at 9% accuracy used to exit 0.
-        (["--engine=numpy", "--filters=4", "--lr=1e30", "--train-size=256"], "4.269e+29"),
-        # A loss that blew up far less, on every engine (TinyCNN's are equal step by step).
-        (["--engine=numpy", "--filters=4", "--lr=100", "--train-size=512"], "192.4"),
-        (["--engine=numba", "--filters=4", "--lr=100", "--train-size=512"], "192.5"),
-        (["--engine=torch", "--filters=4", "--lr=100", "--train-size=512"], "192.4"),
+        (["--engine=numpy", "--filters=4", "--lr=1e30", "--train-size=256"], 4.269e29),
+        # A loss that blew up far less, on every engine. TinyCNN's engines agree step by step to
+        # rounding, which a diverging run amplifies to a few parts in 10,000 over an epoch.
+        (["--engine=numpy", "--filters=4", "--lr=100", "--train-size=512"], 192.45),
+        (["--engine=numba", "--filters=4", "--lr=100", "--train-size=512"], 192.45),
+        (["--engine=torch", "--filters=4", "--lr=100", "--train-size=512"], 192.45),
         # MosaicNet with Adam at a too-large step.
-        (["--model=mosaicnet", "--lr=0.1", "--train-size=512", "--batch-size=16"], ""),
+        (["--model=mosaicnet", "--lr=0.1", "--train-size=512", "--batch-size=16"], None),
     ],
     ids=["numpy-1e30", "numpy", "numba", "torch", "mosaicnet"],
 )
 def test_a_finite_loss_far_above_ln10_stops_training(
-    model_args: list[str], loss: str, tmp_path: Path, capsys
+    model_args: list[str], loss: float | None, tmp_path: Path, capsys
 ) -> None:
     """Divergence without a NaN: an epoch's mean cross-entropy above 10 × ln 10 (training
     starts at ln 10 and moves down) is refused like a NaN, on every engine."""
@@ -622,7 +623,9 @@ def test_a_finite_loss_far_above_ln10_stops_training(
         line,
     )
     assert match, line
-    assert float(match[1]) > 23.0 and match[1].startswith(loss)
+    assert float(match[1]) > 23.0
+    if loss is not None:
+        assert float(match[1]) == pytest.approx(loss, rel=1e-3)
     _assert_nothing_left(tmp_path, "out")
 
 

@@ -351,17 +351,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     unlock = snakemake(workdir, "--unlock", "--configfile", str(TINY))
     assert unlock.returncode == 0, unlock.stderr[-2000:]
 
-    proc = _start(workdir)
-    # Wait for a job of this run to finish: the scheduler (which handles SIGTERM) is running.
-    _wait_for(lambda: len(_outputs(results)) > len(after_kill), 150, proc)
-    time.sleep(1.0)
-    after_term_start = _outputs(results)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-
-    # The last run shares the machine with a busy loop on one of its CPUs from before its start
-    # to after its end: every job it runs has its whole timed region beside the loop, so each
-    # must be flagged, and the report must say so (which jobs does not hang on timing).
+    # The last two runs share the machine with a busy loop on one of its CPUs from before the
+    # first starts to after the second ends: every job they run has its whole timed region beside
+    # the loop, so each must be flagged, and the report must say so. The polite stop below lets
+    # running jobs finish, so the last run may find no timed job left; the one the second run
+    # finishes before the stop is always there.
     cpu = min(os.sched_getaffinity(0))
     hog = subprocess.Popen(
         [sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpu}}})\n"
@@ -371,6 +365,14 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     try:
         assert hog.stdout.readline().strip() == "spinning"
         busy_start = time.time()
+        proc = _start(workdir)
+        # Wait for a job of this run to finish: the scheduler (which handles SIGTERM) is running.
+        _wait_for(lambda: len(_outputs(results)) > len(after_kill), 150, proc)
+        time.sleep(1.0)
+        after_term_start = _outputs(results)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)  # its running jobs finish first, beside the busy loop
+
         final_proc = subprocess.Popen(
             snakemake_cmd(workdir, "--cores", "2", "--configfile", str(TINY)),
             cwd=workdir, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -493,8 +495,8 @@ def test_jobs_overlapping_a_busy_loop_are_flagged_and_the_report_says_so(tiny_ru
     jobs = pd.read_csv(results / "tables/jobs.csv")
     finished = pd.to_datetime(jobs["finished_utc"], utc=True).map(lambda t: t.timestamp())
     start, stop = tiny_run["busy"]
-    # The jobs of the last run: the busy loop spun through their whole timed regions. Two
-    # interrupts earlier ended runs with most of the timed jobs still to do.
+    # The jobs of the last two runs: the busy loop spun through their whole timed regions, and
+    # the second run finished at least one before it was stopped.
     inside = jobs[(finished > start) & (finished < stop)]
     assert len(inside) >= 1, (start, stop, list(finished))
     assert inside["flagged"].all(), inside[["label", "others_cpu_share", "flag_reasons"]]
