@@ -24,6 +24,7 @@ import psutil
 import pytest
 import torch
 from mounts import tmpfs
+from processes import left_running
 from workflow_helpers import REPO, SNAKEFILE, TINY
 
 from cnnpar import cli, io, limits
@@ -208,10 +209,8 @@ class Classify:
             _kill_group(self.proc)
             pytest.fail("cnnpar did not exit after the fault: it hangs")
         seconds = time.monotonic() - start
-        # The resource tracker exits when its pipe from the parent closes: give it a moment.
-        _, alive = psutil.wait_procs(self.tree, timeout=5)
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        assert alive == [], f"left running: {[p.cmdline() for p in alive]}"
+        left = left_running(self.tree)
+        assert left == [], f"left running: {left}"
         _assert_nothing_left(self.out.parent, self.out.name)
         return self.proc.returncode, err, seconds
 

@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 import pytest
 import ranks_faults
+from processes import left_running
 
 from cnnpar import ranks, train
 from cnnpar.measure.machine import this_machine
@@ -88,19 +89,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _left_running(processes: list[psutil.Process]) -> list[list[str]]:
-    """Command lines of the processes still running a moment after their launcher ended (the
-    resource tracker exits when its pipe from the launcher closes, not at once)."""
-    _, alive = psutil.wait_procs(processes, timeout=5)
-    left = []
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            # is_running() compares creation times: a recycled pid is not our rank
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                left.append(p.cmdline())
-    return left
-
-
 def _run_watching(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
     """Run a command, noting every process it starts (its ranks) while it runs; after it ends,
     assert none of them is left (ranks orphaned by their launcher would outlive it)."""
@@ -121,7 +109,7 @@ def _run_watching(args: list[str], timeout: float = 180) -> subprocess.Completed
         if proc.poll() is None:
             proc.kill()
     assert len(seen) >= 2, "never saw the ranks run"  # the watch itself must see something
-    left = _left_running(list(seen.values()))
+    left = left_running(list(seen.values()))
     assert not left, f"processes left behind: {left}"
     return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
@@ -200,7 +188,7 @@ def test_cli_ctrl_c_ends_every_rank_with_130(tmp_path):
             proc.kill()
     assert proc.returncode == 130, stderr
     assert "cnnpar: interrupted" in stderr
-    assert not _left_running(started)
+    assert not left_running(started)
     assert not out.exists()
 
 
